@@ -1,0 +1,159 @@
+"""Options of ``tunelab train`` (and of the Python API's ``tunelab.train``), with method-aware defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.options import option
+
+TASK_TYPES = ("auto", "causal_lm", "seq2seq_lm", "seq_cls")
+DATASET_FORMATS = ("auto", "alpaca", "prompt_completion", "qa", "chat", "text", "seq2seq", "classification")
+TEMPLATES = ("auto", "chat", "alpaca", "chatml", "plain")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
+
+
+def _method_names() -> tuple[str, ...]:
+    from tunelab.methods import method_names
+    return method_names()
+
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """Every option of a training run. Names follow transformers' TrainingArguments and peft's configs."""
+
+    # --- model -------------------------------------------------------------------------------------------------
+    model_name_or_path: str = option(help="a built-in model name (see `tunelab models list`), a local model "
+                                          "directory, or a Hugging Face Hub id", group="model")
+    task_type: str = option("auto", "causal_lm, seq2seq_lm or seq_cls; auto reads it from the model config",
+                            choices=TASK_TYPES, group="model")
+    trust_remote_code: bool = option(False, "allow model code from the Hub to run (off unless you ask)",
+                                     group="model")
+
+    # --- data --------------------------------------------------------------------------------------------------
+    dataset_name_or_path: str = option(help="a .json/.jsonl/.csv/.parquet file, a directory holding "
+                                            "train.* and validation.* files, or a Hub dataset name", group="data")
+    dataset_config: str | None = option(None, "the Hub dataset's configuration name", group="data")
+    train_split: str = option("train", "split to train on", group="data")
+    eval_split: str | None = option(None, "split to evaluate on (default: one named validation/val/dev/valid, "
+                                          "if the dataset has one)", group="data")
+    validation_split: float = option(0.0, "carve this fraction of the training rows out as the validation set "
+                                          "(shuffled with --seed) when the dataset has no validation split",
+                                     group="data")
+    dataset_format: str = option("auto", "how to read rows; auto detects it from the column names",
+                                 choices=DATASET_FORMATS, group="data")
+    input_columns: list[str] | None = option(None, "columns that form the prompt (or the texts to classify)",
+                                             group="data")
+    target_column: str | None = option(None, "column that holds the response (or the label)", group="data")
+    template: str = option("auto", "prompt template; auto uses the tokenizer's chat template when it has one, "
+                                   "else alpaca", choices=TEMPLATES, group="data")
+    system_prompt: str | None = option(None, "system prompt placed before every example", group="data")
+    train_on_prompt: bool = option(False, "compute the loss on prompt tokens too (default: response tokens only)",
+                                   group="data")
+    max_seq_length: int = option(512, "truncate examples to this many tokens", group="data")
+    max_train_samples: int | None = option(None, "use at most this many training rows (after shuffling with "
+                                                 "--seed)", group="data")
+    max_eval_samples: int | None = option(None, "use at most this many validation rows", group="data")
+
+    # --- method ------------------------------------------------------------------------------------------------
+    method: str = option("lora", "full, or a PEFT method: lora, qlora, dora, ia3, prompt_tuning, prefix_tuning, "
+                                 "llama_adapter, loha, lokr, vera, adalora, oft", aliases=(), group="method")
+    no_peft: bool = option(False, "alias of --method full", group="method")
+    lora_r: int = option(16, "rank of LoRA-family adapters (lora, qlora, dora, loha, lokr, vera, adalora, oft)",
+                         group="method")
+    lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r scales the update)", group="method")
+    lora_dropout: float = option(0.05, "dropout on the adapter input", group="method")
+    lora_target_modules: list[str] | None = option(
+        None, "module names to adapt (default: chosen by architecture: the linear layers of attention and MLP); "
+              "'all-linear' targets every linear layer but the output head", group="method")
+    modules_to_save: list[str] | None = option(None, "extra modules trained in full and saved with the adapter "
+                                                     "(a classification head is added automatically)",
+                                               group="method")
+    num_virtual_tokens: int = option(20, "virtual tokens for prompt_tuning / prefix_tuning (adapter length for "
+                                         "llama_adapter)", group="method")
+    prompt_tuning_init: str = option("random", "initialise the soft prompt randomly or from text",
+                                     choices=("random", "text"), group="method")
+    prompt_tuning_init_text: str | None = option(None, "the text for --prompt_tuning_init text", group="method")
+    use_4bit: bool = option(False, "load the base model in 4-bit through bitsandbytes (qlora sets it)",
+                            group="quantization")
+    use_8bit: bool = option(False, "load the base model in 8-bit through bitsandbytes", group="quantization")
+    bnb_4bit_quant_type: str = option("nf4", "4-bit data type", choices=("nf4", "fp4"), group="quantization")
+    bnb_4bit_compute_dtype: str = option("auto", "dtype of 4-bit matmuls; auto: bfloat16 on a GPU that supports "
+                                                 "it, else float32",
+                                         choices=("auto", "float32", "bfloat16", "float16"), group="quantization")
+    bnb_4bit_use_double_quant: bool = option(True, "quantize the quantization constants too (QLoRA's double "
+                                                   "quantization)", group="quantization")
+
+    # --- training ----------------------------------------------------------------------------------------------
+    output_dir: str = option(help="where the adapter or model, tokenizer, config and train_results.json go",
+                             group="training")
+    overwrite_output_dir: bool = option(False, "replace an output dir that holds a different or finished run",
+                                        group="training")
+    num_train_epochs: float = option(3.0, "epochs to train (ignored when --max_steps > 0)", group="training")
+    max_steps: int = option(-1, "total optimizer steps; overrides --num_train_epochs when > 0", group="training")
+    per_device_train_batch_size: int = option(8, "batch size per device", group="training")
+    per_device_eval_batch_size: int = option(8, "evaluation batch size per device", group="training")
+    gradient_accumulation_steps: int = option(1, "batches accumulated per optimizer step", group="training")
+    learning_rate: float | None = option(None, "peak learning rate (default by method: 5e-5 for full; 2e-4 for "
+                                               "LoRA-family methods; 3e-3 ia3; 1e-3 vera; 3e-2 prompt_tuning; "
+                                               "1e-2 prefix_tuning; 9e-3 llama_adapter)", group="training")
+    lr_scheduler_type: str = option("linear", "learning-rate schedule", choices=SCHEDULERS, group="training")
+    warmup_ratio: float | None = option(None, "share of steps spent warming up (default: 0.1 for full, 0.03 for "
+                                              "PEFT methods)", group="training")
+    weight_decay: float = option(0.0, "AdamW weight decay", group="training")
+    max_grad_norm: float = option(1.0, "gradient clipping norm", group="training")
+    optim: str = option("adamw_torch", "optimizer", choices=OPTIMIZERS, group="training")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory",
+                                          group="training")
+    bf16: bool = option(False, "train in bfloat16 mixed precision", group="training")
+    fp16: bool = option(False, "train in float16 mixed precision (GPU only)", group="training")
+    seed: int = option(42, "random seed for initialisation, shuffling and dropout", group="training")
+    logging_steps: int = option(10, "log the training loss every this many steps", group="training")
+    eval_steps: int | None = option(None, "evaluate every this many steps (default: only at the end)",
+                                    group="training")
+    save_steps: int = option(500, "save a checkpoint every this many steps", group="training")
+    save_total_limit: int | None = option(None, "keep at most this many checkpoints", group="training")
+    resume_from_checkpoint: str | None = option(None, "a checkpoint directory to resume from, or 'latest' for the "
+                                                      "newest in --output_dir", group="training")
+    report_to: str = option("none", "where to send logs", choices=REPORT_TO, group="training")
+    early_stopping_patience: int | None = option(None, "stop after this many evaluations without improvement of "
+                                                       "the eval loss (needs a validation set and --eval_steps)",
+                                                 group="training")
+    use_cpu: bool = option(False, "train on the CPU even when a GPU is present", group="training")
+
+    # --- the options file itself -------------------------------------------------------------------------------
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")
+
+
+# Training-relevant fields: two runs differ when one of these differs (output dir identity, compare keys).
+NON_IDENTITY_FIELDS = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "config",
+                                 "report_to", "logging_steps", "save_steps", "save_total_limit", "use_cpu"})
+
+
+def resolve(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict[str, Any]]:
+    """Apply aliases and method-aware defaults; return the effective options and the defaults that were chosen."""
+    from tunelab.methods import get_method
+
+    chosen: dict[str, Any] = {}
+    updates: dict[str, Any] = {}
+    if opts.no_peft:
+        updates["method"] = "full"
+    method = get_method(updates.get("method", opts.method))
+    if opts.learning_rate is None:
+        updates["learning_rate"] = chosen["learning_rate"] = method.default_learning_rate
+    if opts.warmup_ratio is None:
+        updates["warmup_ratio"] = chosen["warmup_ratio"] = method.default_warmup_ratio
+    for name, value in method.implied_options.items():
+        if getattr(opts, name) != value:
+            updates[name] = chosen[name] = value
+    return dataclasses.replace(opts, **updates), chosen
+
+
+def identity(opts: TrainOptions) -> dict[str, Any]:
+    """The options that decide what a run produces (used to recognise 'the same run')."""
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in NON_IDENTITY_FIELDS}

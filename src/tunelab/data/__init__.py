@@ -1,0 +1,1 @@
+"""Data: sources (files, Hub) -> formats (detect, normalise) -> templates -> token ids with a loss mask."""

@@ -1,0 +1,213 @@
+"""Read rows from local files or the Hub, remembering where each row came from so errors can name it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+VALIDATION_NAMES = ("validation", "val", "dev", "valid")
+
+
+@dataclass
+class Rows:
+    """Rows of one split and, for each, a human locator such as ``train.jsonl line 7``."""
+
+    rows: list[dict[str, Any]]
+    locators: list[str]
+    source: str
+    columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, indices: list[int]) -> "Rows":
+        return Rows([self.rows[i] for i in indices], [self.locators[i] for i in indices], self.source, self.columns)
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows[:1000]:
+        for k in r:
+            seen.setdefault(k, None)
+    return list(seen)
+
+
+def read_file(path: Path) -> Rows:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise TunelabError(f"{path}: unsupported file type {suffix or '(none)'}; use one of "
+                           f"{', '.join(FILE_SUFFIXES)}")
+    try:
+        if suffix == ".parquet":
+            rows, locs = _read_parquet(path)
+        else:
+            text = path.read_text(encoding="utf-8")
+            if suffix == ".jsonl":
+                rows, locs = _read_jsonl(path, text)
+            elif suffix == ".json":
+                rows, locs = _read_json(path, text)
+            else:
+                rows, locs = _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
+    except UnicodeDecodeError as e:
+        raise TunelabError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+    if not rows:
+        raise TunelabError(f"{path}: no rows; the file is empty")
+    return Rows(rows, locs, str(path), _columns(rows))
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    rows, locs = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TunelabError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno}); each line "
+                               "must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise TunelabError(f"{path} line {lineno}: expected a JSON object with named fields, got "
+                               f"{type(obj).__name__}")
+        rows.append(obj)
+        locs.append(f"{path.name} line {lineno}")
+    return rows, locs
+
+
+def _read_json(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        # A .json file that holds JSON lines is common; read it as such when every line parses.
+        if text.count("\n") > 0 and text.lstrip().startswith("{"):
+            try:
+                return _read_jsonl(path, text)
+            except TunelabError:
+                pass
+        raise TunelabError(f"{path} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1:
+            data = data[lists[0]]
+        else:
+            raise TunelabError(f"{path}: expected a JSON list of objects (or an object holding one list), got an "
+                               f"object with keys {', '.join(list(data)[:5])}")
+    if not isinstance(data, list):
+        raise TunelabError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            raise TunelabError(f"{path} item {i}: expected a JSON object with named fields, got "
+                               f"{type(obj).__name__}")
+    return data, [f"{path.name} item {i}" for i in range(1, len(data) + 1)]
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[dict], list[str]]:
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    if not reader.fieldnames:
+        return [], []
+    rows, locs = [], []
+    for row in reader:
+        if None in row:
+            raise TunelabError(f"{path} line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields "
+                               f"but the header names {len(reader.fieldnames)}; quote fields that contain "
+                               f"{'tabs' if delimiter == chr(9) else 'commas'}")
+        rows.append(row)
+        locs.append(f"{path.name} line {reader.line_num}")
+    return rows, locs
+
+
+def _read_parquet(path: Path) -> tuple[list[dict], list[str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise TunelabError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
+    return rows, [f"{path.name} row {i}" for i in range(1, len(rows) + 1)]
+
+
+def _split_file(directory: Path, split: str) -> Path | None:
+    for f in sorted(directory.iterdir()):
+        if f.suffix.lower() not in FILE_SUFFIXES or not f.is_file():
+            continue
+        stem = f.stem.lower()
+        if stem == split or stem.endswith(tuple(sep + split for sep in "._-")):
+            return f
+    return None
+
+
+def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: str | None = None,
+                dataset_config: str | None = None, flag: str = "--dataset_name_or_path") -> tuple[Rows, Rows | None]:
+    """(train rows, validation rows or None) from a file, a directory of split files, or a Hub dataset."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        if eval_split:
+            raise TunelabError(f"--eval_split {eval_split}: {path} is a single file with no splits; use "
+                               "--validation_split FRACTION or a directory of split files")
+        return read_file(path), None
+    if path.is_dir():
+        train_file = _split_file(path, train_split)
+        if train_file is None:
+            raise TunelabError(f"{flag} {path}: no file named {train_split}.jsonl/.json/.csv/.tsv/.parquet in the "
+                               "directory; name the training file after its split or pass the file itself")
+        candidates = [eval_split] if eval_split else list(VALIDATION_NAMES)
+        eval_file = next((f for f in (_split_file(path, c) for c in candidates) if f is not None), None)
+        if eval_split and eval_file is None:
+            raise TunelabError(f"--eval_split {eval_split}: no such split file in {path}")
+        return read_file(train_file), read_file(eval_file) if eval_file else None
+    if name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix.lower() in FILE_SUFFIXES:
+        raise TunelabError(f"{flag} {name_or_path}: no such file or directory")
+    return _load_hub(name_or_path, dataset_config, train_split, eval_split, flag)
+
+
+def _load_hub(name: str, config: str | None, train_split: str, eval_split: str | None,
+              flag: str) -> tuple[Rows, Rows | None]:
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(name, config)
+    except Exception as e:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ValueError...)
+        raise TunelabError(f"{flag} {name}: not a local file and could not be loaded from the Hub "
+                           f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    if train_split not in dd:
+        raise TunelabError(f"--train_split {train_split}: {name} has splits {', '.join(dd)}")
+    names = [eval_split] if eval_split else [s for s in VALIDATION_NAMES if s in dd]
+    if eval_split and eval_split not in dd:
+        raise TunelabError(f"--eval_split {eval_split}: {name} has splits {', '.join(dd)}")
+
+    def rows(split: str) -> Rows:
+        data = dd[split].to_list()
+        return Rows(data, [f"{name}[{split}] row {i}" for i in range(1, len(data) + 1)], f"{name}[{split}]",
+                    list(dd[split].column_names))
+
+    return rows(train_split), (rows(names[0]) if names else None)
+
+
+def carve_validation(train: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
+    if not 0.0 < fraction < 1.0:
+        raise TunelabError(f"--validation_split {fraction}: must be a fraction between 0 and 1 (e.g. 0.1)")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(order) * fraction)))
+    if n_eval >= len(order):
+        raise TunelabError(f"--validation_split {fraction}: leaves no training rows out of {len(order)}")
+    return train.subset(sorted(order[n_eval:])), train.subset(sorted(order[:n_eval]))
+
+
+def sample(rows: Rows, n: int | None, seed: int) -> Rows:
+    if n is None or n >= len(rows):
+        return rows
+    if n <= 0:
+        raise TunelabError(f"a sample size must be positive, got {n}")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return rows.subset(sorted(order[:n]))

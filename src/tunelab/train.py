@@ -1,0 +1,341 @@
+"""A training run, top to bottom: options -> data -> model -> method -> Trainer -> saved output + train_results.json.
+
+Everything that can be wrong with the user's input is checked before the output directory is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab import __version__
+from tunelab.config import TrainOptions, identity, resolve
+from tunelab.data.prepare import PreparedData, prepare
+from tunelab.errors import TunelabError
+from tunelab.fileio import atomic_write_json, atomic_write_text
+from tunelab.memory.tracker import device_description, peak_memory, reset_peak
+from tunelab.methods import ApplyContext, get_method
+from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
+                            resolve_model)
+from tunelab.options import to_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "tunelab_config.yaml"
+RESULTS_FILE = "train_results.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    results: dict[str, Any]
+    skipped: bool = False   # True when the output dir already held this finished run
+
+    @property
+    def results_path(self) -> Path:
+        return self.output_dir / RESULTS_FILE
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Flag combinations that cannot work, reported before anything is loaded."""
+    import torch
+
+    if opts.bf16 and opts.fp16:
+        raise TunelabError("--bf16 and --fp16 cannot be combined; choose one")
+    if opts.fp16 and (opts.use_cpu or not torch.cuda.is_available()):
+        raise TunelabError("--fp16 needs a CUDA GPU; on the CPU use --bf16 or neither")
+    if opts.use_4bit and opts.use_8bit:
+        raise TunelabError("--use_4bit and --use_8bit cannot be combined; choose one")
+    if opts.method == "full" and (opts.use_4bit or opts.use_8bit):
+        raise TunelabError("--method full cannot train quantized weights; drop --use_4bit/--use_8bit or use a PEFT "
+                           "method such as qlora")
+    if opts.max_steps == 0 or (opts.max_steps < 0 and opts.num_train_epochs <= 0):
+        raise TunelabError("nothing to train: set --max_steps > 0 or --num_train_epochs > 0")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "max_seq_length", "logging_steps", "save_steps", "lora_r", "num_virtual_tokens"):
+        if getattr(opts, name) < 1:
+            raise TunelabError(f"--{name} must be at least 1, got {getattr(opts, name)}")
+    if not 0.0 <= opts.validation_split < 1.0:
+        raise TunelabError(f"--validation_split {opts.validation_split}: must be a fraction in [0, 1)")
+    if not 0.0 <= opts.lora_dropout < 1.0:
+        raise TunelabError(f"--lora_dropout {opts.lora_dropout}: must be in [0, 1)")
+    if opts.learning_rate is not None and opts.learning_rate <= 0:
+        raise TunelabError(f"--learning_rate {opts.learning_rate}: must be positive")
+    if opts.early_stopping_patience is not None and not opts.eval_steps:
+        raise TunelabError("--early_stopping_patience needs --eval_steps (and a validation set) to measure progress")
+    if opts.resume_from_checkpoint not in (None, "latest") and not Path(opts.resume_from_checkpoint).is_dir():
+        raise TunelabError(f"--resume_from_checkpoint {opts.resume_from_checkpoint}: no such checkpoint directory; "
+                           "pass a checkpoint-N folder or 'latest'")
+
+
+def _output_state(out: Path, opts: TrainOptions) -> str:
+    """'empty', 'same-finished', 'same-unfinished' or 'different' (a run with other options, or unknown files)."""
+    if not out.exists() or not any(out.iterdir()):
+        return "empty"
+    if not out.is_dir():
+        raise TunelabError(f"--output_dir {out}: exists and is a file; pass a directory path")
+    saved = out / CONFIG_FILE
+    if saved.is_file():
+        try:
+            previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            return "different"
+        if {k: previous.get(k) for k in identity(opts)} == _plain(identity(opts)):
+            return "same-finished" if (out / RESULTS_FILE).is_file() else "same-unfinished"
+    return "different"
+
+
+def _plain(d: dict) -> dict:
+    return yaml.safe_load(yaml.safe_dump(d))
+
+
+def total_training_steps(opts: TrainOptions, n_rows: int, world_size: int = 1) -> int:
+    if opts.max_steps > 0:
+        return opts.max_steps
+    per_epoch = math.ceil(n_rows / (opts.per_device_train_batch_size * world_size))
+    return max(1, math.ceil(per_epoch / opts.gradient_accumulation_steps * opts.num_train_epochs))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return tuple(int(x) for x in model.get_nb_trainable_parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return int(trainable), int(total)
+
+
+def checkpoint_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+
+
+def _compute_dtype(name: str, use_cpu: bool):
+    import torch
+
+    if name == "auto":
+        gpu = torch.cuda.is_available() and not use_cpu
+        return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, label_names, total_steps: int):
+    """Load the base model (quantized if asked) and wrap it with the method. Returns (model, method)."""
+    from transformers import set_seed
+
+    method = get_method(opts.method)
+    quant = quantization_config(use_4bit=opts.use_4bit, use_8bit=opts.use_8bit,
+                                quant_type=opts.bnb_4bit_quant_type,
+                                compute_dtype=_compute_dtype(opts.bnb_4bit_compute_dtype, opts.use_cpu),
+                                double_quant=opts.bnb_4bit_use_double_quant, task_kind=task_kind)
+    extra: dict[str, Any] = {}
+    if task_kind == "seq_cls":
+        extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                     label2id={n: i for i, n in enumerate(label_names)})
+    set_seed(opts.seed)
+    model = load_model(model_path, task_kind, quantization=quant, trust_remote_code=opts.trust_remote_code,
+                       device_map="cpu" if (quant is not None and opts.use_cpu) else None, **extra)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=opts.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif opts.gradient_checkpointing and method.peft and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    set_seed(opts.seed)  # the adapter's initialisation depends on the seed, not on how loading used the RNG
+    model = method.apply(model, opts, ApplyContext(task_kind=task_kind, model_path=model_path,
+                                                   total_steps=total_steps))
+    return model, method
+
+
+def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str):
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    args_cls = Seq2SeqTrainingArguments if task_kind == "seq2seq_lm" else TrainingArguments
+    eval_every = opts.eval_steps if (has_eval and opts.eval_steps) else None
+    early = opts.early_stopping_patience is not None
+    kwargs = dict(
+        output_dir=opts.output_dir, num_train_epochs=opts.num_train_epochs, max_steps=opts.max_steps,
+        per_device_train_batch_size=opts.per_device_train_batch_size,
+        per_device_eval_batch_size=opts.per_device_eval_batch_size,
+        gradient_accumulation_steps=opts.gradient_accumulation_steps, learning_rate=opts.learning_rate,
+        lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=float(opts.warmup_ratio),
+        weight_decay=opts.weight_decay, max_grad_norm=opts.max_grad_norm, optim=opts.optim,
+        # (k-bit models got checkpointing from prepare_model_for_kbit_training already)
+        activation_checkpointing=opts.gradient_checkpointing and not (opts.use_4bit or opts.use_8bit),
+        activation_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
+        bf16=opts.bf16, fp16=opts.fp16, seed=opts.seed, data_seed=opts.seed,
+        logging_steps=opts.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if eval_every else "no", eval_steps=eval_every,
+        save_strategy="steps", save_steps=eval_every if early else opts.save_steps,
+        save_total_limit=opts.save_total_limit, report_to=opts.report_to, use_cpu=opts.use_cpu,
+        include_num_input_tokens_seen="non_padding", disable_tqdm=False,
+        load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None, remove_unused_columns=True, label_names=["labels"],
+        dataloader_num_workers=0, dataloader_pin_memory=_on_gpu(opts),
+    )
+    if eval_every is None and early:
+        raise TunelabError("--early_stopping_patience needs a validation set: the dataset has none; pass "
+                           "--validation_split 0.1")
+    return args_cls(**kwargs)
+
+
+def _on_gpu(opts: TrainOptions) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and not opts.use_cpu
+
+
+def _collator(tokenizer, task_kind: str, model):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if task_kind == "seq_cls":
+        return DataCollatorWithPadding(tokenizer)
+    return DataCollatorForSeq2Seq(tokenizer, model=model if task_kind == "seq2seq_lm" else None,
+                                  label_pad_token_id=-100, padding=True)
+
+
+def _final_step_logger():
+    from transformers import TrainerCallback
+
+    class LogFinalStep(TrainerCallback):
+        """Make sure the last step's loss reaches the loss curve whatever --logging_steps is."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogFinalStep()
+
+
+def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset()) -> TrainResult:
+    """Run one training job and return where its outputs are. Raises TunelabError for user errors."""
+    import torch
+    from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    opts, chosen = resolve(opts, set(explicit))
+    check_options(opts)
+    log.info("effective configuration (defaults chosen for --method %s: %s):\n%s", opts.method,
+             ", ".join(f"{k}={v}" for k, v in chosen.items()) or "none",
+             yaml.safe_dump(_plain(to_dict(opts)), sort_keys=False).rstrip())
+    out = Path(opts.output_dir)
+    state = _output_state(out, opts)
+    if state == "same-finished" and not opts.overwrite_output_dir:
+        log.info("%s already holds this finished run; nothing to do (pass --overwrite_output_dir to retrain)", out)
+        return TrainResult(out, _read_json(out / RESULTS_FILE), skipped=True)
+    if state == "different" and not opts.overwrite_output_dir:
+        raise TunelabError(f"--output_dir {out}: holds a different run (or other files); choose a new directory or "
+                           "pass --overwrite_output_dir to replace it")
+    if state == "different" and not (out / CONFIG_FILE).is_file():
+        raise TunelabError(f"--output_dir {out}: holds files that are not a tunelab run, which "
+                           "--overwrite_output_dir will not delete; choose an empty or new directory")
+
+    model_path = resolve_model(opts.model_name_or_path)
+    model_config = load_config(model_path, trust_remote_code=opts.trust_remote_code)
+    task_kind = detect_task_kind(model_config) if opts.task_type == "auto" else opts.task_type
+    method = get_method(opts.method)
+    method.check(opts, model_config, ApplyContext(task_kind=task_kind, model_path=model_path))
+    tokenizer = load_tokenizer(model_path, task_kind=task_kind, trust_remote_code=opts.trust_remote_code)
+    tokenizer.padding_side = "right"
+    data = prepare(opts, tokenizer, task_kind)
+    total_steps = total_training_steps(opts, len(data.train))
+    model, method = build_model(opts, model_path, task_kind, tokenizer, data.label_names, total_steps)
+    trainable, total = count_parameters(model)
+
+    # From here on the output directory is written to.
+    resume = opts.resume_from_checkpoint
+    if state in ("same-finished", "different") and opts.overwrite_output_dir:
+        shutil.rmtree(out)
+    elif state == "same-unfinished" and resume is None and get_last_checkpoint(str(out)):
+        resume = "latest"
+        log.info("resuming the unfinished run in %s from its last checkpoint", out)
+    if resume == "latest":
+        resume = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if resume is None:
+            raise TunelabError(f"--resume_from_checkpoint latest: {out} holds no checkpoint-N folder to resume from")
+    out.mkdir(parents=True, exist_ok=True)
+    effective = to_dict(opts)
+    atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
+
+    from datasets import Dataset
+
+    train_ds = Dataset.from_list(data.train)
+    eval_ds = Dataset.from_list(data.eval) if data.eval else None
+    args = training_arguments(opts, eval_ds is not None, task_kind)
+    callbacks = [_final_step_logger(), *method.callbacks(model)]
+    if opts.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
+    trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=_collator(tokenizer, task_kind, model), processing_class=tokenizer,
+                          callbacks=callbacks)
+    reset_peak()
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - started
+    peak_bytes, peak_kind = peak_memory()
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
+                       train_seconds, peak_bytes, peak_kind, eval_loss, out)
+    atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
+    return TrainResult(out, results)
+
+
+def _results(opts, chosen, data: PreparedData, trainer, output, model_path, task_kind, method, trainable, total,
+             train_seconds, peak_bytes, peak_kind, eval_loss, out: Path) -> dict[str, Any]:
+    history = trainer.state.log_history
+    curve = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    eval_curve = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    world = trainer.args.world_size
+    return {
+        "tunelab_version": __version__,
+        "method": opts.method,
+        "peft": method.peft,
+        "model_name_or_path": opts.model_name_or_path,
+        "base_model_path": model_path,
+        "task_kind": task_kind,
+        "dataset_name_or_path": opts.dataset_name_or_path,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / total if total else 0.0,
+        "train_seconds": train_seconds,
+        "train_tokens": tokens,
+        "train_tokens_per_second": tokens / train_seconds if train_seconds > 0 else None,
+        "train_samples": len(data.train),
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "effective_batch_size": opts.per_device_train_batch_size * opts.gradient_accumulation_steps * world,
+        "world_size": world,
+        "peak_memory_bytes": peak_bytes,
+        "peak_memory_kind": peak_kind,
+        **device_description(),
+        "checkpoint_bytes": checkpoint_bytes(out),
+        "final_train_loss": curve[-1]["loss"] if curve else None,
+        "mean_train_loss": output.training_loss,
+        "final_eval_loss": eval_loss,
+        "loss_curve": curve,
+        "eval_curve": eval_curve,
+        "data": data.report(),
+        "defaults_chosen": chosen,
+    }
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
