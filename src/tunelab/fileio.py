@@ -14,6 +14,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -23,6 +24,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_shared_dir(path: str | os.PathLike) -> None:
+    """mkdtemp makes 0700 directories; give a finished one the usual permissions before it is renamed into place."""
+    os.chmod(path, 0o777 & ~_umask())
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:

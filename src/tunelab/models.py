@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
+from tunelab.fileio import make_shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def fetch_builtin(name: str, *, install: bool = True) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         try:
             spec.prepare(pkg, tmp)
+            make_shared_dir(tmp)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

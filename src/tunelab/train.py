@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "tunelab_config.yaml"
 RESULTS_FILE = "train_results.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @dataclass
@@ -39,6 +38,8 @@ class TrainResult:
     output_dir: Path
     results: dict[str, Any]
     skipped: bool = False   # True when the output dir already held this finished run
+    model: Any = dataclasses.field(default=None, repr=False)      # the trained model, in memory (not when skipped)
+    tokenizer: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def results_path(self) -> Path:
@@ -114,7 +115,10 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def checkpoint_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    """Bytes of the saved weights (model or adapter), not of tokenizer or training-argument files."""
+    return sum(f.stat().st_size for f in Path(directory).iterdir()
+               if f.is_file() and (f.suffix == ".safetensors" or f.name.startswith(("pytorch_model", "adapter_model"))
+                                   and f.suffix == ".bin"))
 
 
 def _compute_dtype(name: str, use_cpu: bool):
@@ -292,7 +296,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
                        train_seconds, peak_bytes, peak_kind, eval_loss, out)
     atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
-    return TrainResult(out, results)
+    return TrainResult(out, results, model=trainer.model, tokenizer=tokenizer)
 
 
 def _results(opts, chosen, data: PreparedData, trainer, output, model_path, task_kind, method, trainable, total,

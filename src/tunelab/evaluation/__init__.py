@@ -1,0 +1,1 @@
+"""Evaluation: task metrics (``metrics``), text-to-SQL execution (``sql_exec``)."""

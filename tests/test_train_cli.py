@@ -1,0 +1,237 @@
+"""`tunelab train` from the command line: bad input gets one clear line and exit code 2, nothing is written;
+YAML configs layer under flags; an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+
+from conftest import ALPACA_ROWS, CLASSIFICATION_ROWS, write_jsonl
+
+FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_seq_length", "48", "--lora_r", "2",
+        "--save_steps", "100", "--logging_steps", "1", "--use_cpu"]
+
+
+def run_cli(args, capsys):
+    code = main(["train", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BAD_DATA = {
+    "unreadable_json": ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n',
+                        ["bad.jsonl line 2", "not valid JSON"]),
+    "missing_columns": ("cols.jsonl", '{"foo": "a", "bar": "b"}\n', ["cannot tell the data format", "foo, bar"]),
+    "empty_file": ("empty.jsonl", "", ["no rows", "empty"]),
+    "wrong_type": ("types.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": {"x": 1}}\n',
+                   ["types.jsonl line 2", "'output' should be text"]),
+    "missing_value": ("nulls.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": null, "output": "x"}\n',
+                      ["nulls.jsonl line 2", "'instruction' is empty"]),
+    "csv_extra_fields": ("rows.csv", "prompt,completion\na,b\nc,d,e\n", ["rows.csv line 3", "fields"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_is_one_clear_line(case, tiny_llama, tmp_path, capsys):
+    name, text, needles = BAD_DATA[case]
+    data = _bad(tmp_path, name, text)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", data,
+                                 "--output_dir", out, *FAST], capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ")
+    for needle in needles:
+        assert needle in line, line
+    assert "Traceback" not in err
+    assert not out.exists(), "nothing may be written for bad input"
+
+
+def test_label_outside_the_training_label_set(tiny_bert, tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", CLASSIFICATION_ROWS)
+    write_jsonl(d / "validation.jsonl", [{"text": "a new one", "label": "neutral"}])
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_bert, "--dataset_name_or_path", d, "--output_dir", out,
+                            *FAST], capsys)
+    assert code == 2
+    assert "validation.jsonl line 1" in err and "'neutral'" in err and "label set" in err
+    assert not out.exists()
+
+
+def _flags_case(tiny_llama, tiny_t5, data, out):
+    base = ["--dataset_name_or_path", data, "--output_dir", out, *FAST]
+    return {
+        "unknown_method": (["--model_name_or_path", tiny_llama, "--method", "lorax", *base],
+                           ["--method lorax", "unknown method", "lora"]),
+        "targets_match_nothing": (["--model_name_or_path", tiny_llama, "--lora_target_modules", "nonexistent_proj",
+                                   *base], ["--lora_target_modules nonexistent_proj", "matches no module",
+                                            "q_proj"]),
+        "model_path_missing": (["--model_name_or_path", "./no/such/model", *base],
+                               ["--model_name_or_path ./no/such/model", "no such directory"]),
+        "bf16_and_fp16": (["--model_name_or_path", tiny_llama, "--bf16", "--fp16", *base], ["--bf16 and --fp16"]),
+        "full_on_4bit": (["--model_name_or_path", tiny_llama, "--method", "full", "--use_4bit", *base],
+                         ["--method full cannot train quantized weights"]),
+        "early_stopping_without_eval": (["--model_name_or_path", tiny_llama, "--early_stopping_patience", "2",
+                                         *base], ["--early_stopping_patience needs --eval_steps"]),
+        "prompt_init_text_missing": (["--model_name_or_path", tiny_llama, "--method", "prompt_tuning",
+                                      "--prompt_tuning_init", "text", *base], ["--prompt_tuning_init_text"]),
+        "method_not_for_kind": (["--model_name_or_path", tiny_t5, "--method", "llama_adapter", *base],
+                                ["llama_adapter does not support seq2seq_lm"]),
+        "unknown_flag": (["--model_name_or_path", tiny_llama, "--lora_rank", "8", *base],
+                         ["unrecognized arguments: --lora_rank"]),
+        "bad_number": (["--model_name_or_path", tiny_llama, "--learning_rate", "fast", *base],
+                       ["--learning_rate", "invalid float value"]),
+    }
+
+
+CASES = ["unknown_method", "targets_match_nothing", "model_path_missing", "bf16_and_fp16", "full_on_4bit",
+         "early_stopping_without_eval", "prompt_init_text_missing", "method_not_for_kind", "unknown_flag",
+         "bad_number"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_flags_are_one_clear_line(case, tiny_llama, tiny_t5, alpaca_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args, needles = _flags_case(tiny_llama, tiny_t5, alpaca_file, out)[case]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in line, line
+    assert not out.exists()
+
+
+def test_output_dir_with_a_different_run_is_refused(tiny_llama, alpaca_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", tiny_llama, "--dataset_name_or_path", alpaca_file, "--output_dir", out, *FAST]
+    assert run_cli(args, capsys)[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, _, err = run_cli([*args, "--lora_r", "4"], capsys)
+    assert code == 2 and "holds a different run" in err and "--overwrite_output_dir" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # The same command again is recognised as finished: nothing is redone.
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0 and "already holds this finished run" in stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # --overwrite_output_dir replaces it.
+    code, _, _ = run_cli([*args, "--lora_r", "4", "--overwrite_output_dir"], capsys)
+    assert code == 0
+    assert yaml.safe_load((out / "tunelab_config.yaml").read_text())["lora_r"] == 4
+
+
+def test_output_dir_with_foreign_files_is_never_deleted(tiny_llama, alpaca_file, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", alpaca_file,
+                            "--output_dir", out, "--overwrite_output_dir", *FAST], capsys)
+    assert code == 2 and "not a tunelab run" in err
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_yaml_config_with_flag_override(tiny_llama, alpaca_file, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_llama), "dataset_name_or_path": str(alpaca_file),
+                                      "method": "lora", "lora_r": 2, "lora_alpha": 16, "max_steps": 2,
+                                      "per_device_train_batch_size": 2, "max_seq_length": 48, "use_cpu": True,
+                                      "learning_rate": 1e-3}))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--config", config, "--output_dir", out, "--lora_r", "3"], capsys)
+    assert code == 0, err
+    saved = yaml.safe_load((out / "tunelab_config.yaml").read_text())
+    assert saved["lora_r"] == 3            # the flag wins over the file
+    assert saved["lora_alpha"] == 16       # the file wins over the default
+    assert saved["learning_rate"] == 1e-3
+    assert saved["warmup_ratio"] == 0.03   # method-aware default for a PEFT method
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 3 and adapter["lora_alpha"] == 16
+    # The saved effective config reproduces the run when given back as --config.
+    assert yaml.safe_load(yaml.safe_dump(saved)) == saved
+
+
+def test_bad_yaml_config(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model_name_or_path: [unclosed\n")
+    code, _, err = run_cli(["--config", config], capsys)
+    assert code == 2 and "bad.yaml" in err and "not valid YAML" in err
+    config.write_text("learning_rat: 0.1\n")
+    code, _, err = run_cli(["--config", config], capsys)
+    assert code == 2 and "unknown option(s) learning_rat" in err
+
+
+def test_method_aware_defaults(tiny_llama, alpaca_file, tmp_path, capsys):
+    out = tmp_path / "full"
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", alpaca_file, "--output_dir",
+                            out, "--no_peft", *FAST], capsys)
+    assert code == 0, err
+    saved = yaml.safe_load((out / "tunelab_config.yaml").read_text())
+    assert saved["method"] == "full" and saved["learning_rate"] == 5e-5 and saved["warmup_ratio"] == 0.1
+    assert "learning_rate=5e-05" in err  # the chosen defaults are printed at start
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["defaults_chosen"] == {"learning_rate": 5e-5, "warmup_ratio": 0.1}
+
+
+def test_resume_continues_the_step_count(tiny_llama, alpaca_file, tmp_path, capsys):
+    """An interrupted run (its last checkpoint and final files gone) resumes from the checkpoint it has and ends
+    with the same losses as the uninterrupted run."""
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", tiny_llama, "--dataset_name_or_path", alpaca_file, "--output_dir", out,
+            "--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "2", "--max_seq_length", "48",
+            "--logging_steps", "1", "--learning_rate", "1e-2", "--use_cpu"]
+    assert run_cli(args, capsys)[0] == 0
+    full_run = json.loads((out / "train_results.json").read_text())
+    # Simulate a crash after step 2: only checkpoint-2 and the config survive.
+    for p in list(out.iterdir()):
+        if p.name not in ("checkpoint-2", "tunelab_config.yaml"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "resuming" in err
+    resumed = json.loads((out / "train_results.json").read_text())
+    assert resumed["global_step"] == 4
+    assert [p["step"] for p in resumed["loss_curve"]] == [1, 2, 3, 4]
+    for a, b in zip(resumed["loss_curve"], full_run["loss_curve"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # An explicit checkpoint works too.
+    (out / "train_results.json").unlink()
+    code, _, err = run_cli([*args, "--resume_from_checkpoint", out / "checkpoint-2"], capsys)
+    assert code == 0
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == 4
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tunelab", "train", "--model_name_or_path", "x",
+                           "--dataset_name_or_path", str(tmp_path / "missing.jsonl"), "--output_dir",
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_help_documents_every_flag_and_default():
+    from tunelab.config import TrainOptions
+    from tunelab.options import fields_of
+
+    done = subprocess.run([sys.executable, "-m", "tunelab", "train", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for f in fields_of(TrainOptions):
+        assert f"--{f.name}" in text
+    assert "default by method: 5e-5 for full; 2e-4 for LoRA-family" in text
+    assert "0.1 for full, 0.03 for PEFT methods" in text
