@@ -63,6 +63,34 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def cmd_eval(argv: list[str]) -> int:
+    from tunelab.config import EvalOptions
+    from tunelab.evaluation.run import evaluate
+
+    opts, _ = parse_options(EvalOptions, argv, "tunelab eval",
+                            "Evaluate a base model, a PEFT adapter or a fully fine-tuned model on a task, and what it "
+                            "retained (retention probes run on the base and on the tuned model).")
+    result = evaluate(opts)
+    r = result.results
+    if result.skipped:
+        print(f"{result.output_dir} already holds this finished evaluation")
+    if "metrics" in r:
+        head = r["headline_metric"]
+        lo_hi = r["confidence_intervals"].get(head)
+        ci = f" (95% CI {lo_hi[0]:.4f}-{lo_hi[1]:.4f})" if lo_hi else ""
+        print(f"{r['task']}: {head} {r['metrics'][head]:.4f}{ci} on {r['num_examples']} examples")
+    for name, p in (r.get("retention") or {}).items():
+        if "kl_divergence" in p and p.get("kl_divergence") is not None:
+            print(f"retention {name}: KL from base {p['kl_divergence']:.4f} nats/token, change in cross-entropy "
+                  f"{p['delta_cross_entropy']:+.4f}")
+        elif "before" in p:
+            ratio = p.get("retention_ratio")
+            print(f"retention {name}: {p['metric']} {_fmt(p['before'])} -> {_fmt(p['after'])}"
+                  f" (retention {'n/a' if ratio is None else f'{ratio:.3f}'})")
+    print(f"results: {result.results_path}")
+    return 0
+
+
 def cmd_models(argv: list[str]) -> int:
     from tunelab.models import BUILTIN_MODELS, describe_builtins, fetch_builtin
 
@@ -80,13 +108,54 @@ def cmd_models(argv: list[str]) -> int:
     return 0
 
 
+def cmd_data(argv: list[str]) -> int:
+    from tunelab.builtin.text2sql import write_text2sql
+
+    parser = _parser("tunelab data", "Built-in datasets that tunelab writes itself.")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    builtin = sub.add_parser("builtin", help="write a built-in dataset to a directory")
+    builtin.add_argument("name", choices=["text2sql"])
+    builtin.add_argument("--output_dir", required=True, help="where to write it")
+    builtin.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
+    ns = parser.parse_args(argv)
+    paths = write_text2sql(ns.output_dir, seed=ns.seed)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    """The main job on the built-in default: smollm2-135m learns the built-in text-to-SQL task with LoRA."""
+    from tunelab.builtin.text2sql import builtin_text2sql_dir
+    from tunelab.config import TrainOptions
+    from tunelab.train import train
+
+    parser = _parser("tunelab demo", "Train the built-in model on the built-in text-to-SQL task (a short run).")
+    parser.add_argument("--output_dir", default="runs/demo", help="where the run goes (default: runs/demo)")
+    parser.add_argument("--max_steps", type=int, default=30, help="optimizer steps (default: 30)")
+    ns = parser.parse_args(argv)
+    data = builtin_text2sql_dir()
+    opts = TrainOptions(model_name_or_path="smollm2-135m", dataset_name_or_path=str(data / "train.jsonl"),
+                        output_dir=ns.output_dir, method="lora", max_steps=ns.max_steps,
+                        per_device_train_batch_size=4, max_seq_length=256, logging_steps=5, validation_split=0.05)
+    result = train(opts, {"method", "max_steps"})
+    r = result.results
+    print(f"demo: lora on smollm2-135m, {r['global_step']} steps, train loss {_fmt(r['loss_curve'][0]['loss'])} -> "
+          f"{_fmt(r['final_train_loss'])}, eval loss {_fmt(r['final_eval_loss'])}, {r['train_seconds']:.0f}s")
+    print(f"output: {result.output_dir}")
+    return 0
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
 COMMANDS: dict[str, tuple[str, Command]] = {
     "train": ("fine-tune a model (full or PEFT) and save it with train_results.json", cmd_train),
+    "eval": ("task metrics and knowledge retention of a base, adapter or fine-tuned model", cmd_eval),
     "models": ("list or fetch the built-in offline models", cmd_models),
+    "data": ("write a built-in dataset (the text-to-SQL task) to a directory", cmd_data),
+    "demo": ("the main job on the built-in model and data", cmd_demo),
 }
 
 

@@ -157,3 +157,57 @@ def resolve(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict[
 def identity(opts: TrainOptions) -> dict[str, Any]:
     """The options that decide what a run produces (used to recognise 'the same run')."""
     return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in NON_IDENTITY_FIELDS}
+
+
+EVAL_TASKS = ("summarization", "translation", "text2sql", "classification", "language_modeling", "similarity", "qa")
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    """Every option of an evaluation: a task on a dataset, and retention probes run before and after tuning."""
+
+    model_name_or_path: str = option(help="the base model (built-in name, folder or Hub id) or a fully "
+                                          "fine-tuned model's output_dir", group="model")
+    adapter: str | None = option(None, "a PEFT adapter directory (the output_dir of a PEFT run) to evaluate on "
+                                       "top of the base", group="model")
+    base_model_name_or_path: str | None = option(None, "the untouched base for the 'before' of retention probes "
+                                                       "(default: read from the run's saved config)", group="model")
+    task_type: str = option("auto", "causal_lm, seq2seq_lm or seq_cls; auto reads it from the model config",
+                            choices=TASK_TYPES, group="model")
+    task: str | None = option(None, "what the dataset measures", choices=EVAL_TASKS, group="task")
+    dataset_name_or_path: str | None = option(None, "the task's evaluation data: a file, a directory with a "
+                                                    "test/validation split file, or a Hub dataset", group="task")
+    dataset_config: str | None = option(None, "the Hub dataset's configuration name", group="task")
+    eval_split: str = option("test", "split to evaluate when the dataset has several (falls back to "
+                                     "validation/val/dev)", group="task")
+    dataset_format: str = option("auto", "how to read rows; auto detects it from the column names",
+                                 choices=DATASET_FORMATS, group="task")
+    input_columns: list[str] | None = option(None, "columns that form the prompt (or the texts to classify)",
+                                             group="task")
+    target_column: str | None = option(None, "column that holds the reference (or the label)", group="task")
+    template: str | None = option(None, "prompt template (default: the one the run was trained with)",
+                                  choices=TEMPLATES, group="task")
+    system_prompt: str | None = option(None, "system prompt (default: the one the run was trained with)",
+                                       group="task")
+    sql_database: str | None = option(None, "text2sql: an SQLite file to run queries on (default: databases "
+                                            "generated from each row's CREATE TABLE context, or the dataset "
+                                            "directory's .sqlite file)", group="task")
+    retention: list[str] | None = option(None, "retention probes run before and after tuning: built-in names "
+                                               "(general_knowledge, drift, multi30k_en_fr, stsb, text2sql) or "
+                                               "TASK:PATH for your own data", group="retention")
+    data_dir: str | None = option(None, "folder of the shared real datasets used by built-in probes "
+                                        "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="retention")
+    probe_samples: int = option(50, "examples per retention probe", group="retention")
+    baseline: str | None = option(None, "a base model's eval_results.json whose probe scores serve as 'before' "
+                                        "(saves re-running the base)", group="retention")
+    output_dir: str = option(help="where eval_results.json and predictions.jsonl go", group="output")
+    overwrite_output_dir: bool = option(False, "replace a finished evaluation in --output_dir", group="output")
+    max_eval_samples: int | None = option(None, "evaluate at most this many examples (chosen with --seed)",
+                                          group="generation")
+    max_new_tokens: int = option(128, "tokens to generate per answer (greedy)", group="generation")
+    per_device_eval_batch_size: int = option(8, "generation batch size", group="generation")
+    max_seq_length: int = option(1024, "truncate prompts to this many tokens", group="generation")
+    seed: int = option(42, "seed for sampling examples and bootstrap intervals", group="generation")
+    use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")

@@ -21,6 +21,7 @@ class Example:
     texts: tuple[str, ...] | None = None
     label: str | None = None
     locator: str = ""
+    fields: dict[str, Any] | None = None  # the source row, for task metrics that need more (a SQL schema, say)
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -190,8 +191,12 @@ def normalise(rows, *, dataset_format: str = "auto", input_columns: list[str] | 
         raise TunelabError(f"{rows.source}: --dataset_format {fmt} needs the columns {spec.description}; the file "
                            f"has {', '.join(rows.columns)}")
     # Column-name matching is case-insensitive: lower-case keys once.
-    examples = [spec.normalise({str(k).lower(): v for k, v in row.items()}, loc, {})
-                for row, loc in zip(rows.rows, rows.locators)]
+    examples = []
+    for row, loc in zip(rows.rows, rows.locators):
+        lowered = {str(k).lower(): v for k, v in row.items()}
+        example = spec.normalise(lowered, loc, {})
+        example.fields = lowered
+        examples.append(example)
     return fmt, examples
 
 
@@ -205,19 +210,18 @@ def _normalise_columns(rows, input_columns, target_column, classification) -> tu
     examples = []
     for row, loc in zip(rows.rows, rows.locators):
         if classification:
-            examples.append(_classification(row, loc, {"texts": tuple(input_columns), "label": target_column}))
+            example = _classification(row, loc, {"texts": tuple(input_columns), "label": target_column})
         else:
-            user = "\n".join(_text(row, c, loc) for c in input_columns)
-            examples.append(_pair(user, _text(row, target_column, loc), loc))
+            example = _pair("\n".join(_text(row, c, loc) for c in input_columns), _text(row, target_column, loc), loc)
+        example.fields = dict(row)
+        examples.append(example)
     return ("classification" if classification else "columns"), examples
 
 
 def as_conversation(example: Example) -> Example:
     """Classification rows given to a generative model become question -> label-text conversations."""
     if example.texts is not None:
-        return _pair("\n".join(example.texts), example.label or "", example.locator)
+        converted = _pair("\n".join(example.texts), example.label or "", example.locator)
+        converted.fields = example.fields
+        return converted
     return example
-
-
-def describe(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={str(v)[:30]!r}" for k, v in list(row.items())[:4])

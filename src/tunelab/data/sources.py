@@ -135,7 +135,7 @@ def _read_parquet(path: Path) -> tuple[list[dict], list[str]]:
     return rows, [f"{path.name} row {i}" for i in range(1, len(rows) + 1)]
 
 
-def _split_file(directory: Path, split: str) -> Path | None:
+def split_file(directory: Path, split: str) -> Path | None:
     for f in sorted(directory.iterdir()):
         if f.suffix.lower() not in FILE_SUFFIXES or not f.is_file():
             continue
@@ -155,12 +155,12 @@ def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: st
                                "--validation_split FRACTION or a directory of split files")
         return read_file(path), None
     if path.is_dir():
-        train_file = _split_file(path, train_split)
+        train_file = split_file(path, train_split)
         if train_file is None:
             raise TunelabError(f"{flag} {path}: no file named {train_split}.jsonl/.json/.csv/.tsv/.parquet in the "
                                "directory; name the training file after its split or pass the file itself")
         candidates = [eval_split] if eval_split else list(VALIDATION_NAMES)
-        eval_file = next((f for f in (_split_file(path, c) for c in candidates) if f is not None), None)
+        eval_file = next((f for f in (split_file(path, c) for c in candidates) if f is not None), None)
         if eval_split and eval_file is None:
             raise TunelabError(f"--eval_split {eval_split}: no such split file in {path}")
         return read_file(train_file), read_file(eval_file) if eval_file else None

@@ -1,0 +1,97 @@
+"""Knowledge retention: what a model could do before tuning, and still can after.
+
+Two kinds of probe:
+- task probes (general knowledge, translation, similarity, ...): the same task scored on the base model
+  ("before") and on the tuned one ("after"), giving a retention ratio and the amount forgotten;
+- the drift probe: the base model's own greedy continuations of general prompts (generated once, cached), on
+  which the tuned model's mean token-level KL divergence from the base and its change in cross-entropy are
+  measured. Logits are shifted against labels, and "before" is always the base model itself.
+For PEFT models every probe is also scored with the adapter disabled, which must reproduce the base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from tunelab import inference
+from tunelab.data.formats import Example
+from tunelab.evaluation.tasks import HIGHER_IS_BETTER, TaskSettings, run_task
+from tunelab.fileio import atomic_write_json
+from tunelab.models import cache_dir
+
+log = logging.getLogger(__name__)
+
+DRIFT_NEW_TOKENS = 48
+
+
+def compare_scores(before: float | None, after: float | None, metric: str) -> dict[str, Any]:
+    """Retention ratio (1.0 = nothing lost) and forgetting (> 0 = worse), whichever way the metric points."""
+    if before is None or after is None or any(isinstance(x, float) and math.isnan(x) for x in (before, after)):
+        return {"retention_ratio": None, "forgetting": None}
+    higher_better = HIGHER_IS_BETTER.get(metric, True)
+    if higher_better:
+        ratio = after / before if before else None
+        return {"retention_ratio": ratio, "forgetting": before - after}
+    ratio = before / after if after else None
+    return {"retention_ratio": ratio, "forgetting": after - before}
+
+
+def score_probe(task: str, lm, examples: list[Example], settings: TaskSettings) -> dict[str, Any]:
+    outcome = run_task(task, lm, examples, settings)
+    return {"metric": outcome.headline, "value": outcome.value, "scores": outcome.scores,
+            "confidence_interval": outcome.confidence_interval, "num_examples": len(examples),
+            "predictions": outcome.rows}
+
+
+# --- drift ---------------------------------------------------------------------------------------------------
+
+def _drift_cache_path(base: inference.LoadedModel, prompts: list[Example], new_tokens: int) -> Path:
+    key = json.dumps({"model": str(Path(base.model_path).resolve()) if Path(base.model_path).exists()
+                      else base.model_path, "template": base.template.name, "system": base.template.system_prompt,
+                      "prompts": [p.messages for p in prompts], "new_tokens": new_tokens}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir() / "drift" / f"{digest}.json"
+
+
+def drift_references(base: inference.LoadedModel, prompts: list[Example], *, batch_size: int = 8,
+                     new_tokens: int = DRIFT_NEW_TOKENS) -> list[Example]:
+    """The base model's greedy continuations of the prompts, generated once per base model and cached."""
+    path = _drift_cache_path(base, prompts, new_tokens)
+    if path.is_file():
+        continuations = json.loads(path.read_text(encoding="utf-8"))["continuations"]
+    else:
+        continuations, _ = inference.generate(base, [p.messages for p in prompts], max_new_tokens=new_tokens,
+                                              batch_size=batch_size, desc="drift references", strip=False)
+        atomic_write_json(path, {"model_path": base.model_path, "continuations": continuations})
+    return [Example(messages=[*p.messages, {"role": "assistant", "content": c}], locator=p.locator)
+            for p, c in zip(prompts, continuations) if c]
+
+
+def drift(base: inference.LoadedModel, lm: inference.LoadedModel, references: list[Example], *,
+          batch_size: int = 8) -> dict[str, Any]:
+    """Mean token-level KL(base || tuned) on the base's own continuations, and the change in cross-entropy."""
+    import torch
+
+    base_rows = inference.response_losses(base, references, batch_size=batch_size, return_logits=True)
+    tuned_rows = inference.response_losses(lm, references, batch_size=batch_size, return_logits=True)
+    kl_sum, tokens, ce_base, ce_tuned = 0.0, 0, 0.0, 0.0
+    for b, t in zip(base_rows, tuned_rows):
+        if not b["tokens"]:
+            continue
+        logp_base = torch.log_softmax(b["logits"], -1)
+        logp_tuned = torch.log_softmax(t["logits"], -1)
+        kl_sum += float((logp_base.exp() * (logp_base - logp_tuned)).sum())
+        tokens += b["tokens"]
+        ce_base += b["nll_sum"]
+        ce_tuned += t["nll_sum"]
+    if tokens == 0:
+        return {"metric": "kl_divergence", "kl_divergence": None, "num_tokens": 0}
+    return {"metric": "kl_divergence", "kl_divergence": max(kl_sum / tokens, 0.0),
+            "base_cross_entropy": ce_base / tokens, "cross_entropy": ce_tuned / tokens,
+            "delta_cross_entropy": (ce_tuned - ce_base) / tokens, "num_tokens": tokens,
+            "num_examples": len(references)}

@@ -1,0 +1,188 @@
+"""`tunelab eval`: task metrics and knowledge retention for a base model, a PEFT adapter or a fully fine-tuned
+model. Writes predictions.jsonl and eval_results.json (last, atomically: its presence marks a finished run)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab import __version__, inference
+from tunelab.config import EvalOptions
+from tunelab.errors import TunelabError
+from tunelab.evaluation import retention
+from tunelab.evaluation.probes import (ProbeContext, _dir_database, default_data_dir, load_task_examples,
+                                       parse_probe, sample_examples)
+from tunelab.evaluation.tasks import TaskSettings, run_task
+from tunelab.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunelab.options import to_dict
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "eval_results.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+OPTIONS_FILE = "eval_options.yaml"
+_NON_IDENTITY = {"output_dir", "overwrite_output_dir", "config", "baseline", "use_cpu"}
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    results: dict[str, Any]
+    skipped: bool = False
+
+    @property
+    def results_path(self) -> Path:
+        return self.output_dir / RESULTS_FILE
+
+
+def _identity(opts: EvalOptions) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump({k: v for k, v in to_dict(opts).items() if k not in _NON_IDENTITY}))
+
+
+def _check(opts: EvalOptions) -> None:
+    if not opts.task and not opts.retention:
+        raise TunelabError("nothing to evaluate: pass --task with --dataset_name_or_path, or --retention probes")
+    if opts.task and not opts.dataset_name_or_path:
+        raise TunelabError(f"--task {opts.task} needs --dataset_name_or_path")
+    if opts.dataset_name_or_path and not opts.task:
+        raise TunelabError("--dataset_name_or_path needs --task (what the data measures)")
+    for name in ("max_new_tokens", "per_device_eval_batch_size", "probe_samples", "max_seq_length"):
+        if getattr(opts, name) < 1:
+            raise TunelabError(f"--{name} must be at least 1, got {getattr(opts, name)}")
+    if opts.baseline and not Path(opts.baseline).is_file():
+        raise TunelabError(f"--baseline {opts.baseline}: no such file; pass a base model's eval_results.json")
+
+
+def _base_reference(opts: EvalOptions, lm: inference.LoadedModel) -> str | None:
+    """The untouched base behind the evaluated model, or None when the model *is* the base."""
+    if opts.base_model_name_or_path:
+        return opts.base_model_name_or_path
+    if lm.is_peft:
+        return opts.model_name_or_path
+    trained_from = lm.run_config.get("model_name_or_path")
+    return trained_from if trained_from and trained_from != opts.model_name_or_path else None
+
+
+def evaluate(opts: EvalOptions) -> EvalResult:
+    _check(opts)
+    out = Path(opts.output_dir)
+    saved = out / OPTIONS_FILE
+    if (out / RESULTS_FILE).is_file() and not opts.overwrite_output_dir:
+        if saved.is_file() and yaml.safe_load(saved.read_text(encoding="utf-8")) == _identity(opts):
+            log.info("%s already holds this finished evaluation; nothing to do", out)
+            return EvalResult(out, json.loads((out / RESULTS_FILE).read_text(encoding="utf-8")), skipped=True)
+        raise TunelabError(f"--output_dir {out}: holds a different evaluation; choose a new directory or pass "
+                           "--overwrite_output_dir")
+    probes = [parse_probe(spec) for spec in opts.retention or []]
+    ctx = ProbeContext(default_data_dir(opts.data_dir), opts.probe_samples, opts.seed)
+    probe_examples = {probe.name: probe.load(ctx) for probe, _ in probes}  # bad probe data fails before loading
+
+    task_examples = None
+    if opts.task:
+        task_examples = load_task_examples(opts.task, opts.dataset_name_or_path, eval_split=opts.eval_split,
+                                           dataset_config=opts.dataset_config, dataset_format=opts.dataset_format,
+                                           input_columns=opts.input_columns, target_column=opts.target_column)
+        task_examples = sample_examples(task_examples, opts.max_eval_samples, opts.seed)
+
+    lm = inference.load(opts.model_name_or_path, opts.adapter, use_cpu=opts.use_cpu, task_type=opts.task_type,
+                        template=opts.template, system_prompt=opts.system_prompt)
+    settings = TaskSettings(max_new_tokens=opts.max_new_tokens, batch_size=opts.per_device_eval_batch_size,
+                            max_seq_length=opts.max_seq_length, seed=opts.seed)
+    results: dict[str, Any] = {
+        "tunelab_version": __version__, "model_name_or_path": opts.model_name_or_path, "adapter": opts.adapter,
+        "task_kind": lm.task_kind, "template": lm.template.name,
+    }
+    prediction_rows: list[dict[str, Any]] = []
+    if opts.task:
+        settings.sql_database = opts.sql_database or (_dir_database(opts.dataset_name_or_path)
+                                                      if opts.task == "text2sql" else None)
+        started = time.perf_counter()
+        outcome = run_task(opts.task, lm, task_examples, settings)
+        results.update({
+            "task": opts.task, "dataset_name_or_path": opts.dataset_name_or_path,
+            "num_examples": len(task_examples), "metrics": outcome.scores, "headline_metric": outcome.headline,
+            "confidence_intervals": {outcome.headline: outcome.confidence_interval},
+            "confidence_level": 0.95, "generation": outcome.generation,
+            "eval_seconds": time.perf_counter() - started,
+        })
+        prediction_rows += [dict(row, source=opts.task) for row in outcome.rows]
+
+    if probes:
+        base_ref = _base_reference(opts, lm)
+        baseline = json.loads(Path(opts.baseline).read_text(encoding="utf-8")) if opts.baseline else None
+        base_lm = _load_base(base_ref, lm, opts) if base_ref else lm
+        retention_results = {}
+        for probe, sql_db in probes:
+            examples = probe_examples[probe.name]
+            if probe.task == "drift":
+                retention_results[probe.name] = _run_drift(base_lm, lm, examples, settings)
+                continue
+            cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
+            probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
+            result, rows = _run_task_probe(probe, base_lm, lm, examples, probe_settings, baseline)
+            retention_results[probe.name] = result
+            prediction_rows += [dict(row, source=f"retention:{probe.name}") for row in rows]
+        results["retention"] = retention_results
+        results["base_model_name_or_path"] = base_ref or opts.model_name_or_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(out / PREDICTIONS_FILE, prediction_rows)
+    atomic_write_text(saved, yaml.safe_dump(_identity(opts), sort_keys=False))
+    atomic_write_json(out / RESULTS_FILE, results)
+    return EvalResult(out, results)
+
+
+def _load_base(base_ref: str, lm: inference.LoadedModel, opts: EvalOptions) -> inference.LoadedModel:
+    """The untouched base, prompted with the same template as the tuned model so that scores compare."""
+    return inference.load(base_ref, None, use_cpu=opts.use_cpu, task_type=lm.task_kind, template=lm.template.name,
+                          system_prompt=lm.template.system_prompt)
+
+
+@contextlib.contextmanager
+def _adapter_disabled(lm: inference.LoadedModel):
+    with lm.model.disable_adapter():
+        yield
+
+
+def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[dict[str, Any], list[dict]]:
+    after = retention.score_probe(probe.task, lm, examples, settings)
+    before_from_baseline = ((baseline or {}).get("retention") or {}).get(probe.name, {}).get("after") \
+        if baseline else None
+    if before_from_baseline is not None:
+        before_value = before_from_baseline
+    elif base_lm is lm:
+        before_value = after["value"]
+    else:
+        before_value = retention.score_probe(probe.task, base_lm, examples, settings)["value"]
+    result = {"task": probe.task, "metric": after["metric"], "before": before_value, "after": after["value"],
+              **retention.compare_scores(before_value, after["value"], after["metric"]),
+              "scores_after": after["scores"], "confidence_interval_after": after["confidence_interval"],
+              "num_examples": after["num_examples"]}
+    if lm.is_peft:
+        with _adapter_disabled(lm):
+            disabled = retention.score_probe(probe.task, lm, examples, settings)
+        result["adapter_disabled"] = disabled["value"]
+        result["adapter_disabled_equals_base"] = disabled["value"] == before_value
+        if lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"):
+            result["note"] = "the base is quantized for this method: 'adapter_disabled' scores the quantized base"
+    return result, after["predictions"]
+
+
+def _run_drift(base_lm, lm, prompts, settings) -> dict[str, Any]:
+    if lm.task_kind != "causal_lm":
+        return {"metric": "kl_divergence", "skipped": f"drift needs a causal LM; this is a {lm.task_kind} model"}
+    refs = retention.drift_references(base_lm, prompts, batch_size=settings.batch_size)
+    result = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size)
+    if lm.is_peft:
+        with _adapter_disabled(lm):
+            disabled = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size)
+        result["adapter_disabled_kl_divergence"] = disabled.get("kl_divergence")
+        result["adapter_disabled_delta_cross_entropy"] = disabled.get("delta_cross_entropy")
+    return result

@@ -1,0 +1,205 @@
+"""Evaluation tasks: how a model's answers are produced for a set of Examples and scored.
+
+A task is one entry in TASKS: a runner (generate / classify / embed / score losses) and the metric from
+``metrics.METRICS``. The same tasks serve the main evaluation and the retention probes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from tunelab import inference
+from tunelab.data.formats import Example
+from tunelab.errors import TunelabError
+from tunelab.evaluation import metrics
+from tunelab.evaluation.sql_exec import execution_accuracy
+
+
+@dataclass
+class TaskSettings:
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    max_seq_length: int = 1024
+    seed: int = 42
+    sql_database: str | None = None
+
+
+@dataclass
+class TaskOutcome:
+    task: str
+    scores: dict[str, float]
+    headline: str
+    per_example: list[float]
+    confidence_interval: tuple[float, float] | None
+    rows: list[dict[str, Any]]           # one per example: input, reference, prediction, score
+    generation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def value(self) -> float:
+        return self.scores[self.headline]
+
+
+def _input_text(ex: Example) -> str:
+    if ex.texts is not None:
+        return " ||| ".join(ex.texts)
+    return "\n".join(m["content"] for m in ex.prompt_messages if m["role"] != "system")
+
+
+def _rows(examples, predictions, references, per_example) -> list[dict[str, Any]]:
+    scores = per_example if per_example else [None] * len(examples)
+    return [{"input": _input_text(ex), "reference": ref, "prediction": pred, "score": score}
+            for ex, pred, ref, score in zip(examples, predictions, references, scores)]
+
+
+def _ci(per_example: list[float], seed: int) -> tuple[float, float] | None:
+    if len(per_example) < 2:
+        return None
+    return metrics.mean_ci(per_example, seed=seed)
+
+
+def _generate(lm, examples, settings, desc):
+    prompts = [ex.prompt_messages for ex in examples]
+    preds, stats = inference.generate(lm, prompts, max_new_tokens=settings.max_new_tokens,
+                                      batch_size=settings.batch_size, max_prompt_tokens=settings.max_seq_length,
+                                      desc=desc)
+    return preds, {"seconds": stats.seconds, "new_tokens": stats.new_tokens,
+                   "tokens_per_second": stats.tokens_per_second}
+
+
+def _references(examples) -> list[Any]:
+    refs = []
+    for ex in examples:
+        aliases = (ex.fields or {}).get("answers")
+        refs.append(aliases if isinstance(aliases, list) and aliases else ex.reference)
+    return refs
+
+
+def _generative(metric_name: str) -> Callable:
+    def run(lm, examples, settings) -> TaskOutcome:
+        preds, gen = _generate(lm, examples, settings, f"{metric_name}")
+        refs = _references(examples)
+        result = metrics.METRICS[metric_name](preds, refs)
+        return TaskOutcome(metric_name, result["scores"], metrics.HEADLINE[metric_name], result["per_example"],
+                           _ci(result["per_example"], settings.seed), _rows(examples, preds, refs,
+                                                                            result["per_example"]), gen)
+    return run
+
+
+_SQL_START = re.compile(r"\b(SELECT|WITH)\b", re.I)
+
+
+def clean_sql(text: str) -> str:
+    """The first SQL statement of a generated answer: from its first SELECT/WITH to a semicolon, a blank line or
+    a code fence (models often wrap a query in prose or markdown)."""
+    m = _SQL_START.search(text)
+    if not m:
+        return text.strip().splitlines()[0].strip() if text.strip() else ""
+    rest = text[m.start():]
+    for stop in (";", "```", "\n\n"):
+        rest = rest.split(stop, 1)[0]
+    return " ".join(rest.split())
+
+
+def _text2sql(lm, examples, settings) -> TaskOutcome:
+    raw, gen = _generate(lm, examples, settings, "text2sql")
+    preds = [clean_sql(p) for p in raw]
+    golds = [ex.reference for ex in examples]
+    contexts = [(ex.fields or {}).get("context") for ex in examples]
+    if settings.sql_database:
+        result = execution_accuracy(preds, golds, db_paths=settings.sql_database, seed=settings.seed)
+    else:
+        if any(not c for c in contexts):
+            bad = next(ex for ex, c in zip(examples, contexts) if not c)
+            raise TunelabError(f"{bad.locator}: text2sql needs a 'context' column with the CREATE TABLE statements "
+                               "(or pass --sql_database FILE.sqlite)")
+        result = execution_accuracy(preds, golds, contexts=contexts, seed=settings.seed)
+    rows = _rows(examples, preds, golds, result["per_example"])
+    for row, raw_text in zip(rows, raw):
+        row["raw_prediction"] = raw_text
+    scores = dict(result["scores"], gold_errors=result.get("gold_errors", 0))
+    return TaskOutcome("text2sql", scores, "execution_accuracy", result["per_example"],
+                       _ci(result["per_example"], settings.seed), rows, gen)
+
+
+def _classification(lm, examples, settings) -> TaskOutcome:
+    if lm.task_kind != "seq_cls":
+        conversations = [_as_question(ex) for ex in examples]
+        return _generative("classification")(lm, conversations, settings)
+    if any(ex.texts is None for ex in examples):
+        raise TunelabError("classification needs rows with a text (or sentence pair) and a label")
+    preds = inference.classify(lm, examples, batch_size=settings.batch_size, max_length=settings.max_seq_length)
+    refs = [ex.label for ex in examples]
+    result = metrics.classification(preds, refs)
+    return TaskOutcome("classification", result["scores"], "accuracy", result["per_example"],
+                       _ci(result["per_example"], settings.seed), _rows(examples, preds, refs, result["per_example"]))
+
+
+def _as_question(ex: Example) -> Example:
+    from tunelab.data.formats import as_conversation
+
+    return as_conversation(ex)
+
+
+def _language_modeling(lm, examples, settings) -> TaskOutcome:
+    losses = inference.response_losses(lm, examples, batch_size=settings.batch_size,
+                                       max_seq_length=settings.max_seq_length)
+    nll = np.array([r["nll_sum"] for r in losses])
+    tok = np.array([r["tokens"] for r in losses])
+    if tok.sum() == 0:
+        raise TunelabError("language_modeling: no tokens to score (every example was empty after truncation)")
+
+    def ppl(idx: np.ndarray) -> float:
+        return float(math.exp(nll[idx].sum() / max(tok[idx].sum(), 1)))
+
+    all_idx = np.arange(len(losses))
+    per_token = [float(n / t) if t else float("nan") for n, t in zip(nll, tok)]
+    ci = metrics.bootstrap_ci(len(losses), ppl, seed=settings.seed) if len(losses) > 1 else None
+    scores = {"perplexity": ppl(all_idx), "cross_entropy": float(nll.sum() / tok.sum()), "tokens": int(tok.sum())}
+    refs = [ex.reference if ex.text is None else ex.text for ex in examples]
+    return TaskOutcome("language_modeling", scores, "perplexity", per_token, ci,
+                       _rows(examples, [""] * len(examples), refs, per_token))
+
+
+def _similarity(lm, examples, settings) -> TaskOutcome:
+    import torch
+
+    if any(ex.texts is None or len(ex.texts) < 2 for ex in examples):
+        raise TunelabError("similarity needs sentence pairs (sentence1, sentence2) with a gold score")
+    try:
+        gold = [float(ex.label) for ex in examples]
+    except (TypeError, ValueError):
+        raise TunelabError("similarity needs a numeric gold score per pair (column 'score' or 'label')") from None
+    a = inference.embed(lm, [ex.texts[0] for ex in examples], batch_size=max(settings.batch_size, 32))
+    b = inference.embed(lm, [ex.texts[1] for ex in examples], batch_size=max(settings.batch_size, 32))
+    cos = torch.nn.functional.cosine_similarity(a, b).tolist()
+    result = metrics.spearman(cos, gold)
+    ci = metrics.spearman_ci(cos, gold, seed=settings.seed) if len(gold) > 2 else None
+    return TaskOutcome("similarity", result["scores"], "spearman", [], ci,
+                       _rows(examples, [f"{c:.4f}" for c in cos], [str(g) for g in gold], []))
+
+
+TASKS: dict[str, Callable[[Any, list[Example], TaskSettings], TaskOutcome]] = {
+    "summarization": _generative("summarization"),
+    "translation": _generative("translation"),
+    "qa": _generative("qa"),
+    "text2sql": _text2sql,
+    "classification": _classification,
+    "language_modeling": _language_modeling,
+    "similarity": _similarity,
+}
+
+# Which way is better, for retention ratios and reports.
+HIGHER_IS_BETTER = {"perplexity": False, "cross_entropy": False}
+
+
+def run_task(task: str, lm, examples: list[Example], settings: TaskSettings) -> TaskOutcome:
+    if task not in TASKS:
+        raise TunelabError(f"--task {task}: unknown task; choose one of {', '.join(TASKS)}")
+    if not examples:
+        raise TunelabError(f"--task {task}: no examples to evaluate")
+    return TASKS[task](lm, examples, settings)

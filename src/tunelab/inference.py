@@ -1,0 +1,301 @@
+"""Load a base model (optionally with a PEFT adapter, or a fully fine-tuned directory) the way it was trained, and
+run it: batched greedy generation, per-token losses, embeddings, class predictions.
+
+Evaluation, `tunelab generate` and the compare runner all go through here, so a model is always prompted exactly
+as it was trained (same template, same system prompt, same quantization of the base).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from tunelab.data.encode import IGNORE_INDEX, adds_bos, encode_causal
+from tunelab.data.formats import Example
+from tunelab.data.templates import Template, resolve_template
+from tunelab.errors import TunelabError
+from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
+                            resolve_model)
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "tunelab_config.yaml"
+
+
+def read_run_config(directory: str | Path | None) -> dict[str, Any]:
+    """The effective training options saved next to an adapter or a fully fine-tuned model (empty if none)."""
+    if directory is None:
+        return {}
+    path = Path(directory) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def read_label_names(directory: str | Path) -> list[str] | None:
+    """Label names of a classification run, from its train_results.json."""
+    import json
+
+    path = Path(directory) / "train_results.json"
+    if not path.is_file():
+        return None
+    return (json.loads(path.read_text(encoding="utf-8")).get("data") or {}).get("labels")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    task_kind: str
+    template: Template
+    model_path: str
+    adapters: dict[str, str] = field(default_factory=dict)   # name -> adapter dir
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_peft(self) -> bool:
+        return bool(self.adapters)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def _device(use_cpu: bool):
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
+
+
+def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool = False, task_type: str = "auto",
+         template: str | None = None, system_prompt: str | None = None, quantize_like_training: bool = True,
+         adapter_name: str = "default") -> LoadedModel:
+    """Load for inference. ``adapter`` is a PEFT adapter directory; the base is quantized as it was in training."""
+    import torch
+
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise TunelabError(f"--adapter {adapter}: no adapter_config.json there; pass the output_dir of a PEFT run")
+    model_path = resolve_model(model_name_or_path)
+    run_config = read_run_config(adapter) or read_run_config(model_path)
+    config = load_config(model_path)
+    task_kind = task_type if task_type != "auto" else run_config.get("task_type") or "auto"
+    task_kind = detect_task_kind(config) if task_kind == "auto" else task_kind
+    tokenizer = load_tokenizer(adapter or model_path, task_kind=task_kind)
+    quant = None
+    if adapter is not None and quantize_like_training:
+        quant = quantization_config(use_4bit=bool(run_config.get("use_4bit")),
+                                    use_8bit=bool(run_config.get("use_8bit")),
+                                    quant_type=run_config.get("bnb_4bit_quant_type", "nf4"),
+                                    compute_dtype=torch.float32 if use_cpu or not torch.cuda.is_available()
+                                    else torch.bfloat16,
+                                    double_quant=run_config.get("bnb_4bit_use_double_quant", True))
+    device = _device(use_cpu)
+    extra: dict[str, Any] = {}
+    labels = read_label_names(adapter) if adapter is not None and task_kind == "seq_cls" else None
+    if labels:  # the base's config does not know the head an adapter was trained with
+        extra = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={n: i for i, n in enumerate(labels)})
+    model = load_model(model_path, task_kind, quantization=quant, device_map="cpu" if quant and use_cpu else None,
+                       **extra)
+    if quant is None:
+        model.to(device)
+    adapters = {}
+    if adapter is not None:
+        model = attach_adapter(model, adapter, adapter_name, model_path)
+        adapters[adapter_name] = str(adapter)
+    model.eval()
+    tmpl = resolve_template(template or run_config.get("template", "auto"), tokenizer,
+                            system_prompt if system_prompt is not None else run_config.get("system_prompt"),
+                            task_kind=task_kind)
+    return LoadedModel(model, tokenizer, task_kind, tmpl, model_path, adapters, run_config)
+
+
+def attach_adapter(model, adapter: str, name: str, model_path: str):
+    """Load an adapter onto a base (or add one more to a PeftModel). A mismatched base is a user error."""
+    from peft import PeftModel
+
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter, adapter_name=name)
+            return model
+        return PeftModel.from_pretrained(model, adapter, adapter_name=name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        text = str(e)
+        trained_on = _adapter_base(adapter)
+        if "size mismatch" in text or "not found in the base model" in text or "Target module" in text \
+                or "target_modules" in text or "Error(s) in loading" in text:
+            raise TunelabError(f"--adapter {adapter}: made for another base model ({trained_on}), not "
+                               f"{model_path}; pass the base model it was trained on") from None
+        raise
+
+
+def _adapter_base(adapter: str) -> str:
+    import json
+
+    try:
+        return json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"] or "unknown"
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@dataclass
+class GenerationStats:
+    seconds: float = 0.0
+    new_tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.new_tokens / self.seconds if self.seconds > 0 else None
+
+
+def prompt_text(lm: LoadedModel, messages: list[dict[str, str]]) -> str:
+    if lm.task_kind == "seq2seq_lm":
+        return lm.template.source(messages)
+    text = lm.template.prompt(messages, lm.tokenizer)
+    if lm.template.name != "chat" and adds_bos(lm.tokenizer):
+        text = lm.tokenizer.bos_token + text
+    return text
+
+
+def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
+             batch_size: int = 8, max_prompt_tokens: int = 1024, desc: str = "generating",
+             adapter_names: list[str] | None = None, strip: bool = True) -> tuple[list[str], GenerationStats]:
+    """Greedy answers to conversations (each a list of messages ending before the answer)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if lm.task_kind == "seq_cls":
+        raise TunelabError("this is a classification model: it predicts labels, it does not generate text")
+    tok = lm.tokenizer
+    tok.padding_side = "left" if lm.task_kind == "causal_lm" else "right"
+    texts = [prompt_text(lm, p) for p in prompts]
+    stats = GenerationStats()
+    outputs: list[str] = []
+    names = adapter_names or [None] * len(texts)
+    eos_ids = _stop_ids(tok)
+    bar = tqdm(total=len(texts), desc=desc, leave=False)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                  add_special_tokens=lm.task_kind != "causal_lm").to(lm.device)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      pad_token_id=tok.pad_token_id, eos_token_id=eos_ids)
+        chunk_names = names[start:start + batch_size]
+        if any(n is not None for n in chunk_names):
+            kwargs["adapter_names"] = [n or "__base__" for n in chunk_names]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.model.generate(**enc, **kwargs)
+        stats.seconds += time.perf_counter() - t0
+        new = out[:, enc["input_ids"].shape[1]:] if lm.task_kind == "causal_lm" else out
+        for row in new:
+            ids = [int(t) for t in row if int(t) != tok.pad_token_id]
+            ids = ids[:_first_stop(ids, eos_ids)]
+            stats.new_tokens += len(ids)
+            text = tok.decode(ids, skip_special_tokens=True)
+            outputs.append(text.strip() if strip else text)
+        bar.update(len(chunk))
+    bar.close()
+    return outputs, stats
+
+
+def _stop_ids(tok) -> list[int]:
+    ids = {tok.eos_token_id}
+    for special in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def _first_stop(ids: list[int], stops: list[int]) -> int:
+    for i, t in enumerate(ids):
+        if t in stops:
+            return i
+    return len(ids)
+
+
+def response_losses(lm: LoadedModel, examples: list[Example], *, batch_size: int = 8, max_seq_length: int = 1024,
+                    return_logits: bool = False) -> list[dict[str, Any]]:
+    """Per example: summed cross-entropy over target tokens and their count (logits shifted against labels)."""
+    import torch
+    import torch.nn.functional as F
+
+    if lm.task_kind != "causal_lm":
+        raise TunelabError("per-token losses are computed for causal language models only")
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    feats = []
+    for ex in examples:
+        f, _ = encode_causal(ex, lm.template, tok, max_seq_length, bos=adds_bos(tok))
+        feats.append(f)
+    results: list[dict[str, Any]] = []
+    for chunk in batches(feats, batch_size):
+        width = max(len(f["input_ids"]) for f in chunk if f) if any(chunk) else 1
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, f in enumerate(chunk):
+            if f:
+                n = len(f["input_ids"])
+                ids[i, :n] = torch.tensor(f["input_ids"])
+                labels[i, :n] = torch.tensor(f["labels"])
+                mask[i, :n] = 1
+        with torch.inference_mode():
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float().cpu()
+        # Position t predicts token t+1: shift logits left against labels.
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX,
+                              reduction="none")
+        valid = shift_labels != IGNORE_INDEX
+        for i in range(len(chunk)):
+            row = {"nll_sum": float(nll[i][valid[i]].sum()), "tokens": int(valid[i].sum())}
+            if return_logits:
+                row["logits"] = shift_logits[i][valid[i]]
+            results.append(row)
+    return results
+
+
+def embed(lm: LoadedModel, texts: list[str], *, batch_size: int = 32, max_length: int = 256):
+    """Mean-pooled last hidden states (padding excluded), as sentence-transformers does for MiniLM."""
+    import torch
+
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    out = []
+    for chunk in batches(texts, batch_size):
+        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(lm.device)
+        with torch.inference_mode():
+            hidden = lm.model(**enc, output_hidden_states=True).hidden_states[-1].float()
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def classify(lm: LoadedModel, examples: list[Example], *, batch_size: int = 32, max_length: int = 512) -> list[str]:
+    """Predicted label names of a sequence-classification model."""
+    import torch
+
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    id2label = lm.model.config.id2label
+    preds = []
+    for chunk in batches(examples, batch_size):
+        firsts = [ex.texts[0] for ex in chunk]
+        seconds = [ex.texts[1] for ex in chunk] if all(len(ex.texts) > 1 for ex in chunk) else None
+        enc = tok(firsts, seconds, return_tensors="pt", padding=True, truncation=True,
+                  max_length=max_length).to(lm.device)
+        with torch.inference_mode():
+            logits = lm.model(**enc).logits
+        preds.extend(str(id2label[int(i)]) for i in logits.argmax(-1))
+    return preds

@@ -1,0 +1,166 @@
+"""`tunelab eval` on tiny real models: retention before/after, adapter-disabled equals base, the drift probe,
+predictions, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunelab import inference
+from tunelab.cli import main
+from tunelab.config import EvalOptions, TrainOptions
+from tunelab.evaluation import retention
+from tunelab.evaluation.probes import ProbeContext, drift_prompts
+from tunelab.evaluation.run import evaluate
+from tunelab.train import train
+
+from conftest import ALPACA_ROWS, write_jsonl
+
+QA_ROWS = [{"question": "What is the capital of France?", "answer": "Paris"},
+           {"question": "Count the books.", "answer": "SELECT count(*) FROM books"},
+           {"question": "Translate to French: the cat", "answer": "le chat"}]
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tiny_llama, tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapter")
+    data = write_jsonl(d / "train.jsonl", ALPACA_ROWS)
+    opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data), output_dir=str(d / "out"),
+                        method="lora", max_steps=6, per_device_train_batch_size=4, max_seq_length=64, lora_r=4,
+                        learning_rate=2e-2, warmup_ratio=0.0, save_steps=100, seed=0, use_cpu=True)
+    return train(opts).output_dir
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    return write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+
+
+def _eval(tmp_path, **kw):
+    defaults = dict(output_dir=str(tmp_path / "eval"), max_new_tokens=8, per_device_eval_batch_size=2,
+                    probe_samples=6, use_cpu=True)
+    return evaluate(EvalOptions(**{**defaults, **kw}))
+
+
+def test_adapter_eval_reports_before_after_and_disabled_equals_base(tiny_llama, trained_adapter, qa_file,
+                                                                    tmp_path):
+    result = _eval(tmp_path, model_name_or_path=str(tiny_llama), adapter=str(trained_adapter),
+                   task="language_modeling", dataset_name_or_path=str(qa_file),
+                   retention=[f"language_modeling:{qa_file}", "drift"])
+    r = result.results
+    assert r["headline_metric"] == "perplexity" and r["num_examples"] == 3 and r["metrics"]["perplexity"] > 1
+    probe = r["retention"][f"language_modeling:{qa_file}"]
+    # 'before' is the untouched base, measured on its own: recompute it independently.
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template=r["template"])
+    from tunelab.evaluation.probes import load_task_examples
+    from tunelab.evaluation.tasks import TaskSettings, run_task
+
+    base_value = run_task("language_modeling", base, load_task_examples("language_modeling", str(qa_file)),
+                          TaskSettings(batch_size=2)).value
+    assert probe["before"] == pytest.approx(base_value, rel=1e-6)
+    assert probe["after"] != pytest.approx(probe["before"], rel=1e-3), "training changed nothing?"
+    assert probe["adapter_disabled"] == probe["before"] and probe["adapter_disabled_equals_base"] is True
+    assert probe["retention_ratio"] == pytest.approx(probe["before"] / probe["after"])  # lower perplexity is better
+    drift = r["retention"]["drift"]
+    assert drift["kl_divergence"] > 0 and drift["adapter_disabled_kl_divergence"] == 0.0
+    assert drift["adapter_disabled_delta_cross_entropy"] == 0.0
+    lines = (result.output_dir / "predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    assert {row["source"] for row in rows} == {"language_modeling", f"retention:language_modeling:{qa_file}"}
+    assert all({"input", "reference", "prediction", "score"} <= set(row) for row in rows)
+
+
+def test_generation_task_writes_predictions_and_ci(tiny_llama, trained_adapter, qa_file, tmp_path):
+    result = _eval(tmp_path, model_name_or_path=str(tiny_llama), adapter=str(trained_adapter), task="qa",
+                   dataset_name_or_path=str(qa_file))
+    r = result.results
+    assert set(r["metrics"]) == {"exact_match", "contains_answer"}
+    lo, hi = r["confidence_intervals"]["contains_answer"]
+    assert 0.0 <= lo <= r["metrics"]["contains_answer"] <= hi <= 1.0
+    assert r["generation"]["new_tokens"] > 0
+    rows = [json.loads(x) for x in (result.output_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [row["reference"] for row in rows] == [q["answer"] for q in QA_ROWS]
+    # A re-run with the same options is recognised as finished.
+    again = _eval(tmp_path, model_name_or_path=str(tiny_llama), adapter=str(trained_adapter), task="qa",
+                  dataset_name_or_path=str(qa_file))
+    assert again.skipped
+
+
+def _as_loaded(model, like: inference.LoadedModel, adapters=None) -> inference.LoadedModel:
+    return inference.LoadedModel(model.eval(), like.tokenizer, like.task_kind, like.template, like.model_path,
+                                 adapters or {})
+
+
+def test_drift_is_zero_for_the_base_and_a_fresh_lora_and_positive_after_training(tiny_llama, trained_adapter):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template="chatml")
+    prompts = drift_prompts(ProbeContext(None, 6, 0))
+    refs = [ex for ex in retention.drift_references(base, prompts, new_tokens=12)]
+    assert refs, "the base produced no continuations"
+    same = retention.drift(base, base, refs)
+    assert same["kl_divergence"] == 0.0 and same["delta_cross_entropy"] == 0.0
+
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # B = 0 at initialisation
+    zero = retention.drift(base, _as_loaded(fresh, base, {"default": "fresh"}), refs)
+    assert zero["kl_divergence"] == 0.0 and zero["delta_cross_entropy"] == 0.0
+
+    tuned = inference.load(str(tiny_llama), str(trained_adapter), use_cpu=True, template="chatml")
+    moved = retention.drift(base, tuned, refs)
+    assert moved["kl_divergence"] > 1e-4
+    assert moved["delta_cross_entropy"] != 0.0
+
+
+def test_response_loss_shifts_logits_against_labels(tiny_llama):
+    """Our per-token loss equals transformers' own causal-LM loss (which shifts internally): an unshifted
+    comparison - one of the two bugs peft's method-comparison suite once shipped - would not."""
+    from tunelab.data.encode import encode_causal
+    from tunelab.data.formats import Example
+
+    lm = inference.load(str(tiny_llama), None, use_cpu=True, template="chatml")
+    ex = Example(messages=[{"role": "user", "content": "Count the books."},
+                           {"role": "assistant", "content": "SELECT count(*) FROM books"}])
+    ours = inference.response_losses(lm, [ex])[0]
+    feats, _ = encode_causal(ex, lm.template, lm.tokenizer, 512)
+    with torch.no_grad():
+        hf = lm.model(input_ids=torch.tensor([feats["input_ids"]]), labels=torch.tensor([feats["labels"]])).loss
+    assert ours["nll_sum"] / ours["tokens"] == pytest.approx(float(hf), rel=1e-5)
+
+
+def test_fully_fine_tuned_model_uses_its_base_for_before(tiny_llama, qa_file, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", ALPACA_ROWS)
+    full = train(TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data),
+                              output_dir=str(tmp_path / "full"), method="full", max_steps=3,
+                              per_device_train_batch_size=4, max_seq_length=64, learning_rate=1e-3, save_steps=100,
+                              use_cpu=True)).output_dir
+    r = _eval(tmp_path, model_name_or_path=str(full), retention=[f"language_modeling:{qa_file}"]).results
+    assert r["base_model_name_or_path"] == str(tiny_llama)
+    probe = r["retention"][f"language_modeling:{qa_file}"]
+    assert probe["before"] != probe["after"] and "adapter_disabled" not in probe
+
+
+def test_bad_input_is_one_clear_line(tiny_llama, tiny_bert, trained_adapter, qa_file, tmp_path, capsys):
+    cases = [
+        (["--model_name_or_path", tiny_llama, "--task", "poetry", "--dataset_name_or_path", qa_file],
+         "--task", "invalid choice"),
+        (["--model_name_or_path", tiny_llama, "--task", "similarity", "--dataset_name_or_path", qa_file],
+         "similarity data needs columns sentence1, sentence2 and score", None),
+        (["--model_name_or_path", tiny_bert, "--adapter", trained_adapter, "--task", "qa", "--dataset_name_or_path",
+          qa_file], "made for another base model", None),
+        (["--model_name_or_path", tiny_llama, "--retention", "no_such_probe"], "not a built-in probe", None),
+        (["--model_name_or_path", tiny_llama], "nothing to evaluate", None),
+    ]
+    for args, needle, needle2 in cases:
+        out = tmp_path / "bad"
+        code = main(["eval", *map(str, args), "--output_dir", str(out), "--use_cpu"])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and needle in last and "Traceback" not in err
+        if needle2:
+            assert needle2 in last
+        assert not out.exists()
