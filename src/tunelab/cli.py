@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from tunelab import __version__
@@ -91,6 +92,62 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: list[str]) -> int:
+    from tunelab.compare.api import compare_from_options
+    from tunelab.config import CompareOptions
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--recipe", argv[0], *argv[1:]]
+    opts, _ = parse_options(CompareOptions, argv, "tunelab compare",
+                            "Full fine-tuning and PEFT methods side by side on one task: what each costs, learns and "
+                            "forgets. `tunelab compare RECIPE.yaml` or `tunelab compare --recipe demo`.")
+    outcome = compare_from_options(opts)
+    _print_comparison(outcome)
+    return 0 if all(r["status"] == "ok" for r in outcome.records) else 1
+
+
+def _print_comparison(outcome) -> None:
+    from tunelab.compare.report import markdown_table, table
+
+    header, body = table(outcome.records)
+    print(markdown_table(header, body))
+    failed = [r for r in outcome.records if r["status"] != "ok"]
+    for r in failed:
+        print(f"failed: {r['label']} (seed {r['seed']}): {r['error']}")
+    print(f"ran {len(outcome.ran)} run(s), skipped {len(outcome.skipped)} already finished")
+    print(f"results: {outcome.output_dir / 'results.jsonl'}")
+    if outcome.report_html:
+        print(f"report: {outcome.report_html}")
+
+
+def cmd_recipes(argv: list[str]) -> int:
+    from tunelab.compare.recipe import builtin_recipes, load_recipe
+
+    _parser("tunelab recipes", "List the built-in comparison recipes.").parse_args(argv)
+    for name, path in sorted(builtin_recipes().items()):
+        recipe = load_recipe(str(path))
+        print(f"{name:<11} {recipe.description}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from tunelab.compare.report import write_report
+
+    parser = _parser("tunelab report", "Rebuild report.md and report.html of a comparison from its results.jsonl.")
+    parser.add_argument("output_dir", help="the comparison directory")
+    ns = parser.parse_args(argv)
+    html, md = write_report(Path(ns.output_dir))
+    print(f"report: {html}")
+    print(f"markdown: {md}")
+    return 0
+
+
+def cmd_estimate(argv: list[str]) -> int:
+    from tunelab.memory.command import cmd_estimate as estimate_command
+
+    return estimate_command(argv)
+
+
 def cmd_models(argv: list[str]) -> int:
     from tunelab.models import BUILTIN_MODELS, describe_builtins, fetch_builtin
 
@@ -125,25 +182,14 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_demo(argv: list[str]) -> int:
-    """The main job on the built-in default: smollm2-135m learns the built-in text-to-SQL task with LoRA."""
-    from tunelab.builtin.text2sql import builtin_text2sql_dir
-    from tunelab.config import TrainOptions
-    from tunelab.train import train
-
-    parser = _parser("tunelab demo", "Train the built-in model on the built-in text-to-SQL task (a short run).")
-    parser.add_argument("--output_dir", default="runs/demo", help="where the run goes (default: runs/demo)")
-    parser.add_argument("--max_steps", type=int, default=30, help="optimizer steps (default: 30)")
-    ns = parser.parse_args(argv)
-    data = builtin_text2sql_dir()
-    opts = TrainOptions(model_name_or_path="smollm2-135m", dataset_name_or_path=str(data / "train.jsonl"),
-                        output_dir=ns.output_dir, method="lora", max_steps=ns.max_steps,
-                        per_device_train_batch_size=4, max_seq_length=256, logging_steps=5, validation_split=0.05)
-    result = train(opts, {"method", "max_steps"})
-    r = result.results
-    print(f"demo: lora on smollm2-135m, {r['global_step']} steps, train loss {_fmt(r['loss_curve'][0]['loss'])} -> "
-          f"{_fmt(r['final_train_loss'])}, eval loss {_fmt(r['final_eval_loss'])}, {r['train_seconds']:.0f}s")
-    print(f"output: {result.output_dir}")
-    return 0
+    """The main job on the built-in default: `tunelab compare --recipe demo --output_dir runs/demo`."""
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: tunelab demo [compare options]\n\nRuns `tunelab compare --recipe demo --output_dir runs/demo`: "
+              "smollm2-135m learns the built-in text-to-SQL task with full fine-tuning, LoRA and QLoRA, and the "
+              "report shows what each costs, learns and forgets. Any `tunelab compare` flag can be added.")
+        return 0
+    defaults = ["--recipe", "demo"] + ([] if "--output_dir" in argv else ["--output_dir", "runs/demo"])
+    return cmd_compare(defaults + argv)
 
 
 def _fmt(x) -> str:
@@ -153,6 +199,10 @@ def _fmt(x) -> str:
 COMMANDS: dict[str, tuple[str, Command]] = {
     "train": ("fine-tune a model (full or PEFT) and save it with train_results.json", cmd_train),
     "eval": ("task metrics and knowledge retention of a base, adapter or fine-tuned model", cmd_eval),
+    "compare": ("the main job: full fine-tuning and PEFT methods side by side, with a report", cmd_compare),
+    "recipes": ("list the built-in comparison recipes", cmd_recipes),
+    "report": ("rebuild a comparison's report from its results.jsonl", cmd_report),
+    "estimate": ("predict peak training memory: will this run fit, and why", cmd_estimate),
     "models": ("list or fetch the built-in offline models", cmd_models),
     "data": ("write a built-in dataset (the text-to-SQL task) to a directory", cmd_data),
     "demo": ("the main job on the built-in model and data", cmd_demo),

@@ -33,6 +33,10 @@ class TrainOptions:
                             choices=TASK_TYPES, group="model")
     trust_remote_code: bool = option(False, "allow model code from the Hub to run (off unless you ask)",
                                      group="model")
+    torch_dtype: str = option("auto", "dtype the base weights are loaded in; auto: bfloat16 (float16 with --fp16) for "
+                                      "PEFT methods trained with --bf16/--fp16, else float32 (full fine-tuning keeps "
+                                      "float32 master weights under mixed precision)",
+                              choices=("auto", "float32", "bfloat16", "float16"), group="model")
 
     # --- data --------------------------------------------------------------------------------------------------
     dataset_name_or_path: str = option(help="a .json/.jsonl/.csv/.parquet file, a directory holding "
@@ -211,3 +215,35 @@ class EvalOptions:
     use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
+
+
+@dataclass(kw_only=True)
+class CompareOptions:
+    """`tunelab compare`: a recipe plus command-line overrides of its fields."""
+
+    recipe: str = option(help="a recipe YAML file or a built-in recipe name (see `tunelab recipes`); also given as "
+                              "the first argument", group="recipe")
+    output_dir: str | None = option(None, "the comparison directory (default: runs/compare-<recipe name>)",
+                                    group="recipe")
+    methods: list[str] | None = option(None, "compare only these entries (labels or method names; a method the "
+                                             "recipe lacks is added with its defaults), e.g. full,lora",
+                                       group="overrides")
+    seeds: list[int] | None = option(None, "seeds to run, e.g. 0,1,2", group="overrides")
+    model_name_or_path: str | None = option(None, "another base model", group="overrides")
+    max_steps: int | None = option(None, "shared budget: optimizer steps", group="overrides")
+    num_train_epochs: float | None = option(None, "shared budget: epochs (when max_steps is not set)",
+                                            group="overrides")
+    per_device_train_batch_size: int | None = option(None, "shared budget: batch size", group="overrides")
+    gradient_accumulation_steps: int | None = option(None, "shared budget: accumulation steps", group="overrides")
+    max_seq_length: int | None = option(None, "shared budget: sequence length", group="overrides")
+    max_eval_samples: int | None = option(None, "evaluation examples", group="overrides")
+    probe_samples: int | None = option(None, "examples per retention probe", group="overrides")
+    max_new_tokens: int | None = option(None, "tokens generated per answer", group="overrides")
+    data_dir: str | None = option(None, "folder of the shared real datasets that recipes read "
+                                        "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="data")
+    device: str = option("auto", "where runs train: auto uses a GPU when there is one (bf16 where supported)",
+                         choices=("auto", "cpu", "cuda"), group="execution")
+    force: bool = option(False, "re-run finished runs too", group="execution")
+    retry_failed: bool = option(False, "re-run runs recorded as failed", group="execution")
+    run_timeout: float | None = option(None, "seconds after which a run is stopped and recorded as failed",
+                                       group="execution")

@@ -169,7 +169,8 @@ def prompt_text(lm: LoadedModel, messages: list[dict[str, str]]) -> str:
 
 def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
              batch_size: int = 8, max_prompt_tokens: int = 1024, desc: str = "generating",
-             adapter_names: list[str] | None = None, strip: bool = True) -> tuple[list[str], GenerationStats]:
+             adapter_names: list[str] | None = None, strip: bool = True,
+             min_new_tokens: int | None = None) -> tuple[list[str], GenerationStats]:
     """Greedy answers to conversations (each a list of messages ending before the answer)."""
     import torch
     from tqdm.auto import tqdm
@@ -190,6 +191,8 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
                   add_special_tokens=lm.task_kind != "causal_lm").to(lm.device)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       pad_token_id=tok.pad_token_id, eos_token_id=eos_ids)
+        if min_new_tokens:
+            kwargs["min_new_tokens"] = min_new_tokens
         chunk_names = names[start:start + batch_size]
         if any(n is not None for n in chunk_names):
             kwargs["adapter_names"] = [n or "__base__" for n in chunk_names]

@@ -18,6 +18,7 @@ import yaml
 
 from tunelab import __version__
 from tunelab.config import TrainOptions, identity, resolve
+from tunelab.data import sources
 from tunelab.data.prepare import PreparedData, prepare
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json, atomic_write_text
@@ -73,6 +74,7 @@ def check_options(opts: TrainOptions) -> None:
         raise TunelabError(f"--learning_rate {opts.learning_rate}: must be positive")
     if opts.early_stopping_patience is not None and not opts.eval_steps:
         raise TunelabError("--early_stopping_patience needs --eval_steps (and a validation set) to measure progress")
+    sources.check_local(opts.dataset_name_or_path)
     if opts.resume_from_checkpoint not in (None, "latest") and not Path(opts.resume_from_checkpoint).is_dir():
         raise TunelabError(f"--resume_from_checkpoint {opts.resume_from_checkpoint}: no such checkpoint directory; "
                            "pass a checkpoint-N folder or 'latest'")
@@ -121,6 +123,18 @@ def checkpoint_bytes(directory: Path) -> int:
                                    and f.suffix == ".bin"))
 
 
+def weights_dtype(opts: TrainOptions):
+    """The dtype the base weights are loaded in. PEFT methods train few parameters, so their frozen base can live in
+    the mixed-precision dtype; full fine-tuning keeps float32 master weights (the Trainer autocasts)."""
+    import torch
+
+    if opts.torch_dtype != "auto":
+        return getattr(torch, opts.torch_dtype)
+    if get_method(opts.method).peft and (opts.bf16 or opts.fp16):
+        return torch.bfloat16 if opts.bf16 else torch.float16
+    return torch.float32
+
+
 def _compute_dtype(name: str, use_cpu: bool):
     import torch
 
@@ -128,6 +142,19 @@ def _compute_dtype(name: str, use_cpu: bool):
         gpu = torch.cuda.is_available() and not use_cpu
         return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, name)
+
+
+def prepare_model(model, opts: TrainOptions, method, ctx: ApplyContext):
+    """After loading: k-bit preparation, input gradients for checkpointing, then the method. The memory estimator
+    prepares its fake-tensor model through here too, so that it traces what training runs."""
+    if opts.use_4bit or opts.use_8bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=opts.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif opts.gradient_checkpointing and method.peft and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return method.apply(model, opts, ctx)
 
 
 def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, label_names, total_steps: int):
@@ -145,19 +172,13 @@ def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, 
                      label2id={n: i for i, n in enumerate(label_names)})
     set_seed(opts.seed)
     model = load_model(model_path, task_kind, quantization=quant, trust_remote_code=opts.trust_remote_code,
-                       device_map="cpu" if (quant is not None and opts.use_cpu) else None, **extra)
+                       device_map="cpu" if (quant is not None and opts.use_cpu) else None, dtype=weights_dtype(opts),
+                       **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=opts.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif opts.gradient_checkpointing and method.peft and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
     set_seed(opts.seed)  # the adapter's initialisation depends on the seed, not on how loading used the RNG
-    model = method.apply(model, opts, ApplyContext(task_kind=task_kind, model_path=model_path,
-                                                   total_steps=total_steps))
+    model = prepare_model(model, opts, method, ApplyContext(task_kind=task_kind, model_path=model_path,
+                                                            total_steps=total_steps))
     return model, method
 
 

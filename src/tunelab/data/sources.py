@@ -145,6 +145,14 @@ def split_file(directory: Path, split: str) -> Path | None:
     return None
 
 
+def check_local(name_or_path: str, flag: str = "--dataset_name_or_path") -> None:
+    """A value that looks like a local path must exist (checked before any model is loaded)."""
+    path = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES
+    if looks_local and not path.exists():
+        raise TunelabError(f"{flag} {name_or_path}: no such file or directory")
+
+
 def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: str | None = None,
                 dataset_config: str | None = None, flag: str = "--dataset_name_or_path") -> tuple[Rows, Rows | None]:
     """(train rows, validation rows or None) from a file, a directory of split files, or a Hub dataset."""
@@ -164,8 +172,7 @@ def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: st
         if eval_split and eval_file is None:
             raise TunelabError(f"--eval_split {eval_split}: no such split file in {path}")
         return read_file(train_file), read_file(eval_file) if eval_file else None
-    if name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix.lower() in FILE_SUFFIXES:
-        raise TunelabError(f"{flag} {name_or_path}: no such file or directory")
+    check_local(name_or_path, flag)
     return _load_hub(name_or_path, dataset_config, train_split, eval_split, flag)
 
 

@@ -25,6 +25,12 @@ class PromptTuning(Method):
 
 
 class PrefixTuning(Method):
+    def check(self, opts, model_config, ctx):
+        super().check(opts, model_config, ctx)
+        if opts.gradient_checkpointing:
+            raise TunelabError("--method prefix_tuning cannot use --gradient_checkpointing: checkpointed layers drop "
+                               "the prefix cache in transformers; drop the flag or choose another method")
+
     def peft_config(self, opts, model, ctx):
         from peft import PrefixTuningConfig
 

@@ -1,0 +1,26 @@
+"""From CompareOptions (CLI flags or Python keywords) to a finished comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.compare.recipe import apply_overrides, load_recipe
+from tunelab.compare.runner import ComparisonOutcome, run_comparison
+from tunelab.config import CompareOptions
+
+BUDGET_OVERRIDES = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                    "max_seq_length")
+EVAL_OVERRIDES = ("max_eval_samples", "probe_samples", "max_new_tokens")
+
+
+def compare_from_options(opts: CompareOptions) -> ComparisonOutcome:
+    recipe = load_recipe(opts.recipe)
+    budget = {k: getattr(opts, k) for k in BUDGET_OVERRIDES if getattr(opts, k) is not None}
+    if "max_steps" not in budget and "num_train_epochs" in budget:
+        budget["max_steps"] = -1  # epochs only count when no step budget is set
+    recipe = apply_overrides(recipe, methods=opts.methods, seeds=opts.seeds, budget=budget,
+                             eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES},
+                             model=opts.model_name_or_path)
+    out = Path(opts.output_dir or f"runs/compare-{recipe.name}")
+    return run_comparison(recipe, out, data_dir=opts.data_dir, device=opts.device, force=opts.force,
+                          retry_failed=opts.retry_failed, run_timeout=opts.run_timeout)

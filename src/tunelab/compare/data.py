@@ -1,0 +1,71 @@
+"""A comparison's data, fixed once for every run: paths resolved, the evaluation set carved out where asked, the
+training subset drawn with a fixed seed. Written into the comparison directory so a re-run uses the same rows."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.compare.recipe import Recipe
+from tunelab.data import sources
+from tunelab.errors import TunelabError
+from tunelab.fileio import atomic_write_jsonl
+
+DATA_SEED = 0  # the rows a comparison trains on do not change with the run's seed
+
+
+@dataclass
+class ComparisonData:
+    train: str
+    eval: str
+    sql_database: str | None
+
+
+def resolve_path(value: str, data_dir: Path | None, *, recipe: Recipe, field: str) -> str:
+    if value.startswith("builtin:"):
+        name, _, rest = value[len("builtin:"):].partition("/")
+        if name != "text2sql":
+            raise TunelabError(f"recipe {recipe.name}: data.{field} {value}: the built-in datasets are builtin:text2sql")
+        from tunelab.builtin.text2sql import builtin_text2sql_dir
+
+        return str(builtin_text2sql_dir() / rest)
+    if "{data_dir}" in value:
+        if data_dir is None:
+            raise TunelabError(f"recipe {recipe.name} reads {value.replace('{data_dir}/', '')} from the shared data "
+                               "folder, which was not found; pass --data_dir (or set TUNELAB_DATA_DIR)")
+        value = value.replace("{data_dir}", str(data_dir))
+    path = Path(value).expanduser()
+    if not path.exists():
+        hint = " (pass --data_dir to point at the shared data folder)" if data_dir is not None else ""
+        raise TunelabError(f"recipe {recipe.name}: data.{field} {path}: not found{hint}")
+    return str(path)
+
+
+def prepare_data(recipe: Recipe, out: Path, data_dir: Path | None) -> ComparisonData:
+    d = recipe.data
+    train = resolve_path(d["train"], data_dir, recipe=recipe, field="train")
+    evals = resolve_path(d["eval"], data_dir, recipe=recipe, field="eval") if d.get("eval") else None
+    sql_db = resolve_path(d["sql_database"], data_dir, recipe=recipe, field="sql_database") \
+        if d.get("sql_database") else None
+    holdout = d.get("holdout")
+    limit = d.get("max_train_samples")
+    if not holdout and not limit:
+        return ComparisonData(train, evals or train, sql_db)
+    rows = sources.read_file(Path(train))
+    if holdout:
+        column, fraction = holdout.get("column"), float(holdout.get("fraction", 0.1))
+        if column not in rows.columns:
+            raise TunelabError(f"recipe {recipe.name}: data.holdout.column {column!r} is not a column of {train} "
+                               f"({', '.join(rows.columns)})")
+        groups = sorted({str(r.get(column)) for r in rows.rows})
+        random.Random(DATA_SEED).shuffle(groups)
+        held = set(groups[:max(1, int(round(len(groups) * fraction)))])
+        eval_idx = [i for i, r in enumerate(rows.rows) if str(r.get(column)) in held]
+        train_idx = [i for i, r in enumerate(rows.rows) if str(r.get(column)) not in held]
+        eval_rows, rows = rows.subset(eval_idx), rows.subset(train_idx)
+        evals = str(atomic_write_jsonl(out / "data" / "eval.jsonl", eval_rows.rows))
+    if limit:
+        rows = sources.sample(rows, int(limit), DATA_SEED)
+    train = str(atomic_write_jsonl(out / "data" / "train.jsonl", rows.rows))
+    return ComparisonData(train, evals or train, sql_db)

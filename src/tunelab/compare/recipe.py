@@ -1,0 +1,257 @@
+"""Recipes: one YAML file names the model, the task and its data, the retention probes, the methods to compare
+(each with its own overrides and label), one shared budget and the seeds.
+
+Every run of a comparison gets its TrainOptions and EvalOptions from here, so all methods see the same data in
+the same order, the same number of steps, the same sequence length and the same effective batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config import EvalOptions, TrainOptions
+from tunelab.errors import TunelabError
+from tunelab.methods import get_method
+
+RECIPE_KEYS = {"name", "description", "model", "task", "data", "system_prompt", "retention", "budget", "eval",
+               "methods", "seeds", "template"}
+DATA_KEYS = {"train", "eval", "sql_database", "holdout", "max_train_samples", "dataset_format", "input_columns",
+             "target_column"}
+BUDGET_KEYS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+               "max_seq_length", "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing",
+               "optim", "logging_steps"}
+EVAL_KEYS = {"max_eval_samples", "max_new_tokens", "probe_samples", "per_device_eval_batch_size"}
+# Options a method entry may not override: they are the shared budget (or the comparison's own).
+SHARED_ONLY = BUDGET_KEYS - {"gradient_checkpointing", "optim", "lr_scheduler_type", "weight_decay", "max_grad_norm"} | {
+    "model_name_or_path", "dataset_name_or_path", "output_dir", "seed", "max_train_samples"}
+
+
+@dataclass
+class MethodEntry:
+    label: str
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "method": self.method, **self.overrides}
+
+
+@dataclass
+class Recipe:
+    name: str
+    model: str
+    task: str
+    data: dict[str, Any]
+    methods: list[MethodEntry]
+    seeds: list[int]
+    retention: list[str] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+    template: str | None = None
+    description: str = ""
+    source: str = ""
+
+    # --- identity ---------------------------------------------------------------------------------------------
+    def shared_content(self) -> dict[str, Any]:
+        """What every run shares: a change here invalidates every finished run."""
+        return {"model": self.model, "task": self.task, "data": self.data, "retention": self.retention,
+                "budget": self.budget, "eval": self.eval, "system_prompt": self.system_prompt,
+                "template": self.template}
+
+    def run_key(self, entry: MethodEntry, seed: int) -> str:
+        blob = json.dumps({"shared": self.shared_content(), "method": entry.as_dict(), "seed": seed},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def base_key(self) -> str:
+        blob = json.dumps({"shared": self.shared_content(), "method": "base"}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        data = {"name": self.name, "description": self.description, "model": self.model, "task": self.task,
+                "data": self.data, "system_prompt": self.system_prompt, "template": self.template,
+                "retention": self.retention, "budget": self.budget, "eval": self.eval,
+                "methods": [m.as_dict() for m in self.methods], "seeds": self.seeds}
+        return yaml.safe_dump({k: v for k, v in data.items() if v not in (None, "", [], {})}, sort_keys=False)
+
+    # --- options for one run ----------------------------------------------------------------------------------
+    def train_options(self, entry: MethodEntry, seed: int, *, train_file: str, output_dir: str,
+                      device: str = "auto") -> TrainOptions:
+        from tunelab.config import TrainOptions
+
+        values: dict[str, Any] = dict(model_name_or_path=self.model, dataset_name_or_path=train_file,
+                                      output_dir=output_dir, seed=seed, method=entry.method,
+                                      save_steps=10**9, logging_steps=self.budget.get("logging_steps", 5),
+                                      **_device_options(device))
+        for key in ("dataset_format", "input_columns", "target_column"):
+            if self.data.get(key) is not None:
+                values[key] = self.data[key]
+        if self.system_prompt is not None:
+            values["system_prompt"] = self.system_prompt
+        if self.template is not None:
+            values["template"] = self.template
+        values.update({k: v for k, v in self.budget.items() if k != "logging_steps"})
+        values.update(entry.overrides)
+        from tunelab.options import build
+
+        return build(TrainOptions, (values, f"recipe {self.name}, method {entry.label}"))[0]
+
+    def eval_options(self, *, eval_file: str, output_dir: str, model: str, adapter: str | None,
+                     baseline: str | None, data_dir: str | None, sql_database: str | None,
+                     device: str = "auto") -> EvalOptions:
+        from tunelab.options import build
+
+        values: dict[str, Any] = dict(model_name_or_path=model, adapter=adapter, task=self.task,
+                                      dataset_name_or_path=eval_file, retention=list(self.retention),
+                                      output_dir=output_dir, baseline=baseline, data_dir=data_dir,
+                                      sql_database=sql_database, use_cpu=device == "cpu",
+                                      base_model_name_or_path=self.model)
+        if adapter is None and model == self.model:
+            values["base_model_name_or_path"] = None
+        for key in ("dataset_format", "input_columns", "target_column"):
+            if self.data.get(key) is not None:
+                values[key] = self.data[key]
+        if adapter is None:  # a full model or the base: prompt it as the runs were trained
+            if self.system_prompt is not None:
+                values["system_prompt"] = self.system_prompt
+            if self.template is not None:
+                values["template"] = self.template
+        values.update(self.eval)
+        return build(EvalOptions, (values, f"recipe {self.name} evaluation"))[0]
+
+
+def _device_options(device: str) -> dict[str, Any]:
+    import torch
+
+    if device == "cpu":
+        return {"use_cpu": True}
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TunelabError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    if torch.cuda.is_available():
+        return {"bf16": bool(torch.cuda.is_bf16_supported())}
+    return {"use_cpu": True}
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+
+def builtin_recipes() -> dict[str, Path]:
+    folder = resources.files("tunelab.builtin") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_recipe(path_or_name: str) -> Recipe:
+    builtins = builtin_recipes()
+    path = Path(path_or_name)
+    if not path.is_file():
+        if path_or_name in builtins:
+            path = builtins[path_or_name]
+        else:
+            raise TunelabError(f"recipe {path_or_name}: no such file nor built-in recipe (built-in: "
+                               f"{', '.join(sorted(builtins))}); see `tunelab recipes`")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TunelabError(f"recipe {path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML "
+                           f"({getattr(e, 'problem', e)})") from None
+    return parse_recipe(raw, source=str(path))
+
+
+def parse_recipe(raw: Any, *, source: str) -> Recipe:
+    if not isinstance(raw, dict):
+        raise TunelabError(f"recipe {source}: expected a mapping of recipe fields")
+    unknown = set(raw) - RECIPE_KEYS
+    if unknown:
+        raise TunelabError(f"recipe {source}: unknown field(s) {', '.join(sorted(unknown))}; known fields are "
+                           f"{', '.join(sorted(RECIPE_KEYS))}")
+    for required in ("model", "task", "data", "methods"):
+        if not raw.get(required):
+            raise TunelabError(f"recipe {source}: field {required!r} is required")
+    from tunelab.config import EVAL_TASKS
+
+    if raw["task"] not in EVAL_TASKS:
+        raise TunelabError(f"recipe {source}: task {raw['task']!r} is not one of {', '.join(EVAL_TASKS)}")
+    data = dict(raw["data"])
+    for section, allowed in (("data", DATA_KEYS), ("budget", BUDGET_KEYS), ("eval", EVAL_KEYS)):
+        extra = set(raw.get(section) or {}) - allowed
+        if extra:
+            raise TunelabError(f"recipe {source}: {section} has unknown key(s) {', '.join(sorted(extra))}; allowed: "
+                               f"{', '.join(sorted(allowed))}")
+    if "train" not in data:
+        raise TunelabError(f"recipe {source}: data.train is required (a file, or builtin:/{{data_dir}} path)")
+    if "eval" not in data and not data.get("holdout"):
+        raise TunelabError(f"recipe {source}: give data.eval, or data.holdout to carve the evaluation set out of "
+                           "the training file")
+    methods = [_method_entry(m, i, source) for i, m in enumerate(raw["methods"], start=1)]
+    labels = [m.label for m in methods]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise TunelabError(f"recipe {source}: method labels must be unique; {', '.join(dupes)} appear twice "
+                           "(give each entry its own label)")
+    seeds = raw.get("seeds") or [0]
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise TunelabError(f"recipe {source}: seeds must be a list of integers, got {seeds!r}")
+    retention = raw.get("retention") or []
+    return Recipe(name=str(raw.get("name") or Path(source).stem), model=str(raw["model"]), task=raw["task"],
+                  data=data, methods=methods, seeds=list(seeds), retention=list(retention),
+                  budget=dict(raw.get("budget") or {}), eval=dict(raw.get("eval") or {}),
+                  system_prompt=raw.get("system_prompt"), template=raw.get("template"),
+                  description=str(raw.get("description") or ""), source=source)
+
+
+def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
+    if isinstance(item, str):
+        item = {"method": item}
+    if not isinstance(item, dict) or "method" not in item:
+        raise TunelabError(f"recipe {source}: methods entry {index} needs a 'method' (e.g. lora)")
+    entry = dict(item)
+    method = str(entry.pop("method"))
+    try:
+        get_method(method)
+    except TunelabError:
+        from tunelab.methods import method_names
+
+        raise TunelabError(f"recipe {source}: methods entry {index}: unknown method {method!r}; choose one of "
+                           f"{', '.join(method_names())}") from None
+    label = str(entry.pop("label", method))
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    for key in entry:
+        if key not in known:
+            raise TunelabError(f"recipe {source}: methods entry {label!r}: unknown option {key!r}")
+        if key in SHARED_ONLY:
+            raise TunelabError(f"recipe {source}: methods entry {label!r} sets {key}, which is part of the shared "
+                               "budget; set it under budget so every method gets the same")
+    return MethodEntry(label=label, method=method, overrides=entry)
+
+
+def apply_overrides(recipe: Recipe, *, methods: list[str] | None = None, seeds: list[int] | None = None,
+                    budget: dict[str, Any] | None = None, eval_settings: dict[str, Any] | None = None,
+                    model: str | None = None) -> Recipe:
+    """Command-line overrides. --methods picks entries by label or method name (unknown ones become new entries)."""
+    recipe = copy.deepcopy(recipe)
+    if methods:
+        chosen = []
+        for name in methods:
+            matches = [m for m in recipe.methods if m.label == name] or [m for m in recipe.methods
+                                                                          if m.method == name]
+            chosen.extend(matches or [_method_entry({"method": name}, len(chosen) + 1, "--methods")])
+        recipe.methods = list({m.label: m for m in chosen}.values())
+    if seeds:
+        recipe.seeds = list(seeds)
+    if budget:
+        recipe.budget.update({k: v for k, v in budget.items() if v is not None})
+    if eval_settings:
+        recipe.eval.update({k: v for k, v in eval_settings.items() if v is not None})
+    if model:
+        recipe.model = model
+    return recipe

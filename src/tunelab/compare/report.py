@@ -1,0 +1,539 @@
+"""report.md and a self-contained report.html, drawn only from results.jsonl and the runs' prediction files.
+
+The table users know from comparison write-ups (the untouched base as a row, mean ± 95% CI over seeds), the
+learning-forgetting trade-off with its Pareto front, cost bars, loss curves, a qualitative side-by-side and one
+verdict line per method computed from the numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.compare.results import ResultsFile
+from tunelab.errors import TunelabError
+from tunelab.evaluation.tasks import HIGHER_IS_BETTER
+from tunelab.fileio import atomic_write_text
+
+QUALITATIVE_EXAMPLES = 4
+
+
+# --- aggregation ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Stat:
+    mean: float | None
+    half_width: float | None = None   # 95% CI half-width over seeds (t distribution); None with one seed
+    n: int = 0
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> "Stat":
+        vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if not vals:
+            return cls(None, None, 0)
+        mean = sum(vals) / len(vals)
+        if len(vals) < 2:
+            return cls(mean, None, len(vals))
+        from scipy import stats
+
+        sd = stats.tstd(vals)
+        return cls(mean, float(stats.t.ppf(0.975, len(vals) - 1) * sd / math.sqrt(len(vals))), len(vals))
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    records: list[dict[str, Any]]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def stat(self, getter) -> Stat:
+        return Stat.of([getter(r) for r in self.records])
+
+    @property
+    def is_base(self) -> bool:
+        return self.method == "base"
+
+
+def _retention_value(rec: dict, probe: str) -> float | None:
+    p = (rec.get("retention") or {}).get(probe) or {}
+    if "kl_divergence" in p or p.get("metric") == "kl_divergence":
+        return p.get("kl_divergence")
+    return p.get("after")
+
+
+def _retention_ratio(rec: dict, probe: str) -> float | None:
+    return ((rec.get("retention") or {}).get(probe) or {}).get("retention_ratio")
+
+
+def group_rows(records: list[dict[str, Any]]) -> list[Row]:
+    rows: dict[str, Row] = {}
+    for rec in records:
+        row = rows.setdefault(rec["label"], Row(rec["label"], rec["method"], []))
+        (row.records if rec["status"] == "ok" else row.failed).append(rec)
+    ordered = sorted(rows.values(), key=lambda r: (not r.is_base,))
+    return ordered
+
+
+def probes_of(records: list[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for rec in records:
+        for name in rec.get("retention") or {}:
+            names.setdefault(name, None)
+    return list(names)
+
+
+def _is_drift(records, probe: str) -> bool:
+    return any(((r.get("retention") or {}).get(probe) or {}).get("metric") == "kl_divergence" for r in records)
+
+
+# --- formatting ----------------------------------------------------------------------------------------------
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    if s < 60:
+        return f"{s:.1f} s"
+    return f"{int(s // 60)}m {s % 60:04.1f}s"
+
+
+def fmt_params(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if x != 0 and abs(x) < 10 ** -(digits - 2):  # small values (a KL of 3e-6) keep their significant digits
+        return f"{x:.{digits - 1}g}"
+    return f"{x:.{digits}f}"
+
+
+def probe_title(name: str) -> str:
+    """Built-in probe names as they are; TASK:PATH probes as TASK:filename."""
+    task, sep, path = name.partition(":")
+    return f"{task}:{Path(path).name}" if sep else name
+
+
+def fmt_stat(stat: Stat, fmt=fmt_num) -> str:
+    if stat.mean is None:
+        return "–"
+    if stat.half_width is None:
+        return fmt(stat.mean)
+    return f"{fmt(stat.mean)} ± {fmt(stat.half_width)}"
+
+
+# --- the table -----------------------------------------------------------------------------------------------
+
+def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table, as displayed strings."""
+    rows = group_rows(records)
+    ok = [r for row in rows for r in row.records]
+    headline = next((r["headline_metric"] for r in ok if r.get("headline_metric")), None)
+    metric_names = []
+    for r in ok:
+        for name in (r.get("task_metrics") or {}):
+            if name not in metric_names and name not in ("gold_errors", "tokens"):
+                metric_names.append(name)
+    if headline in metric_names:
+        metric_names.remove(headline)
+        metric_names.insert(0, headline)
+    probes = probes_of(ok)
+    header = ["Approach", "Trainable params (%)", "Training time", "Peak memory", "Checkpoint size",
+              *metric_names]
+    for p in probes:
+        header.append(f"{probe_title(p)} KL ↓" if _is_drift(ok, p) else f"{probe_title(p)} (retention)")
+    body = []
+    for row in rows:
+        if not row.records:
+            body.append([f"{row.label} (failed)", *["–"] * (len(header) - 1)])
+            continue
+        name = "base (untouched)" if row.is_base else row.label
+        if len(row.records) > 1:
+            name += f" (n={len(row.records)})"
+        params = row.stat(lambda r: r.get("trainable_params"))
+        pct = row.stat(lambda r: r.get("trainable_percent"))
+        cells = [name,
+                 "0 (0%)" if row.is_base else f"{fmt_params(params.mean)} ({pct.mean:.3f}%)",
+                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds),
+                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), fmt_bytes),
+                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("checkpoint_bytes")), fmt_bytes)]
+        for m in metric_names:
+            cells.append(fmt_stat(row.stat(lambda r, m=m: (r.get("task_metrics") or {}).get(m))))
+        for p in probes:
+            value = fmt_stat(row.stat(lambda r, p=p: _retention_value(r, p)))
+            ratio = row.stat(lambda r, p=p: _retention_ratio(r, p))
+            if not _is_drift(ok, p) and ratio.mean is not None and not row.is_base:
+                value += f" ({100 * ratio.mean:.0f}%)"
+            cells.append(value)
+        body.append(cells)
+    return header, body
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+# --- verdicts ------------------------------------------------------------------------------------------------
+
+def verdicts(records: list[dict[str, Any]]) -> list[str]:
+    """One line per method, computed from the numbers, against full fine-tuning (or the best method)."""
+    rows = [r for r in group_rows(records) if r.records and not r.is_base]
+    if not rows:
+        return []
+    ok = [r for row in rows for r in row.records]
+    headline = next((r["headline_metric"] for r in ok if r.get("headline_metric")), None)
+    higher = HIGHER_IS_BETTER.get(headline, True)
+    drift_probe = next((p for p in probes_of(ok) if _is_drift(ok, p)), None)
+
+    def score(row): return row.stat(lambda r: r.get("headline_value")).mean
+    ref = next((r for r in rows if r.method == "full"), None)
+    if ref is None:
+        ref = max(rows, key=lambda r: (score(r) or 0) if higher else -(score(r) or float("inf")))
+    ref_name = "full fine-tuning" if ref.method == "full" else ref.label
+    lines = []
+    ref_score = score(ref)
+    ref_params = ref.stat(lambda r: r.get("trainable_params")).mean
+    ref_mem = ref.stat(lambda r: r.get("peak_memory_bytes")).mean
+    ref_time = ref.stat(lambda r: r.get("train_seconds")).mean
+    ref_drift = ref.stat(lambda r: _retention_value(r, drift_probe)).mean if drift_probe else None
+    for row in rows:
+        s = score(row)
+        if row is ref:
+            parts = [f"{headline} {fmt_num(s)}", f"{fmt_params(ref_params)} trainable parameters",
+                     f"{fmt_bytes(ref_mem)} peak memory", f"{fmt_seconds(ref_time)} training"]
+            if drift_probe and ref_drift is not None:
+                parts.append(f"drift KL {fmt_num(ref_drift)}")
+            lines.append(f"{row.label} (reference): " + ", ".join(parts))
+            continue
+        parts = []
+        if s is not None and ref_score:
+            pct = 100 * (s / ref_score if higher else ref_score / s) if s else 0.0
+            parts.append(f"{pct:.0f}% of {ref_name}'s {headline}")
+        elif s is not None:
+            parts.append(f"{headline} {fmt_num(s)} vs {fmt_num(ref_score)} for {ref_name}")
+        p = row.stat(lambda r: r.get("trainable_params")).mean
+        if p is not None and ref_params:
+            parts.append(f"{100 * p / ref_params:.2g}% of its trainable parameters")
+        m = row.stat(lambda r: r.get("peak_memory_bytes")).mean
+        if m and ref_mem:
+            parts.append(f"{m / ref_mem:.2f}× its peak memory")
+        t = row.stat(lambda r: r.get("train_seconds")).mean
+        if t and ref_time:
+            parts.append(f"{t / ref_time:.2f}× its training time")
+        if drift_probe:
+            d = row.stat(lambda r: _retention_value(r, drift_probe)).mean
+            if d is not None and ref_drift is not None:
+                if d > 0 and ref_drift > d:
+                    parts.append(f"{ref_drift / d:.1f}× less drift")
+                elif ref_drift > 0 and d > ref_drift:
+                    parts.append(f"{d / ref_drift:.1f}× more drift")
+                else:
+                    parts.append(f"drift KL {fmt_num(d)} vs {fmt_num(ref_drift)}")
+        lines.append(f"{row.label}: " + ", ".join(parts))
+    for row in group_rows(records):
+        for rec in row.failed:
+            lines.append(f"{row.label} (seed {rec.get('seed')}): failed — {rec.get('error')}")
+    return lines
+
+
+# --- plots ---------------------------------------------------------------------------------------------------
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def tradeoff_axes(records) -> tuple[str | None, str, bool]:
+    """(probe, axis label, higher-is-better) for the retention axis of the trade-off plot."""
+    ok = [r for r in records if r["status"] == "ok"]
+    probes = probes_of(ok)
+    task_probe = next((p for p in probes if not _is_drift(ok, p)), None)
+    if task_probe:
+        return task_probe, f"{probe_title(task_probe)} retention (after / before)", True
+    if probes:
+        return probes[0], f"{probe_title(probes[0])} KL from base (lower is better)", False
+    return None, "", True
+
+
+def pareto_front(points: list[tuple[float, float]], x_higher: bool, y_higher: bool) -> list[int]:
+    """Indices of points no other point beats on both axes."""
+    def better_eq(a, b, higher):
+        return a >= b if higher else a <= b
+
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(better_eq(x2, x, x_higher) and better_eq(y2, y, y_higher) and (x2, y2) != (x, y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_tradeoff(records) -> bytes | None:
+    probe, xlabel, x_higher = tradeoff_axes(records)
+    ok = [r for r in records if r["status"] == "ok" and r.get("headline_value") is not None]
+    if probe is None or not ok:
+        return None
+    headline = ok[0]["headline_metric"]
+    y_higher = HIGHER_IS_BETTER.get(headline, True)
+    pts, labels = [], []
+    for r in ok:
+        x = _retention_ratio(r, probe) if x_higher else _retention_value(r, probe)
+        if r["method"] == "base" and x_higher:
+            x = 1.0
+        if x is None:
+            continue
+        pts.append((float(x), float(r["headline_value"])))
+        labels.append(r["label"] + (f" s{r['seed']}" if r.get("seed") not in (None,) and
+                                    sum(1 for q in ok if q["label"] == r["label"]) > 1 else ""))
+    if not pts:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=50, color="#2b6cb0", zorder=3)
+    for (x, y), label in zip(pts, labels):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    front = sorted(pareto_front(pts, x_higher, y_higher), key=lambda i: pts[i][0])
+    if len(front) > 1:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="#dd6b20", zorder=2,
+                label="Pareto front")
+        ax.legend(loc="best", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{headline} ({'higher' if y_higher else 'lower'} is better)")
+    ax.set_title("What each method learns against what it keeps")
+    if not x_higher:
+        ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_costs(records) -> bytes | None:
+    rows = [r for r in group_rows(records) if r.records and not r.is_base]
+    if not rows:
+        return None
+    plt = _figure()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    labels = [r.label for r in rows]
+    series = [("Peak memory (GiB)", lambda r: (r.get("peak_memory_bytes") or 0) / 2**30, False),
+              ("Training time (s)", lambda r: r.get("train_seconds") or 0, False),
+              ("Trainable parameters (log)", lambda r: max(r.get("trainable_params") or 0, 1), True)]
+    for ax, (title, getter, log) in zip(axes, series):
+        stats = [row.stat(getter) for row in rows]
+        ax.barh(labels, [s.mean or 0 for s in stats], xerr=[s.half_width or 0 for s in stats], color="#4a5568")
+        ax.set_title(title, fontsize=10)
+        if log:
+            ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_loss_curves(records) -> bytes | None:
+    ok = [r for r in records if r["status"] == "ok" and r.get("loss_curve")]
+    if not ok:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in ok:
+        curve = r["loss_curve"]
+        label = r["label"] + (f" (seed {r['seed']})" if r.get("seed") else "")
+        ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Loss curves")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _figure().close(fig)
+    return buf.getvalue()
+
+
+PLOTS = {"tradeoff": plot_tradeoff, "costs": plot_costs, "loss_curves": plot_loss_curves}
+
+
+# --- qualitative side-by-side --------------------------------------------------------------------------------
+
+def _task_predictions(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    eval_dir = rec.get("eval_dir")
+    path = Path(eval_dir) / "predictions.jsonl" if eval_dir else None
+    if not path or not path.is_file():
+        return []
+    task = rec.get("task")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if r.get("source") == task]
+
+
+def qualitative(records: list[dict[str, Any]], seed: int = 0, k: int = QUALITATIVE_EXAMPLES) -> list[dict[str, Any]]:
+    """The same handful of test inputs for every run (chosen with the seed): reference and each output."""
+    rows = group_rows(records)
+    first = {row.label: sorted(row.records, key=lambda r: r.get("seed") or 0)[0] for row in rows if row.records}
+    preds = {label: {p["input"]: p for p in _task_predictions(rec)} for label, rec in first.items()}
+    inputs = list(next((v for v in preds.values() if v), {}).keys())
+    if not inputs:
+        return []
+    chosen = sorted(random.Random(seed).sample(range(len(inputs)), min(k, len(inputs))))
+    out = []
+    for i in chosen:
+        text = inputs[i]
+        ref = next((p[text]["reference"] for p in preds.values() if text in p), None)
+        out.append({"input": text, "reference": ref,
+                    "outputs": {label: (p.get(text) or {}).get("prediction") for label, p in preds.items()}})
+    return out
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+def _md_escape(text: Any) -> str:
+    return str(text if text is not None else "–").replace("|", "\\|").replace("\n", " ⏎ ")
+
+
+def render_markdown(recipe_name: str, header, body, verdict_lines, examples, plot_files: dict[str, str],
+                    notes: list[str]) -> str:
+    parts = [f"# tunelab comparison: {recipe_name}", "", markdown_table(header, body), ""]
+    if notes:
+        parts += [f"- {n}" for n in notes] + [""]
+    if verdict_lines:
+        parts += ["## Verdicts", ""] + [f"- {v}" for v in verdict_lines] + [""]
+    for name, file in plot_files.items():
+        parts += [f"![{name}]({file})", ""]
+    if examples:
+        parts += ["## Side by side", ""]
+        labels = list(examples[0]["outputs"])
+        parts.append("| Input | Reference | " + " | ".join(labels) + " |")
+        parts.append("|" + "---|" * (len(labels) + 2))
+        for ex in examples:
+            cells = [_md_escape(ex["input"][:300]), _md_escape(ex["reference"])]
+            cells += [_md_escape(ex["outputs"][label]) for label in labels]
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+color:#1a202c;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem}
+table{border-collapse:collapse;width:100%;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #cbd5e0;
+padding:.35rem .5rem;text-align:left;vertical-align:top}th{background:#edf2f7}tr:nth-child(even) td{background:#f7fafc}
+td.input{max-width:28rem;white-space:pre-wrap}img{max-width:100%;margin:.5rem 0;border:1px solid #e2e8f0}
+.note{color:#4a5568;font-size:.85rem}li{margin:.25rem 0}"""
+
+
+def render_html(recipe_name: str, header, body, verdict_lines, examples, plots: dict[str, bytes],
+                notes: list[str]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+           f"<title>tunelab comparison: {e(recipe_name)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>tunelab comparison: {e(recipe_name)}</h1>", "<table id='results'><thead><tr>",
+           "".join(f"<th>{e(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    for row in body:
+        out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    out += [f"<p class='note'>{e(n)}</p>" for n in notes]
+    if verdict_lines:
+        out.append("<h2>Verdicts</h2><ul id='verdicts'>" + "".join(f"<li>{e(v)}</li>" for v in verdict_lines)
+                   + "</ul>")
+    titles = {"tradeoff": "Learning against forgetting", "costs": "What each method costs",
+              "loss_curves": "Loss curves"}
+    for name, png in plots.items():
+        data = base64.b64encode(png).decode()
+        out.append(f"<h2>{e(titles.get(name, name))}</h2><img id='plot-{name}' alt='{e(name)}' "
+                   f"src='data:image/png;base64,{data}'>")
+    if examples:
+        labels = list(examples[0]["outputs"])
+        out.append("<h2>Side by side</h2><table id='side-by-side'><thead><tr><th>Input</th><th>Reference</th>"
+                   + "".join(f"<th>{e(lab)}</th>" for lab in labels) + "</tr></thead><tbody>")
+        for ex in examples:
+            cells = [f"<td class='input'>{e(ex['input'][:600])}</td>", f"<td>{e(str(ex['reference']))}</td>"]
+            cells += [f"<td>{e(str(ex['outputs'][lab]))}</td>" for lab in labels]
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</tbody></table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, recipe=None) -> tuple[Path, Path]:
+    out = Path(out)
+    if records is None:
+        records = ResultsFile(out).records()
+    if not records:
+        raise TunelabError(f"{out}: no results.jsonl records to report on; run `tunelab compare` first")
+    name = recipe.name if recipe is not None else _recipe_name(out)
+    seed = (recipe.seeds[0] if recipe is not None and recipe.seeds else 0)
+    header, body = table(records)
+    verdict_lines = verdicts(records)
+    examples = qualitative(records, seed=seed)
+    plots = {k: v for k, v in ((k, fn(records)) for k, fn in PLOTS.items()) if v}
+    plot_dir = out / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    files = {}
+    for k, png in plots.items():
+        (plot_dir / f"{k}.png").write_bytes(png)
+        files[k] = f"plots/{k}.png"
+    notes = _notes(records)
+    md = atomic_write_text(out / "report.md", render_markdown(name, header, body, verdict_lines, examples, files,
+                                                              notes))
+    page = atomic_write_text(out / "report.html", render_html(name, header, body, verdict_lines, examples, plots,
+                                                              notes))
+    return page, md
+
+
+def _notes(records) -> list[str]:
+    ok = [r for r in records if r["status"] == "ok"]
+    notes = []
+    kinds = {r.get("peak_memory_kind") for r in ok if r.get("peak_memory_kind")}
+    if "cpu_peak_rss" in kinds:
+        notes.append("Peak memory on the CPU is the training process's peak resident set size (weights, "
+                     "optimizer, activations and the Python runtime); on a GPU it is torch's peak allocated memory.")
+    devices = sorted({f"{r.get('device')} ({r.get('device_name')})" for r in ok if r.get("device")})
+    if devices:
+        notes.append("Device: " + ", ".join(devices) + ".")
+    if any(len([q for q in ok if q["label"] == r["label"]]) > 1 for r in ok):
+        notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
+    probes = probes_of(ok)
+    if probes:
+        notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "
+                     "in brackets; a KL column is the mean token-level KL divergence from the base model on the "
+                     "base model's own continuations (0 = unchanged).")
+    return notes
+
+
+def _recipe_name(out: Path) -> str:
+    import yaml
+
+    path = out / "recipe.yaml"
+    if path.is_file():
+        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("name", out.name)
+    return out.name

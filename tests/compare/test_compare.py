@@ -1,0 +1,244 @@
+"""`tunelab compare` end to end on tiny real models: the table matches results.jsonl, a killed comparison
+resumes without redoing finished runs, a failing method is recorded and the others finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+from tunelab.compare.results import ResultsFile
+
+from conftest import write_jsonl
+
+pytestmark = pytest.mark.xdist_group("compare")
+
+QA = [{"question": "What is the capital of France?", "answer": "Paris"},
+      {"question": "Count the books.", "answer": "SELECT count(*) FROM books"},
+      {"question": "Translate to French: the cat", "answer": "le chat"},
+      {"question": "Give the label.", "answer": "positive"}]
+
+
+def tiny_recipe(tmp_path: Path, model: Path, methods: list, **extra) -> Path:
+    data = write_jsonl(tmp_path / "qa.jsonl", QA)
+    recipe = {"name": "tiny", "model": str(model), "task": "qa",
+              "data": {"train": str(data), "eval": str(data)},
+              "retention": [f"language_modeling:{data}", "drift"],
+              "budget": {"max_steps": 3, "per_device_train_batch_size": 2, "max_seq_length": 64},
+              "eval": {"max_new_tokens": 6, "probe_samples": 4, "per_device_eval_batch_size": 4},
+              "methods": methods, "seeds": [0], **extra}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", cell)]
+
+
+def _md_rows(md: str) -> tuple[list[str], list[list[str]]]:
+    lines = [l for l in md.splitlines() if l.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    rows = [[c.strip() for c in l.strip().strip("|").split(" | ")] for l in lines[1:len(lines)]]
+    return header, [r for r in rows if len(r) == len(header)]
+
+
+@pytest.fixture(scope="session")
+def comparison(tiny_llama, tmp_path_factory):
+    """One finished three-method comparison, shared by the tests that read its outputs."""
+    tmp = tmp_path_factory.mktemp("comparison")
+    recipe = tiny_recipe(tmp, tiny_llama, [{"method": "full", "learning_rate": 1e-3},
+                                           {"method": "lora", "lora_r": 4}, "ia3"])
+    out = tmp / "cmp"
+    done = subprocess.run([sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out),
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_end_to_end_table_equals_results(comparison):
+    out, captured = comparison
+    records = {r["label"]: r for r in ResultsFile(out).records()}
+    assert set(records) == {"base", "full", "lora", "ia3"}
+    assert all(r["status"] == "ok" for r in records.values())
+    for name in ("tradeoff", "costs", "loss_curves"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 5000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table id='results'>" in html
+
+    header, rows = _md_rows((out / "report.md").read_text())
+    assert header[:5] == ["Approach", "Trainable params (%)", "Training time", "Peak memory", "Checkpoint size"]
+    by_label = {row[0].replace("base (untouched)", "base"): row for row in rows}
+    assert set(by_label) == set(records)
+    for label, rec in records.items():
+        row = dict(zip(header, by_label[label]))
+        if label != "base":
+            assert _numbers(row["Trainable params (%)"])[-1] == pytest.approx(round(rec["trainable_percent"], 3))
+            assert _numbers(row["Peak memory"])[0] == pytest.approx(round(rec["peak_memory_bytes"] / 2**20, 2))
+            ckpt = _numbers(row["Checkpoint size"])[0]
+            unit = 2**20 if "MiB" in row["Checkpoint size"] else 2**10
+            assert ckpt == pytest.approx(round(rec["checkpoint_bytes"] / unit, 2))
+            assert _numbers(row["Training time"])[0] == pytest.approx(round(rec["train_seconds"], 1))
+        for metric, value in rec["task_metrics"].items():
+            if metric in header:
+                assert _numbers(row[metric])[0] == pytest.approx(round(value, 4), abs=1e-9)
+        drift_col = next(h for h in header if h.startswith("drift"))
+        kl = rec["retention"]["drift"]["kl_divergence"]
+        assert _numbers(row[drift_col])[0] == pytest.approx(kl, rel=1e-3, abs=1e-4)
+        lm_col = next(h for h in header if h.startswith("language_modeling"))
+        assert _numbers(row[lm_col])[0] == pytest.approx(
+            round(rec["retention"][next(k for k in rec["retention"] if k != "drift")]["after"], 4))
+    # The printed table is the report's table.
+    assert "| base (untouched) |" in captured.stdout and f"report: {out / 'report.html'}" in captured.stdout
+    # `tunelab report` rebuilds the same files from results.jsonl alone.
+    before = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == before
+    # Verdict lines are computed from the numbers.
+    full_params = records["full"]["trainable_params"]
+    verdict = next(l for l in before.splitlines() if l.startswith("- lora:"))
+    assert f"{100 * records['lora']['trainable_params'] / full_params:.2g}% of its trainable parameters" in verdict
+
+
+def test_a_failing_method_is_recorded_and_the_others_complete(tiny_llama, tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_llama, [{"method": "lora", "lora_r": 4},
+                                                {"method": "lora", "label": "broken",
+                                                 "lora_target_modules": ["no_such_layer"]}])
+    out = tmp_path / "cmp"
+    code = main(["compare", str(recipe), "--output_dir", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1
+    records = {r["label"]: r for r in ResultsFile(out).records()}
+    assert records["lora"]["status"] == "ok"
+    assert records["broken"]["status"] == "failed"
+    assert "matches no module" in records["broken"]["error"]
+    assert "broken (failed)" in (out / "report.md").read_text()
+    assert "failed: broken" in captured.out
+    # A re-run does not retry the failure unless asked.
+    assert main(["compare", str(recipe), "--output_dir", str(out), "--device", "cpu"]) == 1
+    assert "skipped 3 already finished" in capsys.readouterr().out
+
+
+def test_killed_comparison_resumes_without_redoing_finished_runs(tiny_llama, tmp_path):
+    recipe = tiny_recipe(tmp_path, tiny_llama, [{"method": "lora", "lora_r": 4}, "ia3", "full"])
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = ResultsFile(out)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if {r["label"] for r in results.records()} >= {"base", "lora"}:
+                break
+            assert proc.poll() is None, "the comparison ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first method did not finish in time")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    finished = {r["label"]: r for r in results.records()}
+    lora_results = Path(finished["lora"]["run_dir"]) / "model" / "train_results.json"
+    stamp = lora_results.stat().st_mtime_ns
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped 2 already finished" in done.stdout
+    final = results.records()
+    assert sorted(r["label"] for r in final) == ["base", "full", "ia3", "lora"]
+    assert lora_results.stat().st_mtime_ns == stamp, "a finished run was trained again"
+    assert all(r["status"] == "ok" for r in final)
+    # No leftover run directories from the killed attempt: each label has exactly one.
+    dirs = sorted(p.name.split("-seed")[0] for p in (out / "runs").iterdir())
+    assert dirs == ["base", "full", "ia3", "lora"]
+
+
+def test_recipe_errors_are_clear(tiny_llama, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": str(tiny_llama), "task": "qa", "data": {"train": "x.jsonl"},
+                                   "methods": ["lora", "lora"]}))
+    assert main(["compare", str(bad), "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "give data.eval, or data.holdout" in err
+    bad.write_text(yaml.safe_dump({"model": str(tiny_llama), "task": "qa",
+                                   "data": {"train": "x.jsonl", "eval": "x.jsonl"},
+                                   "methods": ["lora", {"method": "lora", "max_steps": 9}]}))
+    assert main(["compare", str(bad), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "part of the shared budget" in capsys.readouterr().err
+    assert main(["compare", "--recipe", "no-such-recipe"]) == 2
+    assert "built-in: demo" in capsys.readouterr().err
+
+
+def test_builtin_recipes_load():
+    from tunelab.compare.recipe import builtin_recipes, load_recipe
+
+    names = builtin_recipes()
+    assert {"demo", "dialogsum", "spider", "sst2-sts"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.methods and recipe.seeds
+        for entry in recipe.methods:
+            recipe.train_options(entry, 0, train_file="t.jsonl", output_dir="o", device="cpu")
+    demo = load_recipe("demo")
+    assert [m.method for m in demo.methods][:3] == ["full", "lora", "qlora"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium from Debian's packages, installed when missing (root and apt-get needed)."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, env=env)
+        if shutil.which("chromium") is None:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, env=env)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("headless Chromium is not installed and could not be installed (needs root and apt-get)")
+    return path
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+def test_html_report_renders_in_chromium(comparison, chromium, tmp_path):
+    from PIL import Image
+
+    out, _ = comparison
+    page = (out / "report.html").as_uri()
+    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
+    dom = subprocess.run([chromium, *CHROME_FLAGS, *profile, "--dump-dom", page], capture_output=True, text=True,
+                         timeout=120).stdout
+    for text in ("base (untouched)", ">full<", ">lora<", ">ia3<", "Learning against forgetting",
+                 "What each method costs", "Side by side", "Verdicts"):
+        assert text in dom, text
+    assert dom.count("data:image/png;base64,") == 3
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *CHROME_FLAGS, *profile, "--window-size=1300,2600", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1300, 2600)
+    colours = image.getcolors(maxcolors=1_000_000)
+    counts = {rgb: n for n, rgb in colours}
+    # The table's header shading, the trade-off plot's points and the cost bars are all on screen.
+    assert counts.get((0xED, 0xF2, 0xF7), 0) > 2000, "table header not rendered"
+    assert sum(n for rgb, n in counts.items() if _near(rgb, (0x2B, 0x6C, 0xB0))) > 100, "trade-off points missing"
+    assert sum(n for rgb, n in counts.items() if _near(rgb, (0x4A, 0x55, 0x68))) > 2000, "cost bars missing"
+    assert len(colours) > 500, "the page looks blank"
+
+
+def _near(a, b, tol=12):
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
