@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 # The suite never reaches the Hugging Face Hub: a name that is not local fails at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -152,3 +155,37 @@ def builtin_model(name: str) -> str:
     if BUILTIN_MODELS[name].package_dir() is None:
         pytest.skip(f"built-in model {name} needs {' '.join(BUILTIN_MODELS[name].packages)} (run make install)")
     return str(fetch_builtin(name, install=False))
+
+
+QA_ROWS = [{"question": "What is the capital of France?", "answer": "Paris"},
+           {"question": "Count the books.", "answer": "SELECT count(*) FROM books"},
+           {"question": "Translate to French: the cat", "answer": "le chat"},
+           {"question": "Give the label.", "answer": "positive"}]
+
+
+def tiny_recipe(tmp_path: Path, model: Path, methods: list, **extra) -> Path:
+    data = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+    recipe = {"name": "tiny", "model": str(model), "task": "qa",
+              "data": {"train": str(data), "eval": str(data)},
+              "retention": [f"language_modeling:{data}", "drift"],
+              "budget": {"max_steps": 3, "per_device_train_batch_size": 2, "max_seq_length": 64},
+              "eval": {"max_new_tokens": 6, "probe_samples": 4, "per_device_eval_batch_size": 4},
+              "methods": methods, "seeds": [0], **extra}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def comparison(tiny_llama, tmp_path_factory):
+    """One finished three-method comparison, shared by the tests that read its outputs."""
+    tmp = tmp_path_factory.mktemp("comparison")
+    recipe = tiny_recipe(tmp, tiny_llama, [{"method": "full", "learning_rate": 1e-3},
+                                           {"method": "lora", "lora_r": 4}, "ia3"])
+    out = tmp / "cmp"
+    done = subprocess.run([sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out),
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+

@@ -62,6 +62,10 @@ class TrainOptions:
     max_train_samples: int | None = option(None, "use at most this many training rows (after shuffling with "
                                                  "--seed)", group="data")
     max_eval_samples: int | None = option(None, "use at most this many validation rows", group="data")
+    group_by_length: bool = option(False, "batch examples of similar length together, so less of each batch is "
+                                          "padding (the order stays seeded)", group="data")
+    packing: bool = option(False, "padding-free batches: each batch is one flattened row whose position ids restart "
+                                  "per example (causal LMs; the attention never crosses examples)", group="data")
 
     # --- method ------------------------------------------------------------------------------------------------
     method: str = option("lora", "full, or a PEFT method: lora, qlora, dora, ia3, prompt_tuning, prefix_tuning, "

@@ -72,6 +72,11 @@ def check_options(opts: TrainOptions) -> None:
         raise TunelabError(f"--lora_dropout {opts.lora_dropout}: must be in [0, 1)")
     if opts.learning_rate is not None and opts.learning_rate <= 0:
         raise TunelabError(f"--learning_rate {opts.learning_rate}: must be positive")
+    if opts.packing and opts.group_by_length:
+        raise TunelabError("--packing leaves no padding to save; drop --group_by_length")
+    if opts.packing and get_method(opts.method).name in ("prompt_tuning", "prefix_tuning", "llama_adapter"):
+        raise TunelabError(f"--packing cannot be used with --method {opts.method}: its virtual tokens would be "
+                           "shared across the packed examples; drop --packing")
     if opts.early_stopping_patience is not None and not opts.eval_steps:
         raise TunelabError("--early_stopping_patience needs --eval_steps (and a validation set) to measure progress")
     sources.check_local(opts.dataset_name_or_path)
@@ -206,6 +211,7 @@ def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str):
         include_num_input_tokens_seen="non_padding", disable_tqdm=False,
         load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None, remove_unused_columns=True, label_names=["labels"],
+        train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
         dataloader_num_workers=0, dataloader_pin_memory=_on_gpu(opts),
     )
     if eval_every is None and early:
@@ -220,13 +226,37 @@ def _on_gpu(opts: TrainOptions) -> bool:
     return torch.cuda.is_available() and not opts.use_cpu
 
 
-def _collator(tokenizer, task_kind: str, model):
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+class PaddingCounter:
+    """Wraps a collator and counts the token positions it produces against the real (non-padding) tokens, so a run
+    reports how much of its compute went to padding."""
 
+    def __init__(self, collator):
+        self.collator = collator
+        self.positions = 0
+        self.real_tokens = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.positions += int(batch["input_ids"].numel())
+        self.real_tokens += sum(len(f["input_ids"]) for f in features)
+        return batch
+
+    @property
+    def padding_fraction(self) -> float | None:
+        return 1.0 - self.real_tokens / self.positions if self.positions else None
+
+
+def _collator(tokenizer, task_kind: str, model, packing: bool = False):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
+
+    if packing:
+        if task_kind != "causal_lm":
+            raise TunelabError(f"--packing is for causal language models; this is a {task_kind} model")
+        return PaddingCounter(DataCollatorWithFlattening(return_position_ids=True, separator_id=-100))
     if task_kind == "seq_cls":
-        return DataCollatorWithPadding(tokenizer)
-    return DataCollatorForSeq2Seq(tokenizer, model=model if task_kind == "seq2seq_lm" else None,
-                                  label_pad_token_id=-100, padding=True)
+        return PaddingCounter(DataCollatorWithPadding(tokenizer))
+    return PaddingCounter(DataCollatorForSeq2Seq(tokenizer, model=model if task_kind == "seq2seq_lm" else None,
+                                                 label_pad_token_id=-100, padding=True))
 
 
 def _final_step_logger():
@@ -302,20 +332,23 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     if opts.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
     trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
+    collator = _collator(tokenizer, task_kind, model, opts.packing)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=_collator(tokenizer, task_kind, model), processing_class=tokenizer,
-                          callbacks=callbacks)
+                          data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     reset_peak()
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
     peak_bytes, peak_kind = peak_memory()
+    # Count training batches only: evaluation goes through the same collator.
+    padding_fraction, positions = collator.padding_fraction, collator.positions
     eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
 
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
                        train_seconds, peak_bytes, peak_kind, eval_loss, out)
+    results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
     atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
     return TrainResult(out, results, model=trainer.model, tokenizer=tokenizer)
 

@@ -18,28 +18,9 @@ import yaml
 from tunelab.cli import main
 from tunelab.compare.results import ResultsFile
 
-from conftest import write_jsonl
+from conftest import tiny_recipe
 
 pytestmark = pytest.mark.xdist_group("compare")
-
-QA = [{"question": "What is the capital of France?", "answer": "Paris"},
-      {"question": "Count the books.", "answer": "SELECT count(*) FROM books"},
-      {"question": "Translate to French: the cat", "answer": "le chat"},
-      {"question": "Give the label.", "answer": "positive"}]
-
-
-def tiny_recipe(tmp_path: Path, model: Path, methods: list, **extra) -> Path:
-    data = write_jsonl(tmp_path / "qa.jsonl", QA)
-    recipe = {"name": "tiny", "model": str(model), "task": "qa",
-              "data": {"train": str(data), "eval": str(data)},
-              "retention": [f"language_modeling:{data}", "drift"],
-              "budget": {"max_steps": 3, "per_device_train_batch_size": 2, "max_seq_length": 64},
-              "eval": {"max_new_tokens": 6, "probe_samples": 4, "per_device_eval_batch_size": 4},
-              "methods": methods, "seeds": [0], **extra}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
 
 def _numbers(cell: str) -> list[float]:
     return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", cell)]
@@ -50,19 +31,6 @@ def _md_rows(md: str) -> tuple[list[str], list[list[str]]]:
     header = [c.strip() for c in lines[0].strip("|").split(" | ")]
     rows = [[c.strip() for c in l.strip().strip("|").split(" | ")] for l in lines[1:len(lines)]]
     return header, [r for r in rows if len(r) == len(header)]
-
-
-@pytest.fixture(scope="session")
-def comparison(tiny_llama, tmp_path_factory):
-    """One finished three-method comparison, shared by the tests that read its outputs."""
-    tmp = tmp_path_factory.mktemp("comparison")
-    recipe = tiny_recipe(tmp, tiny_llama, [{"method": "full", "learning_rate": 1e-3},
-                                           {"method": "lora", "lora_r": 4}, "ia3"])
-    out = tmp / "cmp"
-    done = subprocess.run([sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out),
-                           "--device", "cpu"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
 
 
 def test_end_to_end_table_equals_results(comparison):

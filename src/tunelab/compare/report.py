@@ -297,7 +297,7 @@ def pareto_front(points: list[tuple[float, float]], x_higher: bool, y_higher: bo
     return front
 
 
-def plot_tradeoff(records) -> bytes | None:
+def plot_tradeoff(records):
     probe, xlabel, x_higher = tradeoff_axes(records)
     ok = [r for r in records if r["status"] == "ok" and r.get("headline_value") is not None]
     if probe is None or not ok:
@@ -332,10 +332,10 @@ def plot_tradeoff(records) -> bytes | None:
     if not x_higher:
         ax.invert_xaxis()
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
 
 
-def plot_costs(records) -> bytes | None:
+def plot_costs(records):
     rows = [r for r in group_rows(records) if r.records and not r.is_base]
     if not rows:
         return None
@@ -354,10 +354,10 @@ def plot_costs(records) -> bytes | None:
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def plot_loss_curves(records) -> bytes | None:
+def plot_loss_curves(records):
     ok = [r for r in records if r["status"] == "ok" and r.get("loss_curve")]
     if not ok:
         return None
@@ -372,17 +372,28 @@ def plot_loss_curves(records) -> bytes | None:
     ax.set_title("Loss curves")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _figure().close(fig)
     return buf.getvalue()
 
 
+# Each returns a matplotlib Figure (or None when the records hold nothing to draw); the report embeds them as PNG
+# and the Python API's Comparison.plot(kind) returns them as they are.
 PLOTS = {"tradeoff": plot_tradeoff, "costs": plot_costs, "loss_curves": plot_loss_curves}
+
+
+def plot_pngs(records) -> dict[str, bytes]:
+    out = {}
+    for name, fn in PLOTS.items():
+        fig = fn(records)
+        if fig is not None:
+            out[name] = png(fig)
+    return out
 
 
 # --- qualitative side-by-side --------------------------------------------------------------------------------
@@ -451,16 +462,32 @@ td.input{max-width:28rem;white-space:pre-wrap}img{max-width:100%;margin:.5rem 0;
 .note{color:#4a5568;font-size:.85rem}li{margin:.25rem 0}"""
 
 
+def table_html(header, body, table_id: str = "results") -> str:
+    e = html.escape
+    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body)
+    return (f"<table id='{table_id}'><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+            + f"</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def html_fragment(records: list[dict[str, Any]]) -> str:
+    """The table, the verdicts and the trade-off plot, for a notebook cell."""
+    header, body = table(records)
+    parts = [table_html(header, body, "tunelab-results")]
+    lines = verdicts(records)
+    if lines:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in lines) + "</ul>")
+    fig = plot_tradeoff(records)
+    if fig is not None:
+        parts.append(f"<img alt='trade-off' src='data:image/png;base64,{base64.b64encode(png(fig)).decode()}'>")
+    return "\n".join(parts)
+
+
 def render_html(recipe_name: str, header, body, verdict_lines, examples, plots: dict[str, bytes],
                 notes: list[str]) -> str:
     e = html.escape
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            f"<title>tunelab comparison: {e(recipe_name)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>tunelab comparison: {e(recipe_name)}</h1>", "<table id='results'><thead><tr>",
-           "".join(f"<th>{e(h)}</th>" for h in header), "</tr></thead><tbody>"]
-    for row in body:
-        out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+           f"<h1>tunelab comparison: {e(recipe_name)}</h1>", table_html(header, body)]
     out += [f"<p class='note'>{e(n)}</p>" for n in notes]
     if verdict_lines:
         out.append("<h2>Verdicts</h2><ul id='verdicts'>" + "".join(f"<li>{e(v)}</li>" for v in verdict_lines)
@@ -495,7 +522,7 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
     header, body = table(records)
     verdict_lines = verdicts(records)
     examples = qualitative(records, seed=seed)
-    plots = {k: v for k, v in ((k, fn(records)) for k, fn in PLOTS.items()) if v}
+    plots = plot_pngs(records)
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
     files = {}

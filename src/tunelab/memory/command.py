@@ -130,8 +130,9 @@ def format_estimate(est, *, gpus: list[float], headroom_gb: float) -> str:
     precision = "bf16 autocast" if s["bf16"] else ("fp16 autocast" if s["fp16"] else "fp32")
     gas = s["gradient_accumulation_steps"]
     accumulated = f" x {gas} accumulated" if gas > 1 else ""
-    weights = (f"4-bit base (compute {s['bnb_4bit_compute_dtype']}), other weights fp32" if s["use_4bit"]
-               else "8-bit base, other weights fp32" if s["use_8bit"] else "fp32 weights")
+    other = s.get("weights_dtype", "float32")
+    weights = (f"4-bit base (compute {s['bnb_4bit_compute_dtype']}), other weights {other}" if s["use_4bit"]
+               else f"8-bit base, other weights {other}" if s["use_8bit"] else f"{other} weights")
     lines = [
         f"{est.model} ({est.model_source}, {est.task_kind}), --method {est.method}, for a "
         f"{'CUDA GPU' if est.target_device == 'cuda' else 'CPU'} run",

@@ -464,6 +464,12 @@ class Estimate:
         return d
 
 
+def _weights_dtype(opts):
+    from tunelab.train import weights_dtype
+
+    return weights_dtype(opts)
+
+
 def _count_parameters(model) -> tuple[int, int]:
     """(trainable, total) as ``tunelab train`` reports them (peft's count; 4-bit weights count two per byte)."""
     from tunelab.train import count_parameters
@@ -625,6 +631,7 @@ def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, 
                   "gradient_checkpointing": opts.gradient_checkpointing, "use_4bit": opts.use_4bit,
                   "use_8bit": opts.use_8bit, "bf16": opts.bf16, "fp16": opts.fp16, "optim": opts.optim,
                   "lora_r": opts.lora_r if method.peft else None,
+                  "weights_dtype": str(_weights_dtype(opts)).replace("torch.", ""),
                   "bnb_4bit_compute_dtype": str(settings.compute_dtype).replace("torch.", "")},
         total_params=total, trainable_params=trainable, peak_bytes=best, peak_phase=best_phase,
         breakdown=breakdown, weights_detail=weights_detail, phases=phases,
