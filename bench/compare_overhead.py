@@ -1,0 +1,44 @@
+"""Compare overhead: the wall time of `tunelab compare` against the sum of its runs' training times (the rest is
+evaluation, model loading and process start-up), measured on the built-in demo recipe.
+
+    .venv/bin/python bench/compare_overhead.py [--recipe demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+
+from common import REPO, write_result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="demo")
+    args = ap.parse_args()
+    out = REPO / "runs" / f"bench-compare-{args.recipe}"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tunelab", "compare", args.recipe, "--output_dir", str(out)], check=True)
+    wall = time.perf_counter() - started
+    from tunelab.compare.report import table
+    from tunelab.compare.results import ResultsFile
+
+    records = ResultsFile(out).records()
+    train = sum(r.get("train_seconds") or 0 for r in records)
+    runs = sum(r["wall_seconds"] for r in records)
+    header, body = table(records)
+    print(f"compare wall {wall:.0f}s; runs' own wall {runs:.0f}s; training {train:.0f}s "
+          f"({100 * train / wall:.0f}% of the wall time)")
+    write_result(f"compare-{args.recipe}", {"recipe": args.recipe, "wall_seconds": wall,
+                                            "runs_wall_seconds": runs, "train_seconds": train,
+                                            "per_run": [{k: r.get(k) for k in ("label", "wall_seconds",
+                                                                               "train_seconds")} for r in records],
+                                            "table": {"header": header, "rows": body}})
+
+
+if __name__ == "__main__":
+    main()

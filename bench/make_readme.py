@@ -1,0 +1,121 @@
+"""Rebuild the README's measured sections from bench/results/*.json (never from memory).
+
+    .venv/bin/python bench/make_readme.py
+
+Replaces the text between <!-- demo-start --> / <!-- demo-end --> and <!-- bench-start --> / <!-- bench-end -->.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _machine(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m.get('cores')} CPU cores ({m.get('cpu')}){gpu}, {m.get('memory', '?')} RAM, torch {m.get('torch')}, "
+            f"transformers {m.get('transformers')}, peft {m.get('peft')}; {m.get('date', '')[:10]}")
+
+
+def demo_section() -> str | None:
+    d = _load("compare-demo")
+    if not d:
+        return None
+    minutes, seconds = divmod(d["wall_seconds"], 60)
+    return "\n".join([
+        "`make demo` runs `tunelab compare --recipe demo`: SmolLM2-135M-Instruct learns text-to-SQL on tunelab's own "
+        "bookshop database (24 steps, batch 4), then each model is scored on 24 held-out questions (execution "
+        "accuracy), 16 general-knowledge questions and the drift probe. Measured with "
+        "`python bench/compare_overhead.py` (the same recipe):", "",
+        _table(d["table"]["header"], d["table"]["rows"]), "",
+        f"Wall time {int(minutes)} min {seconds:.0f} s on {_machine(d['machine'])}; training took "
+        f"{d['train_seconds']:.0f} s of it, the rest is evaluation, model loading and process start-up. "
+        "Peak memory on the CPU is the training process's peak resident set size during training.",
+    ])
+
+
+def bench_section() -> str:
+    parts = []
+    o = _load("overhead")
+    if o:
+        rows = []
+        for r in o["runs"]:
+            rows.append([r["method"], str(r["repeat"]), f"{r['plain_loop']['tokens_per_second']:.1f}",
+                         f"{r['tunelab']['tokens_per_second']:.1f}", f"{r['ratio']:.3f}"])
+        s = o["settings"]
+        parts += ["### Framework overhead", "",
+                  f"`python bench/overhead.py`: {s['model']}, batch {s['batch']} x {s['seq']} fixed-length tokens, "
+                  f"{s['steps']} steps, plain torch + peft loop against `tunelab train` in one process "
+                  f"(target ratio >= {o['target_ratio']}).", "",
+                  _table(["method", "repeat", "plain loop tok/s", "tunelab tok/s", "ratio"], rows), ""]
+        full = [r for r in o["runs"] if r["method"] == "full"]
+        lora = [r for r in o["runs"] if r["method"] == "lora"]
+        if full and lora:
+            loop_full = sum(r["plain_loop"]["seconds"] for r in full) / len(full)
+            loop_lora = sum(r["plain_loop"]["seconds"] for r in lora) / len(lora)
+            parts += [f"LoRA against full fine-tuning step time in the same run: {loop_lora / loop_full:.2f} "
+                      "(plain loop), against the compute bound of about 2/3 (4N vs 6N FLOPs per token).", ""]
+        parts += [f"Machine: {_machine(o['machine'])}.", ""]
+    t = _load("trl_compare")
+    if t:
+        rows = [[name, f"{r['real_tokens_per_second']:.1f}", f"{100 * r['padding_fraction']:.1f}%",
+                 f"{r['peak_memory_bytes'] / 2**30:.2f} GiB"] for name, r in t["runs"].items() if "error" not in r]
+        s = t["settings"]
+        parts += ["### Against TRL", "",
+                  f"`python bench/trl_compare.py`: smollm2-135m, LoRA r=16, {s['rows']} DialogSum dialogues, "
+                  f"{s['steps']} steps of batch {s['batch']}.", "",
+                  _table(["run", "real tokens/s", "padding", "peak memory"], rows), "",
+                  f"Machine: {_machine(t['machine'])}.", ""]
+    for recipe in ("spider", "dialogsum", "sst2-sts"):
+        q = _load(f"quality-{recipe}")
+        if not q:
+            continue
+        minutes = q["wall_seconds"] / 60
+        parts += [f"### Quality and retention: {recipe}", "",
+                  f"`python bench/quality.py {recipe}` (budget: {' '.join(q['budget'])}; seeds "
+                  f"{','.join(map(str, q['seeds']))} for the main methods), {minutes:.0f} min:", "",
+                  _table(q["table"]["header"], q["table"]["rows"]), "", f"Machine: {_machine(q['machine'])}.", ""]
+    e = _load("estimate-validate")
+    if e:
+        rows = [[c["model"], c["method"], "on" if c["gradient_checkpointing"] else "off", str(c["max_seq_length"]),
+                 f"{c['predicted_bytes']:,}", f"{c['measured_bytes']:,}", f"{100 * c['error']:+.3f}%"]
+                for c in e["cases"]]
+        parts += ["### Memory estimate against measurement", "", f"`{e['command']}`:", "",
+                  _table(["model", "method", "grad. ckpt", "seq", "predicted bytes", "measured bytes", "error"], rows),
+                  "", f"Machine: {_machine(e['machine'])}.", ""]
+    return "\n".join(parts).rstrip() or "No benchmark results yet: see bench/README.md."
+
+
+def replace(text: str, marker: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {marker}-start -->\n).*?(\n<!-- {marker}-end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- {marker}-start --> ... <!-- {marker}-end --> markers")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def main() -> None:
+    text = README.read_text(encoding="utf-8")
+    demo = demo_section()
+    if demo:
+        text = replace(text, "demo", demo)
+    text = replace(text, "bench", bench_section())
+    README.write_text(text, encoding="utf-8")
+    print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()
