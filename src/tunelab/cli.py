@@ -61,6 +61,11 @@ def cmd_train(argv: list[str]) -> int:
           f"{_fmt(r['final_train_loss'])}, eval loss {_fmt(r['final_eval_loss'])}")
     print(f"output: {result.output_dir}")
     print(f"results: {result.results_path}")
+    exports = r.get("exports") or {}
+    if exports.get("merged_model_dir"):
+        print(f"merged model: {exports['merged_model_dir']}")
+    for outtype, gguf in (exports.get("gguf") or {}).items():
+        print(f"gguf ({outtype}): {gguf['gguf_file']}")
     return 0
 
 
@@ -192,6 +197,136 @@ def cmd_demo(argv: list[str]) -> int:
     return cmd_compare(defaults + argv)
 
 
+def cmd_ica(argv: list[str]) -> int:
+    """`tunelab ica build ...`: ICA functional-network templates for `tunelab train --mask_mode`."""
+    from tunelab.config import IcaBuildOptions
+
+    usage = ("usage: tunelab ica build --model_name_or_path M --dataset_name_or_path D --output FILE.json "
+             "[options]\n\nFind a model's functional networks: ICA over the outputs of its decoder blocks' MLPs on "
+             "sample sequences. The templates feed `tunelab train --mask_mode lesion|preserve --ica_templates "
+             "FILE`. See `tunelab ica build --help`.")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    if argv[0] != "build":
+        raise TunelabError(f"tunelab ica: unknown action {argv[0]!r}; the action is build (see tunelab ica --help)")
+    from tunelab.ica.build import build_from_options
+
+    opts, _ = parse_options(IcaBuildOptions, argv[1:], "tunelab ica build",
+                            "Find a model's functional networks (after Liu et al. 2025, arXiv 2502.20408): collect "
+                            "each decoder block's MLP output over sample sequences (padding excluded), z-score, "
+                            "reduce with PCA, run FastICA, and keep per component the (layer, channel) pairs whose "
+                            "absolute mixing weight reaches --percentile. Writes versioned JSON templates.")
+    templates, path = build_from_options(opts)
+    b = templates.build
+    sizes = [sum(len(c) for c in comp.values()) for comp in templates.components]
+    print(f"{len(sizes)} components from {b['tokens']:,} tokens of {b['sequences']} sequences "
+          f"({templates.layout.describe()}) in {b['build_seconds']:.1f}s")
+    print(f"(layer, channel) pairs per component: {', '.join(map(str, sizes))}")
+    print(f"templates: {path}")
+    return 0
+
+
+def _merge_repeated(argv: list[str], flag: str) -> list[str]:
+    """``--adapter a=x --adapter b=y`` -> ``--adapter a=x b=y`` (argparse would keep only the last one)."""
+    values, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == flag or arg.startswith(flag + "="):
+            if arg != flag:
+                values.append(arg[len(flag) + 1:])
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            continue
+        rest.append(arg)
+        i += 1
+    return [*rest, flag, *values] if values else rest
+
+
+def cmd_generate(argv: list[str]) -> int:
+    import json
+
+    from tunelab.adapters import run_generate
+    from tunelab.config import GenerateOptions
+
+    opts, _ = parse_options(GenerateOptions, _merge_repeated(argv, "--adapter"), "tunelab generate",
+                            "Answer prompts with one base model and several adapters loaded once: each input is "
+                            "answered by the adapter it names (an 'adapter' field, or --use), 'base' means adapters "
+                            "disabled. Prompts get the chat template each adapter was trained with.")
+    records = run_generate(opts)
+    if opts.output_file:
+        print(f"{len(records)} answers: {opts.output_file}")
+    elif len(records) == 1:
+        print(records[0]["response"])
+    else:
+        for r in records:
+            print(json.dumps({"adapter": r["adapter"], "response": r["response"]}, ensure_ascii=False))
+    return 0
+
+
+def cmd_merge(argv: list[str]) -> int:
+    from tunelab.config import MergeOptions
+    from tunelab.merge import merge
+
+    opts, _ = parse_options(MergeOptions, argv, "tunelab merge",
+                            "Fold a PEFT adapter into its base (peft merge_and_unload) and save a standalone model "
+                            "(safetensors + tokenizer) that plain transformers loads.")
+    result = merge(opts.model_name_or_path, opts.adapter, opts.output_dir,
+                   overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu)
+    print(f"merged {result.info['method']} adapter into {opts.model_name_or_path}: {result.output_dir} "
+          f"({result.info['model_bytes'] / 2**20:.1f} MiB of weights)")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    """`tunelab export gguf ...`: the format is the first argument (gguf is the one there is)."""
+    from tunelab.config import ExportOptions
+
+    usage = ("usage: tunelab export gguf --model_name_or_path M [--adapter DIR] --output FILE.gguf "
+             "[--outtype f32|f16|q8_0]\n\nWrite a Llama-family model (an adapter merged into it first) as a GGUF "
+             "file for llama.cpp and friends. See `tunelab export gguf --help`.")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    if argv[0] != "gguf":
+        raise TunelabError(f"tunelab export: unknown format {argv[0]!r}; the format is gguf: "
+                           "tunelab export gguf --model_name_or_path M --output FILE.gguf")
+    from tunelab.gguf_export import export_gguf
+
+    opts, _ = parse_options(ExportOptions, argv[1:], "tunelab export gguf",
+                            "Write a Llama-family model (the built-in smollm2-135m included), with --adapter merged "
+                            "into it first, as one GGUF file: tensors named by gguf's tensor map, the tokenizer and "
+                            "chat template in the metadata. Norms stay f32; --outtype sets the weight matrices.")
+    result = export_gguf(opts.model_name_or_path, opts.output, adapter=opts.adapter, outtype=opts.outtype,
+                         overwrite=opts.overwrite, use_cpu=opts.use_cpu)
+    types = ", ".join(f"{n} {t}" for t, n in sorted(result.tensor_types.items()))
+    print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB, {result.tensors} tensors: {types})")
+    return 0
+
+
+def cmd_push(argv: list[str]) -> int:
+    from tunelab.config import PushOptions
+    from tunelab.hub import plan_upload, push
+
+    opts, _ = parse_options(PushOptions, argv, "tunelab push",
+                            "Upload an adapter-only or a full/merged model to the Hugging Face Hub with a model card "
+                            "built from train_results.json and eval_results.json. The token comes from HF_TOKEN or "
+                            "`hf auth login` and is never printed or written.")
+    if opts.dry_run:
+        plan = plan_upload(opts.model_name_or_path, opts.repo_id, eval_results=opts.eval_results)
+        print(f"would upload {plan.kind} to {plan.repo_id}: {', '.join([*plan.files, 'README.md'])}")
+        if plan.skipped:
+            print(f"left out: {', '.join(plan.skipped)}")
+        print(plan.card)
+        return 0
+    result = push(opts.model_name_or_path, opts.repo_id, private=opts.private, eval_results=opts.eval_results,
+                  commit_message=opts.commit_message)
+    print(f"uploaded {len(result.plan.files) + 1} files ({result.plan.kind}) to {result.url}")
+    return 0
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -206,6 +341,11 @@ COMMANDS: dict[str, tuple[str, Command]] = {
     "models": ("list or fetch the built-in offline models", cmd_models),
     "data": ("write a built-in dataset (the text-to-SQL task) to a directory", cmd_data),
     "demo": ("the main job on the built-in model and data", cmd_demo),
+    "ica": ("ICA functional networks: `ica build` templates for train --mask_mode lesion|preserve", cmd_ica),
+    "generate": ("answer prompts with one base and several adapters, switching per input", cmd_generate),
+    "merge": ("fold an adapter into its base and save a standalone model", cmd_merge),
+    "export": ("`export gguf`: write a Llama-family model (adapter merged) as a GGUF file", cmd_export),
+    "push": ("upload an adapter or a model to the Hugging Face Hub with a model card", cmd_push),
 }
 
 

@@ -133,6 +133,39 @@ class TrainOptions:
                                                  group="training")
     use_cpu: bool = option(False, "train on the CPU even when a GPU is present", group="training")
 
+    # --- ICA functional-network masking (tunelab.ica) ----------------------------------------------------------
+    mask_mode: str = option("none", "ICA functional-network masking during training: lesion zeroes the selected "
+                                    "channels of each decoder block's MLP output, preserve zeroes every other channel "
+                                    "of the layers that hold a selected one; the saved model carries no mask",
+                            choices=("none", "lesion", "preserve"), group="ica masking")
+    ica_templates: str | None = option(None, "templates from `tunelab ica build` (default with --mask_mode: built "
+                                             "from the training rows and saved as ica_templates.json in "
+                                             "--output_dir)", group="ica masking")
+    ica_component_ids: list[int] | None = option(None, "components whose channels are selected, e.g. 0,1 "
+                                                       "(default: all)", group="ica masking")
+    ica_mask_layers: str | None = option(None, "mask only these decoder layers: indices and end-exclusive ranges, "
+                                               "e.g. 0,2:5 = layers 0, 2, 3, 4 (default: all)", group="ica masking")
+    anti_drift: bool = option(False, "only the rows of down_proj (full) or of its LoRA B matrix (lora, qlora) that "
+                                     "belong to the trained channels change; the others stay bit-identical",
+                              group="ica masking")
+    ica_samples: int = option(100, "templates built on the fly: training sequences analysed", group="ica masking")
+    ica_components: int = option(10, "templates built on the fly: independent components", group="ica masking")
+    ica_percentile: float = option(98.0, "templates built on the fly: a component keeps the (layer, channel) pairs "
+                                         "whose absolute mixing weight is at or above this percentile",
+                                   group="ica masking")
+    ica_max_pca_components: int = option(1000, "templates built on the fly: PCA reduces the activations to this "
+                                                "many dimensions first when they have more", group="ica masking")
+
+    # --- after training (tunelab.merge, tunelab.gguf_export) --------------------------------------------------
+    merge_adapter_with_base: bool = option(False, "after training, merge the adapter into the base and save the "
+                                                  "standalone model in OUTPUT_DIR/merged (methods that change weights "
+                                                  "only: not prompt_tuning, prefix_tuning, llama_adapter)",
+                                           group="after training")
+    convert_to_gguf: bool = option(False, "after training, write OUTPUT_DIR/model-<gguf_outtype>.gguf (Llama-family "
+                                          "models; an adapter is merged first)", group="after training")
+    gguf_outtype: str = option("f16", "tensor type of --convert_to_gguf", choices=("f32", "f16", "q8_0"),
+                               group="after training")
+
     # --- the options file itself -------------------------------------------------------------------------------
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
@@ -140,7 +173,9 @@ class TrainOptions:
 
 # Training-relevant fields: two runs differ when one of these differs (output dir identity, compare keys).
 NON_IDENTITY_FIELDS = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "config",
-                                 "report_to", "logging_steps", "save_steps", "save_total_limit", "use_cpu"})
+                                 "report_to", "logging_steps", "save_steps", "save_total_limit", "use_cpu",
+                                 # exports made after training do not change what training produces
+                                 "merge_adapter_with_base", "convert_to_gguf", "gguf_outtype"})
 
 
 def resolve(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict[str, Any]]:
@@ -251,3 +286,118 @@ class CompareOptions:
     retry_failed: bool = option(False, "re-run runs recorded as failed", group="execution")
     run_timeout: float | None = option(None, "seconds after which a run is stopped and recorded as failed",
                                        group="execution")
+
+
+@dataclass(kw_only=True)
+class IcaBuildOptions:
+    """`tunelab ica build`: find a model's functional networks (ICA over its MLP outputs) and save them as
+    templates for `tunelab train --mask_mode lesion|preserve --ica_templates FILE`."""
+
+    model_name_or_path: str = option(help="a built-in model name, a local model directory or a Hub id (a "
+                                          "decoder-only model)", group="model")
+    trust_remote_code: bool = option(False, "allow model code from the Hub to run (off unless you ask)",
+                                     group="model")
+    dataset_name_or_path: str = option(help="the sample sequences: any dataset `tunelab train` reads",
+                                       group="data")
+    dataset_config: str | None = option(None, "the Hub dataset's configuration name", group="data")
+    train_split: str = option("train", "split to sample from", group="data")
+    dataset_format: str = option("auto", "how to read rows; auto detects it from the column names",
+                                 choices=DATASET_FORMATS, group="data")
+    input_columns: list[str] | None = option(None, "columns that form the prompt", group="data")
+    target_column: str | None = option(None, "column that holds the response", group="data")
+    template: str = option("auto", "prompt template, as in `tunelab train`", choices=TEMPLATES, group="data")
+    system_prompt: str | None = option(None, "system prompt placed before every example", group="data")
+    max_seq_length: int = option(512, "truncate sample sequences to this many tokens", group="data")
+    samples: int = option(100, "sequences analysed (chosen with --seed)", group="ica")
+    components: int = option(10, "independent components (functional networks) to find", group="ica")
+    percentile: float = option(98.0, "a component keeps the (layer, channel) pairs whose absolute mixing weight is "
+                                     "at or above this percentile of its weights", group="ica")
+    max_pca_components: int = option(1000, "PCA reduces the activations to this many dimensions first when they "
+                                           "have more", group="ica")
+    seed: int = option(0, "seed for choosing sequences, PCA and FastICA", group="ica")
+    batch_size: int = option(8, "sequences per forward pass", group="ica")
+    use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="ica")
+    output: str = option(help="the template file to write (JSON)", group="output")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")
+
+
+# --- the adapter lifecycle: generate, merge, export, push (tunelab.adapters, merge, gguf_export, hub) -------------
+
+@dataclass(kw_only=True)
+class GenerateOptions:
+    """`tunelab generate`: one base, several adapters, each input answered by the adapter it names."""
+
+    model_name_or_path: str = option(help="the base model (built-in name, folder or Hub id) or a fully fine-tuned "
+                                          "model's output_dir", group="model")
+    adapter: list[str] | None = option(None, "NAME=DIR of a PEFT adapter trained on this base; repeat the flag (or "
+                                             "list several) to load more; the name 'base' is reserved for the base "
+                                             "with adapters disabled", metavar="NAME=DIR", group="model")
+    prompt: str | None = option(None, "one prompt (a user message) to answer", group="input")
+    input_file: str | None = option(None, "a .jsonl file, one prompt per line ('prompt', 'messages', 'instruction' "
+                                          "or 'question'), each optionally with an 'adapter' field naming who answers",
+                                    group="input")
+    use: str | None = option(None, "the adapter that answers inputs naming none ('base' = adapters disabled; "
+                                   "default: the only adapter, or the base when none is given)", group="input")
+    template: str | None = option(None, "prompt template (default: the one each adapter was trained with)",
+                                  choices=TEMPLATES, group="input")
+    system_prompt: str | None = option(None, "system prompt (default: the one each adapter was trained with)",
+                                       group="input")
+    max_new_tokens: int = option(128, "tokens to generate per answer (greedy)", group="generation")
+    per_device_eval_batch_size: int = option(8, "prompts per generation batch", group="generation")
+    max_seq_length: int = option(1024, "truncate prompts to this many tokens", group="generation")
+    use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
+    output_file: str | None = option(None, "write one JSON line per input (its fields, 'adapter', 'response') "
+                                           "instead of printing", group="output")
+    overwrite: bool = option(False, "replace an existing --output_file", group="output")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")
+
+
+@dataclass(kw_only=True)
+class MergeOptions:
+    """`tunelab merge`: fold a PEFT adapter into its base and save a standalone model."""
+
+    model_name_or_path: str = option(help="the base model the adapter was trained on", group="model")
+    adapter: str = option(help="the PEFT adapter directory (the output_dir of a PEFT run)", group="model")
+    output_dir: str = option(help="where the merged model (safetensors + tokenizer) goes", group="output")
+    overwrite_output_dir: bool = option(False, "replace a previous merge in --output_dir", group="output")
+    use_cpu: bool = option(False, "merge on the CPU even when a GPU is present", group="output")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """`tunelab export gguf`: write a Llama-family model (an adapter merged first) as one GGUF file. (The format,
+    `gguf`, is the command's first argument; it is the only one.)"""
+
+    model_name_or_path: str = option(help="a built-in name, model folder or Hub id (Llama family), or a fully "
+                                          "fine-tuned model's output_dir", group="model")
+    adapter: str | None = option(None, "a PEFT adapter to merge into the model before writing", group="model")
+    output: str = option(help="the .gguf file to write", group="output")
+    outtype: str = option("f16", "tensor type of the weight matrices (norms stay f32)",
+                          choices=("f32", "f16", "q8_0"), group="output")
+    overwrite: bool = option(False, "replace an existing --output file", group="output")
+    use_cpu: bool = option(False, "merge on the CPU even when a GPU is present", group="output")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")
+
+
+@dataclass(kw_only=True)
+class PushOptions:
+    """`tunelab push`: upload an adapter or a full/merged model to the Hugging Face Hub with a model card."""
+
+    model_name_or_path: str = option(help="the folder to upload: a PEFT run's output_dir (adapter only), a full "
+                                          "fine-tuning run's output_dir, or a `tunelab merge` output", group="upload")
+    repo_id: str = option(help="the Hub repository, e.g. your-name/smollm2-sql-lora (created if missing)",
+                          group="upload")
+    private: bool = option(False, "create the repository as private", group="upload")
+    eval_results: str | None = option(None, "an eval_results.json to report in the model card (default: one in "
+                                            "the folder, if any)", group="upload")
+    commit_message: str | None = option(None, "the commit message (default: 'Upload with tunelab')",
+                                        group="upload")
+    dry_run: bool = option(False, "show the files and the model card that would be uploaded; contact nothing",
+                           group="upload")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")

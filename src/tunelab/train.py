@@ -22,6 +22,8 @@ from tunelab.data import sources
 from tunelab.data.prepare import PreparedData, prepare
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json, atomic_write_text
+from tunelab import lifecycle
+from tunelab.ica import training as ica_training
 from tunelab.memory.tracker import device_description, peak_memory, reset_peak
 from tunelab.methods import ApplyContext, get_method
 from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
@@ -80,6 +82,8 @@ def check_options(opts: TrainOptions) -> None:
     if opts.early_stopping_patience is not None and not opts.eval_steps:
         raise TunelabError("--early_stopping_patience needs --eval_steps (and a validation set) to measure progress")
     sources.check_local(opts.dataset_name_or_path)
+    ica_training.check_options(opts)
+    lifecycle.check(opts)  # --merge_adapter_with_base / --convert_to_gguf
     if opts.resume_from_checkpoint not in (None, "latest") and not Path(opts.resume_from_checkpoint).is_dir():
         raise TunelabError(f"--resume_from_checkpoint {opts.resume_from_checkpoint}: no such checkpoint directory; "
                            "pass a checkpoint-N folder or 'latest'")
@@ -288,7 +292,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     state = _output_state(out, opts)
     if state == "same-finished" and not opts.overwrite_output_dir:
         log.info("%s already holds this finished run; nothing to do (pass --overwrite_output_dir to retrain)", out)
-        return TrainResult(out, _read_json(out / RESULTS_FILE), skipped=True)
+        finished = _read_json(out / RESULTS_FILE)
+        lifecycle.run(opts, out, finished)  # exports asked for now that the finished run lacks
+        return TrainResult(out, finished, skipped=True)
     if state == "different" and not opts.overwrite_output_dir:
         raise TunelabError(f"--output_dir {out}: holds a different run (or other files); choose a new directory or "
                            "pass --overwrite_output_dir to replace it")
@@ -306,6 +312,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     data = prepare(opts, tokenizer, task_kind)
     total_steps = total_training_steps(opts, len(data.train))
     model, method = build_model(opts, model_path, task_kind, tokenizer, data.label_names, total_steps)
+    # ICA masking (--mask_mode): templates loaded or built from the training rows; hooks go on in the Trainer.
+    masking = ica_training.setup(model, opts, task_kind=task_kind, sequences=[r["input_ids"] for r in data.train],
+                                 pad_token_id=tokenizer.pad_token_id, out=out, reuse=state == "same-unfinished")
     trainable, total = count_parameters(model)
 
     # From here on the output directory is written to.
@@ -322,13 +331,15 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     out.mkdir(parents=True, exist_ok=True)
     effective = to_dict(opts)
     atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
+    if masking is not None:
+        masking.save_templates(out)
 
     from datasets import Dataset
 
     train_ds = Dataset.from_list(data.train)
     eval_ds = Dataset.from_list(data.eval) if data.eval else None
     args = training_arguments(opts, eval_ds is not None, task_kind)
-    callbacks = [_final_step_logger(), *method.callbacks(model)]
+    callbacks = [_final_step_logger(), *method.callbacks(model), *([masking.callback()] if masking else [])]
     if opts.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
     trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
@@ -344,12 +355,17 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     padding_fraction, positions = collator.padding_fraction, collator.positions
     eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
 
+    if masking is not None:
+        masking.remove()  # (the callback did so at train end already): no hook or parametrization is saved
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
                        train_seconds, peak_bytes, peak_kind, eval_loss, out)
     results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
+    if masking is not None:
+        results["ica_masking"] = masking.summary()
     atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
+    lifecycle.run(opts, out, results)  # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
     return TrainResult(out, results, model=trainer.model, tokenizer=tokenizer)
 
 

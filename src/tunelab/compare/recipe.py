@@ -215,15 +215,27 @@ def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
     if not isinstance(item, dict) or "method" not in item:
         raise TunelabError(f"recipe {source}: methods entry {index} needs a 'method' (e.g. lora)")
     entry = dict(item)
-    method = str(entry.pop("method"))
+    spec = str(entry.pop("method"))
+    # `X+ica_Y`: method X trained with ICA masking --mask_mode Y (lesion or preserve); the label keeps the spec.
+    from tunelab.ica import split_method_spec
+
+    try:
+        method, mask_mode = split_method_spec(spec)
+    except TunelabError as e:
+        raise TunelabError(f"recipe {source}: methods entry {index}: {e}") from None
+    if mask_mode is not None:
+        if entry.get("mask_mode", mask_mode) != mask_mode:
+            raise TunelabError(f"recipe {source}: methods entry {spec!r} also sets mask_mode {entry['mask_mode']!r}; "
+                               "keep one of the two")
+        entry["mask_mode"] = mask_mode
     try:
         get_method(method)
     except TunelabError:
         from tunelab.methods import method_names
 
         raise TunelabError(f"recipe {source}: methods entry {index}: unknown method {method!r}; choose one of "
-                           f"{', '.join(method_names())}") from None
-    label = str(entry.pop("label", method))
+                           f"{', '.join(method_names())} (optionally with +ica_lesion or +ica_preserve)") from None
+    label = str(entry.pop("label", spec))
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     for key in entry:
         if key not in known:
