@@ -12,7 +12,8 @@ import yaml
 
 import tunelab
 from tunelab.cli import main
-from tunelab.config import CompareOptions, EvalOptions, TrainOptions
+from tunelab.config import (CompareOptions, EvalOptions, ExportOptions, GenerateOptions, MergeOptions, PushOptions,
+                            TrainOptions)
 from tunelab.options import add_dataclass_arguments
 
 from conftest import ALPACA_ROWS, write_jsonl
@@ -40,6 +41,10 @@ def _api_names(fn) -> set[str]:
     (tunelab.train, TrainOptions, {"model", "dataset"}, {"config"}),
     (tunelab.evaluate, EvalOptions, {"model", "dataset"}, {"config"}),
     (tunelab.compare, CompareOptions, set(), set()),
+    (tunelab.generate, GenerateOptions, {"model", "adapters"}, {"config"}),
+    (tunelab.merge, MergeOptions, {"model"}, {"config"}),
+    (tunelab.export_gguf, ExportOptions, {"model"}, {"config"}),
+    (tunelab.push, PushOptions, {"model"}, {"config"}),
 ])
 def test_every_cli_flag_is_an_api_option_and_back(fn, cls, aliases, cli_only):
     flags = _cli_flags(cls)
@@ -93,6 +98,7 @@ def test_bad_api_options_raise_the_project_error_not_systemexit(tiny_llama, tmp_
         tunelab.Comparison.load(tmp_path)
 
 
+@pytest.mark.xdist_group("compare")  # shares the session's comparison with tests/compare
 def test_comparison_load_round_trips(comparison):
     out, _ = comparison
     loaded = tunelab.Comparison.load(out)

@@ -8,7 +8,7 @@ from tunelab.config import TrainOptions
 from tunelab.data.encode import encode_causal
 from tunelab.data.formats import Example
 from tunelab.data.templates import Template
-from tunelab.train import train
+from tunelab.training import train
 
 from conftest import write_jsonl
 

@@ -13,7 +13,7 @@ import torch
 
 from tunelab.config import TrainOptions
 from tunelab.methods import get_method, method_names
-from tunelab.train import train
+from tunelab.training import train
 
 from conftest import write_jsonl
 

@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 from tunelab.errors import TunelabError  # noqa: E402
 
-_API = {"train", "evaluate", "compare", "estimate", "Comparison", "MemoryEstimate", "read_results"}
+_API = {"train", "evaluate", "compare", "estimate", "Comparison", "MemoryEstimate", "read_results", "generate",
+        "merge", "export_gguf", "push", "AdapterSession"}
 
 
 def __getattr__(name: str):

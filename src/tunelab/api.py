@@ -42,7 +42,7 @@ def _doc(summary: str, cls, *, returns: str, aliases: dict[str, str] | None = No
 # --- train ---------------------------------------------------------------------------------------------------
 
 def train(model: str | None = None, dataset: str | None = None, **options: Any):
-    from tunelab.train import train as _train
+    from tunelab.training import train as _train
 
     values = dict(options)
     if model is not None:
@@ -86,7 +86,7 @@ class Comparison:
     """A finished (or partly finished) comparison: its records, table, plots and report."""
 
     def __init__(self, output_dir: str | Path, records: list[dict[str, Any]] | None = None):
-        from tunelab.compare.results import ResultsFile
+        from tunelab.comparison.results import ResultsFile
 
         self.output_dir = Path(output_dir)
         self.records = records if records is not None else ResultsFile(self.output_dir).records()
@@ -125,7 +125,7 @@ class Comparison:
 
     def plot(self, kind: str = "tradeoff"):
         """A matplotlib Figure: ``tradeoff``, ``costs`` or ``loss_curves`` (the report's plots)."""
-        from tunelab.compare.report import PLOTS
+        from tunelab.comparison.report import PLOTS
 
         if kind not in PLOTS:
             raise TunelabError(f"plot kind {kind!r}: choose one of {', '.join(PLOTS)}")
@@ -135,7 +135,7 @@ class Comparison:
         return fig
 
     def _repr_html_(self) -> str:
-        from tunelab.compare.report import html_fragment
+        from tunelab.comparison.report import html_fragment
 
         return html_fragment(self.records)
 
@@ -145,7 +145,7 @@ class Comparison:
 
 
 def compare(recipe: str, **overrides: Any) -> Comparison:
-    from tunelab.compare.api import compare_from_options
+    from tunelab.comparison.api import compare_from_options
 
     opts, _ = _build(CompareOptions, "tunelab.compare()", {"recipe": recipe, **overrides})
     outcome = compare_from_options(opts)
@@ -229,6 +229,93 @@ def _estimate_doc() -> str:
 
 
 estimate.__doc__ = _estimate_doc()
+
+
+# --- the adapter lifecycle: generate, merge, export_gguf, push -------------------------------------------------
+
+def generate(model: str | None = None, adapters: dict[str, str] | None = None, **options: Any):
+    from tunelab.adapters import run_generate
+    from tunelab.config import GenerateOptions
+
+    values = dict(options)
+    if model is not None:
+        values["model_name_or_path"] = model
+    if adapters is not None:
+        values["adapter"] = [f"{name}={path}" for name, path in adapters.items()]
+    opts, _ = _build(GenerateOptions, "tunelab.generate()", values)
+    return run_generate(opts)
+
+
+def merge(model: str | None = None, adapter: str | None = None, **options: Any):
+    from tunelab.config import MergeOptions
+    from tunelab.merge import merge as _merge
+
+    values = dict(options)
+    if model is not None:
+        values["model_name_or_path"] = model
+    if adapter is not None:
+        values["adapter"] = adapter
+    opts, _ = _build(MergeOptions, "tunelab.merge()", values)
+    return _merge(opts.model_name_or_path, opts.adapter, opts.output_dir,
+                  overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu)
+
+
+def export_gguf(model: str | None = None, **options: Any):
+    from tunelab.config import ExportOptions
+    from tunelab.gguf_export import export_gguf as _export
+
+    values = dict(options)
+    if model is not None:
+        values["model_name_or_path"] = model
+    opts, _ = _build(ExportOptions, "tunelab.export_gguf()", values)
+    return _export(opts.model_name_or_path, opts.output, adapter=opts.adapter, outtype=opts.outtype,
+                   overwrite=opts.overwrite, use_cpu=opts.use_cpu)
+
+
+def push(model: str | None = None, **options: Any):
+    from tunelab.config import PushOptions
+    from tunelab.hub import plan_upload, push as _push
+
+    values = dict(options)
+    if model is not None:
+        values["model_name_or_path"] = model
+    opts, _ = _build(PushOptions, "tunelab.push()", values)
+    if opts.dry_run:
+        return plan_upload(opts.model_name_or_path, opts.repo_id, eval_results=opts.eval_results)
+    return _push(opts.model_name_or_path, opts.repo_id, private=opts.private, eval_results=opts.eval_results,
+                 commit_message=opts.commit_message)
+
+
+def _lifecycle_docs() -> None:
+    from tunelab.config import ExportOptions, GenerateOptions, MergeOptions, PushOptions
+
+    generate.__doc__ = _doc("Answer prompts with one base and several adapters (``tunelab generate``). For repeated "
+                            "calls on a loaded base use ``tunelab.AdapterSession``.", GenerateOptions,
+                            returns="list of dict\n    One record per input: its fields, ``adapter`` and "
+                                    "``response``.",
+                            aliases={"model": "model_name_or_path", "adapters": "adapter (as {name: dir})"},
+                            skip={"config"})
+    merge.__doc__ = _doc("Fold an adapter into its base and save a standalone model (``tunelab merge``).",
+                         MergeOptions, returns="MergeResult\n    ``output_dir`` and ``info`` (merge_info.json).",
+                         aliases={"model": "model_name_or_path"}, skip={"config"})
+    export_gguf.__doc__ = _doc("Write a Llama-family model as a GGUF file (``tunelab export gguf``).", ExportOptions,
+                               returns="GgufResult\n    ``path``, ``outtype``, ``tensors``, ``file_bytes``, "
+                                       "``tensor_types``.", aliases={"model": "model_name_or_path"},
+                               skip={"config"})
+    push.__doc__ = _doc("Upload an adapter or a model with a model card (``tunelab push``).", PushOptions,
+                        returns="PushResult\n    ``url`` and ``plan`` (files, card); with dry_run=True the "
+                                "UploadPlan only.", aliases={"model": "model_name_or_path"}, skip={"config"})
+
+
+_lifecycle_docs()
+
+
+def __getattr__(name: str):
+    if name == "AdapterSession":  # loads a base once and switches adapters per call
+        from tunelab.adapters import AdapterSession
+
+        return AdapterSession
+    raise AttributeError(name)
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

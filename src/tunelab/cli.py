@@ -47,7 +47,7 @@ def parse_options(cls: type, argv: list[str], prog: str, description: str):
 
 def cmd_train(argv: list[str]) -> int:
     from tunelab.config import TrainOptions
-    from tunelab.train import train
+    from tunelab.training import train
 
     opts, explicit = parse_options(TrainOptions, argv, "tunelab train",
                                    "Fine-tune a model fully or with a PEFT method. Flags follow Hugging Face names; "
@@ -98,7 +98,7 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    from tunelab.compare.api import compare_from_options
+    from tunelab.comparison.api import compare_from_options
     from tunelab.config import CompareOptions
 
     if argv and not argv[0].startswith("-"):
@@ -112,7 +112,7 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def _print_comparison(outcome) -> None:
-    from tunelab.compare.report import markdown_table, table
+    from tunelab.comparison.report import markdown_table, table
 
     header, body = table(outcome.records)
     print(markdown_table(header, body))
@@ -126,7 +126,7 @@ def _print_comparison(outcome) -> None:
 
 
 def cmd_recipes(argv: list[str]) -> int:
-    from tunelab.compare.recipe import builtin_recipes, load_recipe
+    from tunelab.comparison.recipe import builtin_recipes, load_recipe
 
     _parser("tunelab recipes", "List the built-in comparison recipes.").parse_args(argv)
     for name, path in sorted(builtin_recipes().items()):
@@ -136,7 +136,7 @@ def cmd_recipes(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from tunelab.compare.report import write_report
+    from tunelab.comparison.report import write_report
 
     parser = _parser("tunelab report", "Rebuild report.md and report.html of a comparison from its results.jsonl.")
     parser.add_argument("output_dir", help="the comparison directory")

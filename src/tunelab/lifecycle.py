@@ -55,7 +55,7 @@ def run(opts, out: Path, results: dict[str, Any]) -> dict[str, Any] | None:
     if not (getattr(opts, "merge_adapter_with_base", False) or getattr(opts, "convert_to_gguf", False)):
         return None
     from tunelab.methods import get_method
-    from tunelab.train import RESULTS_FILE
+    from tunelab.training import RESULTS_FILE
 
     check(opts)
     out = Path(out)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.compare.results import ResultsFile
+from tunelab.comparison.results import ResultsFile
 
 from conftest import tiny_recipe
 
@@ -98,7 +98,7 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tiny_llama, tmp_pa
 
 
 def test_killed_comparison_resumes_without_redoing_finished_runs(tiny_llama, tmp_path):
-    recipe = tiny_recipe(tmp_path, tiny_llama, [{"method": "lora", "lora_r": 4}, "ia3", "full"])
+    recipe = tiny_recipe(tmp_path, tiny_llama, [{"method": "lora", "lora_r": 4}, "ia3"])
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out), "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -122,12 +122,12 @@ def test_killed_comparison_resumes_without_redoing_finished_runs(tiny_llama, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped 2 already finished" in done.stdout
     final = results.records()
-    assert sorted(r["label"] for r in final) == ["base", "full", "ia3", "lora"]
+    assert sorted(r["label"] for r in final) == ["base", "ia3", "lora"]
     assert lora_results.stat().st_mtime_ns == stamp, "a finished run was trained again"
     assert all(r["status"] == "ok" for r in final)
     # No leftover run directories from the killed attempt: each label has exactly one.
     dirs = sorted(p.name.split("-seed")[0] for p in (out / "runs").iterdir())
-    assert dirs == ["base", "full", "ia3", "lora"]
+    assert dirs == ["base", "ia3", "lora"]
 
 
 def test_recipe_errors_are_clear(tiny_llama, tmp_path, capsys):
@@ -147,7 +147,7 @@ def test_recipe_errors_are_clear(tiny_llama, tmp_path, capsys):
 
 
 def test_builtin_recipes_load():
-    from tunelab.compare.recipe import builtin_recipes, load_recipe
+    from tunelab.comparison.recipe import builtin_recipes, load_recipe
 
     names = builtin_recipes()
     assert {"demo", "dialogsum", "spider", "sst2-sts"} <= set(names)

@@ -14,7 +14,7 @@ from tunelab.config import EvalOptions, TrainOptions
 from tunelab.evaluation import retention
 from tunelab.evaluation.probes import ProbeContext, drift_prompts
 from tunelab.evaluation.run import evaluate
-from tunelab.train import train
+from tunelab.training import train
 
 from conftest import ALPACA_ROWS, write_jsonl
 

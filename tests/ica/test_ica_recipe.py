@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.compare.recipe import apply_overrides, load_recipe, parse_recipe
+from tunelab.comparison.recipe import apply_overrides, load_recipe, parse_recipe
 from tunelab.errors import TunelabError
 
 RAW = {"model": "smollm2-135m", "task": "text2sql", "data": {"train": "t.jsonl", "eval": "e.jsonl"}}

@@ -16,7 +16,7 @@ from tunelab.cli import main
 from tunelab.config import TrainOptions
 from tunelab.ica.templates import TEMPLATES_FILE, IcaTemplates
 from tunelab.ica.masks import zero_masks
-from tunelab.train import train
+from tunelab.training import train
 
 from conftest import ALPACA_ROWS, write_jsonl
 

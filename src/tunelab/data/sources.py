@@ -145,8 +145,10 @@ def split_file(directory: Path, split: str) -> Path | None:
     return None
 
 
-def check_local(name_or_path: str, flag: str = "--dataset_name_or_path") -> None:
+def check_local(name_or_path: str | None, flag: str = "--dataset_name_or_path") -> None:
     """A value that looks like a local path must exist (checked before any model is loaded)."""
+    if not name_or_path:
+        return
     path = Path(name_or_path).expanduser()
     looks_local = name_or_path.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES
     if looks_local and not path.exists():

@@ -202,14 +202,15 @@ def run_settings(opts, *, device: str = "auto") -> RunSettings:
 def check_estimate_options(opts, spec: ModelSpec) -> Any:
     """The checks ``tunelab train`` makes before loading anything, then the method's own; returns the method."""
     from tunelab.methods import ApplyContext, get_method
-    from tunelab.train import check_options
+    from tunelab.training import check_options
 
     if opts.bf16 and opts.fp16:
         raise TunelabError("--bf16 and --fp16 cannot be combined; choose one")
     if opts.fp16 and opts.use_cpu:
         raise TunelabError("--fp16 needs a CUDA GPU; on the CPU use --bf16 or neither")
     # (fp16 is fine for an estimate of a GPU run made on a machine without one)
-    check_options(dataclasses.replace(opts, fp16=False, resume_from_checkpoint=None))
+    # The run is not started: its data need not exist yet, nor a checkpoint to resume from.
+    check_options(dataclasses.replace(opts, fp16=False, resume_from_checkpoint=None, dataset_name_or_path=None))
     method = get_method(opts.method)
     method.check(opts, spec.config, ApplyContext(task_kind=spec.task_kind, model_path=spec.path or spec.name))
     if opts.method == "prefix_tuning" and opts.gradient_checkpointing:
@@ -254,7 +255,7 @@ def build_model(opts, spec: ModelSpec, settings: RunSettings, *, fake_mode=None,
             if spec.path is None:
                 raise TunelabError(f"{spec.name}: measuring needs the model's weights; pass a local folder or a "
                                    "built-in model")
-            from tunelab.train import weights_dtype
+            from tunelab.training import weights_dtype
 
             model = load_model(spec.path, spec.task_kind, quantization=quant, dtype=weights_dtype(opts),
                                device_map="cpu" if (quant is not None and device == "cpu") else None, **extra)
@@ -266,7 +267,7 @@ def build_model(opts, spec: ModelSpec, settings: RunSettings, *, fake_mode=None,
                 setattr(config, k, v)
             # Everything up to the method's adapters is built on the meta device (peft cannot move modules whose
             # parameters are fake tensors); then every tensor becomes a fake one at once.
-            from tunelab.train import weights_dtype
+            from tunelab.training import weights_dtype
 
             dtype = weights_dtype(opts)
             with torch.device("meta"):
@@ -300,10 +301,10 @@ def _set_pad_token(model) -> None:
 
 
 def prepare_like_train(model, opts, method, spec: ModelSpec):
-    """What ``tunelab.train.build_model`` does after loading (through the same function), plus the Trainer's
+    """What ``tunelab.training.build_model`` does after loading (through the same function), plus the Trainer's
     activation checkpointing."""
     from tunelab.methods import ApplyContext
-    from tunelab.train import prepare_model
+    from tunelab.training import prepare_model
 
     ctx = ApplyContext(task_kind=spec.task_kind, model_path=spec.path or spec.name,
                        total_steps=opts.max_steps if opts.max_steps > 0 else 1000)
@@ -465,14 +466,14 @@ class Estimate:
 
 
 def _weights_dtype(opts):
-    from tunelab.train import weights_dtype
+    from tunelab.training import weights_dtype
 
     return weights_dtype(opts)
 
 
 def _count_parameters(model) -> tuple[int, int]:
     """(trainable, total) as ``tunelab train`` reports them (peft's count; 4-bit weights count two per byte)."""
-    from tunelab.train import count_parameters
+    from tunelab.training import count_parameters
 
     trainable, _ = count_parameters(model)
     total = sum(weight_count(p) for p in _unique(model.parameters()))

@@ -1,6 +1,6 @@
 """One run of a comparison, in a process of its own (a clean peak-memory figure, and a crash stays contained).
 
-``python -m tunelab.compare.worker SPEC.json`` trains and evaluates through the same functions a user calls
+``python -m tunelab.comparison.worker SPEC.json`` trains and evaluates through the same functions a user calls
 (`tunelab train`, `tunelab eval`), measures inference cost, and writes run_result.json atomically. On failure
 it writes run_error.json and exits non-zero.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
 
-log = logging.getLogger("tunelab.compare.worker")
+log = logging.getLogger("tunelab.comparison.worker")
 
 RESULT_FILE = "run_result.json"
 ERROR_FILE = "run_error.json"
@@ -64,7 +64,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from tunelab.config import EvalOptions, TrainOptions
     from tunelab.evaluation.run import evaluate
     from tunelab.methods import get_method
-    from tunelab.train import train
+    from tunelab.training import train
 
     run_dir = Path(spec["run_dir"])
     eval_values = dict(spec["eval_options"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.compare.results import ResultsFile
+from tunelab.comparison.results import ResultsFile
 from tunelab.errors import TunelabError
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 from tunelab.fileio import atomic_write_text

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.compare.recipe import Recipe
+from tunelab.comparison.recipe import Recipe
 from tunelab.data import sources
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_jsonl

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.compare.recipe import apply_overrides, load_recipe
-from tunelab.compare.runner import ComparisonOutcome, run_comparison
+from tunelab.comparison.recipe import apply_overrides, load_recipe
+from tunelab.comparison.runner import ComparisonOutcome, run_comparison
 from tunelab.config import CompareOptions
 
 BUDGET_OVERRIDES = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",

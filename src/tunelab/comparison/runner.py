@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.compare.data import prepare_data
-from tunelab.compare.recipe import MethodEntry, Recipe
-from tunelab.compare.results import ResultsFile
-from tunelab.compare.worker import ERROR_FILE, RESULT_FILE
+from tunelab.comparison.data import prepare_data
+from tunelab.comparison.recipe import MethodEntry, Recipe
+from tunelab.comparison.results import ResultsFile
+from tunelab.comparison.worker import ERROR_FILE, RESULT_FILE
 from tunelab.errors import TunelabError
 from tunelab.evaluation.probes import default_data_dir
 from tunelab.fileio import atomic_write_json, atomic_write_text
@@ -106,7 +106,7 @@ class _Child:
 
     def __init__(self, spec_path: Path, log_path: Path, env: dict[str, str]):
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.compare.worker", str(spec_path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.comparison.worker", str(spec_path)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 
@@ -191,7 +191,7 @@ class ComparisonOutcome:
 def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, device: str = "auto",
                    force: bool = False, retry_failed: bool = False, run_timeout: float | None = None,
                    report: bool = True) -> ComparisonOutcome:
-    from tunelab.compare.report import write_report
+    from tunelab.comparison.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
