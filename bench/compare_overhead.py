@@ -24,8 +24,8 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tunelab", "compare", args.recipe, "--output_dir", str(out)], check=True)
     wall = time.perf_counter() - started
-    from tunelab.compare.report import table
-    from tunelab.compare.results import ResultsFile
+    from tunelab.comparison.report import table
+    from tunelab.comparison.results import ResultsFile
 
     records = ResultsFile(out).records()
     train = sum(r.get("train_seconds") or 0 for r in records)

@@ -66,7 +66,7 @@ def plain_loop(model_path: str, method: str, data: Path, steps: int, batch: int,
 
 def tunelab_run(model_path: str, method: str, data: Path, steps: int, batch: int, seq: int, out: Path) -> dict:
     from tunelab.config import TrainOptions
-    from tunelab.train import train
+    from tunelab.training import train
 
     opts = TrainOptions(model_name_or_path=model_path, dataset_name_or_path=str(data), output_dir=str(out),
                         method=method, max_steps=steps, per_device_train_batch_size=batch, max_seq_length=seq,

@@ -53,8 +53,8 @@ def main() -> None:
         run([*tunelab, "compare", args.recipe, "--methods", ",".join(single), "--seeds", "0", *common])
     wall = time.perf_counter() - started
     run([*tunelab, "report", str(out)])
-    from tunelab.compare.report import table
-    from tunelab.compare.results import ResultsFile
+    from tunelab.comparison.report import table
+    from tunelab.comparison.results import ResultsFile
 
     records = ResultsFile(out).records()
     header, body = table(records)

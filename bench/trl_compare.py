@@ -80,7 +80,7 @@ def run_trl(data: Path, out: Path, steps: int, batch: int, max_len: int, packing
 def run_tunelab(data: Path, out: Path, steps: int, batch: int, max_len: int, packing: bool,
                 group_by_length: bool) -> dict:
     from tunelab.config import TrainOptions
-    from tunelab.train import train
+    from tunelab.training import train
 
     opts = TrainOptions(model_name_or_path="smollm2-135m", dataset_name_or_path=str(data), output_dir=str(out),
                         method="lora", max_steps=steps, per_device_train_batch_size=batch, max_seq_length=max_len,

@@ -145,3 +145,11 @@ def test_dora_adds_one_magnitude_per_output(tiny_models, tmp_path):
     names = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     expected = sum(4 * (i + o) + o for i, o in _linear_shapes(base, names))
     assert result.results["trainable_params"] == expected
+
+
+def test_prefix_tuning_refuses_an_encoder_classifier(tiny_models, tmp_path):
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError, match="past_key_values"):
+        _run("prefix_tuning", "seq_cls", tiny_models, tmp_path)
+    assert not (tmp_path / "out").exists(), "nothing may be written for a refused run"

@@ -262,13 +262,16 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
 
 # --- plots ---------------------------------------------------------------------------------------------------
 
-def _figure():
-    import matplotlib
+def _figure(**kwargs):
+    """A matplotlib Figure outside pyplot: no global state or backend switch, so reports can be drawn anywhere; it
+    shows itself as a PNG when it is the value of a notebook cell."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    class ReportFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return png(self)
 
-    return plt
+    return ReportFigure(**kwargs)
 
 
 def tradeoff_axes(records) -> tuple[str | None, str, bool]:
@@ -316,8 +319,8 @@ def plot_tradeoff(records):
                                     sum(1 for q in ok if q["label"] == r["label"]) > 1 else ""))
     if not pts:
         return None
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=50, color="#2b6cb0", zorder=3)
     for (x, y), label in zip(pts, labels):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
@@ -339,8 +342,8 @@ def plot_costs(records):
     rows = [r for r in group_rows(records) if r.records and not r.is_base]
     if not rows:
         return None
-    plt = _figure()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig = _figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, 3)
     labels = [r.label for r in rows]
     series = [("Peak memory (GiB)", lambda r: (r.get("peak_memory_bytes") or 0) / 2**30, False),
               ("Training time (s)", lambda r: r.get("train_seconds") or 0, False),
@@ -361,8 +364,8 @@ def plot_loss_curves(records):
     ok = [r for r in records if r["status"] == "ok" and r.get("loss_curve")]
     if not ok:
         return None
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
     for r in ok:
         curve = r["loss_curve"]
         label = r["label"] + (f" (seed {r['seed']})" if r.get("seed") else "")
@@ -378,7 +381,6 @@ def plot_loss_curves(records):
 def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
     return buf.getvalue()
 
 

@@ -117,14 +117,11 @@ class _Child:
         while True:
             chunk = self.proc.stdout.read(65536)
             if chunk:
-                self.log.write(chunk)
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.flush()
+                self._echo(chunk)
             elif self.proc.poll() is not None:
                 rest = self.proc.stdout.read()
                 if rest:
-                    self.log.write(rest)
-                    sys.stderr.buffer.write(rest)
+                    self._echo(rest)
                 break
             else:
                 time.sleep(0.05)
@@ -133,6 +130,12 @@ class _Child:
                 raise TimeoutError
         self.log.close()
         return self.proc.returncode
+
+    def _echo(self, chunk: bytes) -> None:
+        self.log.write(chunk)
+        # Text, not sys.stderr.buffer: in a notebook stderr is a kernel stream without a byte buffer.
+        sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+        sys.stderr.flush()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
