@@ -18,6 +18,14 @@ import yaml
 # The suite never reaches the Hugging Face Hub: a name that is not local fails at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist each worker (and the subprocesses it starts) gets its share of the cores: two workers that each
+# start one OpenMP thread per core oversubscribe a 2-core machine, and spin-waiting threads then slow every test.
+# Set before torch is imported, so that its thread pool is sized by it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
+    os.environ.setdefault("MKL_NUM_THREADS", _share)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TUNELAB_DATA_DIR", REPO.parent / "shared" / "data"))
 
