@@ -52,7 +52,13 @@ def cmd_train(argv: list[str]) -> int:
     opts, explicit = parse_options(TrainOptions, argv, "tunelab train",
                                    "Fine-tune a model fully or with a PEFT method. Flags follow Hugging Face names; "
                                    "--config FILE.yaml gives any of them and flags on the command line win.")
+    from tunelab import distributed
+
+    if opts.num_processes > 1 and not distributed.launched():  # [distributed] run this command N times, launched
+        return distributed.launch_train(opts, explicit, argv)
     result = train(opts, explicit)
+    if not distributed.is_main_process():  # [distributed] the main process reports
+        return 0
     r = result.results
     if result.skipped:
         print(f"{result.output_dir} already holds this finished run (pass --overwrite_output_dir to retrain)")
@@ -361,7 +367,10 @@ def _setup_logging() -> None:
     handler.setFormatter(logging.Formatter("[tunelab] %(message)s"))
     root = logging.getLogger("tunelab")
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("TUNELAB_LOG_LEVEL", "INFO"))
+    from tunelab.distributed import is_main_process
+
+    # [distributed] the other processes of a launch say only what goes wrong (their warnings repeat the main one's)
+    root.setLevel(os.environ.get("TUNELAB_LOG_LEVEL", "INFO") if is_main_process() else "ERROR")
     root.propagate = False
 
 
@@ -382,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[name][1](rest)
     except TunelabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from tunelab.distributed import process_label
+
+        print(f"error: {process_label()}{e}", file=sys.stderr)  # [distributed] "(process 1 of 2) " where launched
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -133,6 +133,20 @@ class TrainOptions:
                                                  group="training")
     use_cpu: bool = option(False, "train on the CPU even when a GPU is present", group="training")
 
+    # --- several devices and machines (tunelab.distributed; docs: examples/distributed/README.md) ---------------
+    num_processes: int = option(1, "train with this many processes, one per GPU (data parallel): tunelab starts "
+                                   "`accelerate launch` itself; the global batch is per_device_train_batch_size x "
+                                   "processes x gradient_accumulation_steps. Under accelerate launch or torchrun, "
+                                   "leave it out (it records the launcher's world size)", group="distributed")
+    fsdp: str | None = option(None, "shard the model with PyTorch FSDP through the Trainer, e.g. \"full_shard "
+                                    "auto_wrap\" (or true, with everything in --fsdp_config); GPUs only",
+                              group="distributed")
+    fsdp_config: str | None = option(None, "the Trainer's FSDP settings as a JSON file, e.g. "
+                                           "examples/distributed/fsdp_full_shard.json", group="distributed")
+    deepspeed: str | None = option(None, "a DeepSpeed JSON config (ZeRO-2/ZeRO-3, offload), e.g. "
+                                         "examples/distributed/ds_zero2.json; needs the deepspeed package and GPUs",
+                                   group="distributed")
+
     # --- ICA functional-network masking (tunelab.ica) ----------------------------------------------------------
     mask_mode: str = option("none", "ICA functional-network masking during training: lesion zeroes the selected "
                                     "channels of each decoder block's MLP output, preserve zeroes every other channel "
@@ -286,6 +300,18 @@ class CompareOptions:
     retry_failed: bool = option(False, "re-run runs recorded as failed", group="execution")
     run_timeout: float | None = option(None, "seconds after which a run is stopped and recorded as failed",
                                        group="execution")
+    parallel: int | None = option(None, "runs at once (default: 1 with the local launcher; with ray, every run is "
+                                        "submitted and the cluster's free GPUs/CPUs decide): locally each run gets a "
+                                        "GPU of its own (CUDA_VISIBLE_DEVICES), or cores / N CPU threads",
+                                  group="execution")
+    launcher: str = option("local", "where runs execute: local subprocesses, or ray tasks on a Ray cluster "
+                                    "(pip install 'tunelab[ray]')", choices=("local", "ray"), group="execution")
+    ray_address: str | None = option(None, "the Ray cluster to submit to, e.g. ray://head:10001 or auto (default: "
+                                           "$RAY_ADDRESS, else a local Ray instance)", group="execution")
+    ray_num_cpus: int = option(1, "with --launcher ray: CPUs each run asks for (CPU runs use that many threads)",
+                               group="execution")
+    ray_num_gpus: int | None = option(None, "with --launcher ray: GPUs each run asks for (default: 1 when the "
+                                            "cluster has GPUs and --device is not cpu, else 0)", group="execution")
 
 
 @dataclass(kw_only=True)

@@ -243,9 +243,10 @@ def describe_builtins() -> list[dict[str, str]]:
 
 
 def quantization_config(*, use_4bit: bool, use_8bit: bool, quant_type: str = "nf4", compute_dtype=None,
-                        double_quant: bool = True, task_kind: str = "causal_lm"):
+                        double_quant: bool = True, task_kind: str = "causal_lm", quant_storage=None):
     """A bitsandbytes config, or None. Output heads stay in full precision: they are small and quantizing them
-    hurts quality (and a classification head must train)."""
+    hurts quality (and a classification head must train). ``quant_storage``: the dtype the packed 4-bit weights
+    are stored in (FSDP and ZeRO-3 shard them only when it is the dtype of the other weights)."""
     if not (use_4bit or use_8bit):
         return None
     if use_4bit and use_8bit:
@@ -255,8 +256,9 @@ def quantization_config(*, use_4bit: bool, use_8bit: bool, quant_type: str = "nf
     skip = ["lm_head", "score", "classifier", "classification_head", "pooler"]
     if use_8bit:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    extra = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=double_quant, llm_int8_skip_modules=skip)
+                              bnb_4bit_use_double_quant=double_quant, llm_int8_skip_modules=skip, **extra)
 
 
 def load_model(model_path: str, task_kind: str, *, dtype=None, quantization=None, device_map=None,

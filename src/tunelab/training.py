@@ -22,7 +22,7 @@ from tunelab.data import sources
 from tunelab.data.prepare import PreparedData, prepare
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json, atomic_write_text
-from tunelab import lifecycle
+from tunelab import distributed, lifecycle
 from tunelab.ica import training as ica_training
 from tunelab.memory.tracker import device_description, peak_memory, reset_peak
 from tunelab.methods import ApplyContext, get_method
@@ -84,6 +84,7 @@ def check_options(opts: TrainOptions) -> None:
     sources.check_local(opts.dataset_name_or_path)
     ica_training.check_options(opts)
     lifecycle.check(opts)  # --merge_adapter_with_base / --convert_to_gguf
+    distributed.check_options(opts)  # --fsdp / --fsdp_config / --deepspeed
     if opts.resume_from_checkpoint not in (None, "latest") and not Path(opts.resume_from_checkpoint).is_dir():
         raise TunelabError(f"--resume_from_checkpoint {opts.resume_from_checkpoint}: no such checkpoint directory; "
                            "pass a checkpoint-N folder or 'latest'")
@@ -174,14 +175,17 @@ def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, 
     quant = quantization_config(use_4bit=opts.use_4bit, use_8bit=opts.use_8bit,
                                 quant_type=opts.bnb_4bit_quant_type,
                                 compute_dtype=_compute_dtype(opts.bnb_4bit_compute_dtype, opts.use_cpu),
-                                double_quant=opts.bnb_4bit_use_double_quant, task_kind=task_kind)
+                                double_quant=opts.bnb_4bit_use_double_quant, task_kind=task_kind,
+                                # [distributed] QLoRA under FSDP / ZeRO-3: 4-bit weights stored as the others are
+                                quant_storage=weights_dtype(opts) if distributed.shards_weights(opts) else None)
     extra: dict[str, Any] = {}
     if task_kind == "seq_cls":
         extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                      label2id={n: i for i, n in enumerate(label_names)})
     set_seed(opts.seed)
     model = load_model(model_path, task_kind, quantization=quant, trust_remote_code=opts.trust_remote_code,
-                       device_map="cpu" if (quant is not None and opts.use_cpu) else None, dtype=weights_dtype(opts),
+                       device_map="cpu" if (quant is not None and opts.use_cpu) else distributed.device_map(quant, opts),
+                       dtype=weights_dtype(opts),
                        **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -218,10 +222,18 @@ def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str):
         train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
         dataloader_num_workers=0, dataloader_pin_memory=_on_gpu(opts),
     )
+    kwargs.update(distributed.training_arguments(opts))  # [distributed] fsdp, deepspeed; gloo for CPU processes
     if eval_every is None and early:
         raise TunelabError("--early_stopping_patience needs a validation set: the dataset has none; pass "
                            "--validation_split 0.1")
-    return args_cls(**kwargs)
+    try:
+        return args_cls(**kwargs)
+    except ValueError as e:  # [distributed] what transformers/accelerate refuse in --fsdp / --fsdp_config / --deepspeed
+        if not (opts.fsdp or opts.deepspeed):
+            raise
+        flag = f"--fsdp {opts.fsdp!r}" + (f" --fsdp_config {opts.fsdp_config}" if opts.fsdp_config else "") \
+            if opts.fsdp else f"--deepspeed {opts.deepspeed}"
+        raise TunelabError(f"{flag}: {e}; see examples/distributed/README.md") from None
 
 
 def _on_gpu(opts: TrainOptions) -> bool:
@@ -284,6 +296,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     from transformers.trainer_utils import get_last_checkpoint
 
     opts, chosen = resolve(opts, set(explicit))
+    opts = distributed.settle_options(opts, explicit)  # [distributed] num_processes = the launch's world size
     check_options(opts)
     log.info("effective configuration (defaults chosen for --method %s: %s):\n%s", opts.method,
              ", ".join(f"{k}={v}" for k, v in chosen.items()) or "none",
@@ -293,7 +306,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     if state == "same-finished" and not opts.overwrite_output_dir:
         log.info("%s already holds this finished run; nothing to do (pass --overwrite_output_dir to retrain)", out)
         finished = _read_json(out / RESULTS_FILE)
-        lifecycle.run(opts, out, finished)  # exports asked for now that the finished run lacks
+        if distributed.is_main_process():  # [distributed]
+            lifecycle.run(opts, out, finished)  # exports asked for now that the finished run lacks
         return TrainResult(out, finished, skipped=True)
     if state == "different" and not opts.overwrite_output_dir:
         raise TunelabError(f"--output_dir {out}: holds a different run (or other files); choose a new directory or "
@@ -310,17 +324,24 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     tokenizer = load_tokenizer(model_path, task_kind=task_kind, trust_remote_code=opts.trust_remote_code)
     tokenizer.padding_side = "right"
     data = prepare(opts, tokenizer, task_kind)
-    total_steps = total_training_steps(opts, len(data.train))
+    total_steps = total_training_steps(opts, len(data.train), opts.num_processes)
+    # [distributed] the TrainingArguments set the processes up (each its own GPU; DeepSpeed ZeRO-3's partitioned
+    # loading) before the model is loaded
+    args = training_arguments(opts, bool(data.eval), task_kind)
+    main = distributed.is_world_main(args)
     model, method = build_model(opts, model_path, task_kind, tokenizer, data.label_names, total_steps)
     # ICA masking (--mask_mode): templates loaded or built from the training rows; hooks go on in the Trainer.
     masking = ica_training.setup(model, opts, task_kind=task_kind, sequences=[r["input_ids"] for r in data.train],
                                  pad_token_id=tokenizer.pad_token_id, out=out, reuse=state == "same-unfinished")
     trainable, total = count_parameters(model)
 
-    # From here on the output directory is written to.
+    # From here on the output directory is written to, by the main process only; the others wait for it.
     resume = opts.resume_from_checkpoint
+    distributed.wait_for_everyone(args)  # [distributed] every process has read the directory's state
     if state in ("same-finished", "different") and opts.overwrite_output_dir:
-        shutil.rmtree(out)
+        if main:  # [distributed]
+            shutil.rmtree(out)
+        distributed.wait_for_everyone(args)  # [distributed]
     elif state == "same-unfinished" and resume is None and get_last_checkpoint(str(out)):
         resume = "latest"
         log.info("resuming the unfinished run in %s from its last checkpoint", out)
@@ -328,17 +349,18 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
         resume = get_last_checkpoint(str(out)) if out.is_dir() else None
         if resume is None:
             raise TunelabError(f"--resume_from_checkpoint latest: {out} holds no checkpoint-N folder to resume from")
-    out.mkdir(parents=True, exist_ok=True)
-    effective = to_dict(opts)
-    atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
-    if masking is not None:
-        masking.save_templates(out)
+    if main:  # [distributed]
+        out.mkdir(parents=True, exist_ok=True)
+        effective = to_dict(opts)
+        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
+        if masking is not None:
+            masking.save_templates(out)
+    distributed.wait_for_everyone(args)  # [distributed]
 
     from datasets import Dataset
 
     train_ds = Dataset.from_list(data.train)
     eval_ds = Dataset.from_list(data.eval) if data.eval else None
-    args = training_arguments(opts, eval_ds is not None, task_kind)
     callbacks = [_final_step_logger(), *method.callbacks(model), *([masking.callback()] if masking else [])]
     if opts.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
@@ -351,21 +373,27 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
     output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
     peak_bytes, peak_kind = peak_memory()
-    # Count training batches only: evaluation goes through the same collator.
-    padding_fraction, positions = collator.padding_fraction, collator.positions
+    # [distributed] per process; the busiest process's peak is the figure (what each device must hold)
+    peak_bytes = distributed.max_over_processes(peak_bytes, trainer)
+    # Count training batches only: evaluation goes through the same collator. [distributed] summed over processes
+    positions, real_tokens = distributed.sum_over_processes([collator.positions, collator.real_tokens], trainer)
+    padding_fraction = 1.0 - real_tokens / positions if positions else None
     eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
 
     if masking is not None:
         masking.remove()  # (the callback did so at train end already): no hook or parametrization is saved
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
-                       train_seconds, peak_bytes, peak_kind, eval_loss, out)
-    results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
-    if masking is not None:
-        results["ica_masking"] = masking.summary()
-    atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
-    lifecycle.run(opts, out, results)  # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
+    trainer.save_model(str(out))  # (every process: FSDP and ZeRO-3 gather the weights together; the main one writes)
+    results = None
+    if main:  # [distributed]
+        tokenizer.save_pretrained(str(out))
+        results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
+                           train_seconds, peak_bytes, peak_kind, eval_loss, out)
+        results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
+        if masking is not None:
+            results["ica_masking"] = masking.summary()
+        atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
+        lifecycle.run(opts, out, results)  # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
+    results = distributed.broadcast(results, args)  # [distributed] every process returns the main one's results
     return TrainResult(out, results, model=trainer.model, tokenizer=tokenizer)
 
 

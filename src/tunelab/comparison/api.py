@@ -23,4 +23,6 @@ def compare_from_options(opts: CompareOptions) -> ComparisonOutcome:
                              model=opts.model_name_or_path)
     out = Path(opts.output_dir or f"runs/compare-{recipe.name}")
     return run_comparison(recipe, out, data_dir=opts.data_dir, device=opts.device, force=opts.force,
-                          retry_failed=opts.retry_failed, run_timeout=opts.run_timeout)
+                          retry_failed=opts.retry_failed, run_timeout=opts.run_timeout, parallel=opts.parallel,
+                          launcher=opts.launcher, ray_address=opts.ray_address, ray_num_cpus=opts.ray_num_cpus,
+                          ray_num_gpus=opts.ray_num_gpus)

@@ -86,13 +86,13 @@ class Recipe:
 
     # --- options for one run ----------------------------------------------------------------------------------
     def train_options(self, entry: MethodEntry, seed: int, *, train_file: str, output_dir: str,
-                      device: str = "auto") -> TrainOptions:
+                      device: str = "auto", gpu_bf16: bool | None = None) -> TrainOptions:
         from tunelab.config import TrainOptions
 
         values: dict[str, Any] = dict(model_name_or_path=self.model, dataset_name_or_path=train_file,
                                       output_dir=output_dir, seed=seed, method=entry.method,
                                       save_steps=10**9, logging_steps=self.budget.get("logging_steps", 5),
-                                      **_device_options(device))
+                                      **_device_options(device, gpu_bf16))
         for key in ("dataset_format", "input_columns", "target_column"):
             if self.data.get(key) is not None:
                 values[key] = self.data[key]
@@ -130,11 +130,13 @@ class Recipe:
         return build(EvalOptions, (values, f"recipe {self.name} evaluation"))[0]
 
 
-def _device_options(device: str) -> dict[str, Any]:
+def _device_options(device: str, gpu_bf16: bool | None = None) -> dict[str, Any]:
     import torch
 
     if device == "cpu":
         return {"use_cpu": True}
+    if gpu_bf16 is not None:  # the runs' GPUs are on other machines (a Ray cluster): the launcher asked one of them
+        return {"bf16": gpu_bf16}
     if device == "cuda" and not torch.cuda.is_available():
         raise TunelabError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
     if torch.cuda.is_available():
