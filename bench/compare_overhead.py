@@ -33,7 +33,12 @@ def main() -> None:
     header, body = table(records)
     print(f"compare wall {wall:.0f}s; runs' own wall {runs:.0f}s; training {train:.0f}s "
           f"({100 * train / wall:.0f}% of the wall time)")
+    from tunelab.comparison.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
     write_result(f"compare-{args.recipe}", {"recipe": args.recipe, "wall_seconds": wall,
+                                            "budget": recipe.budget, "eval": recipe.eval,
+                                            "methods": [m.as_dict() for m in recipe.methods],
                                             "runs_wall_seconds": runs, "train_seconds": train,
                                             "per_run": [{k: r.get(k) for k in ("label", "wall_seconds",
                                                                                "train_seconds")} for r in records],

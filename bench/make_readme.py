@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/make_readme.py
 
-Replaces the text between <!-- demo-start --> / <!-- demo-end --> and <!-- bench-start --> / <!-- bench-end -->.
+Replaces the text between the <!-- demo-start --> / <!-- demo-end -->, <!-- ica-start --> / <!-- ica-end --> and
+<!-- bench-start --> / <!-- bench-end --> markers.
 """
 
 from __future__ import annotations
@@ -36,15 +37,32 @@ def demo_section() -> str | None:
     if not d:
         return None
     minutes, seconds = divmod(d["wall_seconds"], 60)
+    budget, ev = d["budget"], d["eval"]
+    rates = ", ".join(f"{m['label']} {m['learning_rate']:g}" for m in d["methods"] if m.get("learning_rate"))
     return "\n".join([
         "`make demo` runs `tunelab compare --recipe demo`: SmolLM2-135M-Instruct learns text-to-SQL on tunelab's own "
-        "bookshop database (24 steps, batch 4), then each model is scored on 24 held-out questions (execution "
-        "accuracy), 16 general-knowledge questions and the drift probe. Measured with "
-        "`python bench/compare_overhead.py` (the same recipe):", "",
+        f"bookshop database ({budget['max_steps']} steps of batch {budget['per_device_train_batch_size']}, the same "
+        f"for every method; learning rate: each method's default{' except ' + rates if rates else ''}), then each model is "
+        f"scored on {ev['max_eval_samples']} held-out questions (execution accuracy), {ev['probe_samples']} "
+        "general-knowledge questions and the drift probe. Measured with `python bench/compare_overhead.py` (the "
+        "same recipe):", "",
         _table(d["table"]["header"], d["table"]["rows"]), "",
         f"Wall time {int(minutes)} min {seconds:.0f} s on {_machine(d['machine'])}; training took "
         f"{d['train_seconds']:.0f} s of it, the rest is evaluation, model loading and process start-up. "
         "Peak memory on the CPU is the training process's peak resident set size during training.",
+    ])
+
+
+def ica_section() -> str | None:
+    d = _load("compare-demo-ica")
+    if not d:
+        return None
+    budget = d["budget"]
+    return "\n".join([
+        "Measured with `python bench/compare_overhead.py --recipe demo-ica` (the demo's task, data, probes and "
+        f"budget: {budget['max_steps']} steps of batch {budget['per_device_train_batch_size']}, one seed), "
+        f"{d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}:", "",
+        _table(d["table"]["header"], d["table"]["rows"]),
     ])
 
 
@@ -112,6 +130,9 @@ def main() -> None:
     demo = demo_section()
     if demo:
         text = replace(text, "demo", demo)
+    ica = ica_section()
+    if ica:
+        text = replace(text, "ica", ica)
     text = replace(text, "bench", bench_section())
     README.write_text(text, encoding="utf-8")
     print(f"updated {README}")
