@@ -112,7 +112,12 @@ def bench_section() -> str:
         rows = [[c["model"], c["method"], "on" if c["gradient_checkpointing"] else "off", str(c["max_seq_length"]),
                  f"{c['predicted_bytes']:,}", f"{c['measured_bytes']:,}", f"{100 * c['error']:+.3f}%"]
                 for c in e["cases"]]
-        parts += ["### Memory estimate against measurement", "", f"`{e['command']}`:", "",
+        on_gpu = bool(e["machine"].get("gpu"))
+        how = ("measured = torch.cuda.max_memory_allocated over two real training steps" if on_gpu else
+               "on the CPU, measured = the same live-tensor-byte counter run on the real tensors of two real training "
+               "steps, so an exact match shows that the fake-tensor trace reproduces the real step's tensors; it "
+               "does not test an allocator (that is the CUDA check, not run here: no GPU was lent)")
+        parts += ["### Memory estimate against measurement", "", f"`{e['command']}` ({how}):", "",
                   _table(["model", "method", "grad. ckpt", "seq", "predicted bytes", "measured bytes", "error"], rows),
                   "", f"Machine: {_machine(e['machine'])}.", ""]
     return "\n".join(parts).rstrip() or "No benchmark results yet: see bench/README.md."
