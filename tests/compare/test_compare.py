@@ -210,3 +210,17 @@ def test_html_report_renders_in_chromium(comparison, chromium, tmp_path):
 
 def _near(a, b, tol=12):
     return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_verdict_shares_read_as_percentages():
+    from tunelab.comparison.report import verdicts
+
+    def rec(label, method, params, score):
+        return {"label": label, "method": method, "seed": 0, "status": "ok", "trainable_params": params,
+                "headline_metric": "rougeL", "headline_value": score, "peak_memory_bytes": 2**30,
+                "train_seconds": 10.0}
+
+    lines = verdicts([rec("full", "full", 1_000_000, 0.4), rec("full+ica_preserve", "full", 1_000_000, 0.2),
+                      rec("lora", "lora", 35_040, 0.3)])
+    assert "full+ica_preserve: 50% of full fine-tuning's rougeL, 100% of its trainable parameters" in lines[1]
+    assert "3.5% of its trainable parameters" in lines[2]

@@ -237,7 +237,10 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
             parts.append(f"{headline} {fmt_num(s)} vs {fmt_num(ref_score)} for {ref_name}")
         p = row.stat(lambda r: r.get("trainable_params")).mean
         if p is not None and ref_params:
-            parts.append(f"{100 * p / ref_params:.2g}% of its trainable parameters")
+            share = 100 * p / ref_params
+            # two significant digits for small shares (3.6%, 0.12%), never exponent notation (100%, 250%)
+            parts.append(f"{share:.0f}% of its trainable parameters" if share >= 10 else
+                         f"{share:.2g}% of its trainable parameters")
         m = row.stat(lambda r: r.get("peak_memory_bytes")).mean
         if m and ref_mem:
             parts.append(f"{m / ref_mem:.2f}× its peak memory")
