@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,8 @@ class _NoKernelsHubNotice(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoKernelsHubNotice())
+# peft 0.21 still reads the attribute that transformers 5 renamed; the warning is theirs to fix, not the user's.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 TASK_KINDS = ("causal_lm", "seq2seq_lm", "seq_cls")
 
