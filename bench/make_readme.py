@@ -49,7 +49,9 @@ def demo_section() -> str | None:
         _table(d["table"]["header"], d["table"]["rows"]), "",
         f"Wall time {int(minutes)} min {seconds:.0f} s on {_machine(d['machine'])}; training took "
         f"{d['train_seconds']:.0f} s of it, the rest is evaluation, model loading and process start-up. "
-        "Peak memory on the CPU is the training process's peak resident set size during training.",
+        "Peak memory on the CPU is the training process's peak resident set size during training. `make demo` "
+        "prints this table and writes `runs/demo/report.html` and `report.md` (plots, one verdict line per method, "
+        "the methods' outputs side by side); a second `make demo` finds every run finished and only rebuilds them.",
     ])
 
 
@@ -82,6 +84,10 @@ def bench_section() -> str:
                   _table(["method", "repeat", "plain loop tok/s", "tunelab tok/s", "ratio"], rows), ""]
         full = [r for r in o["runs"] if r["method"] == "full"]
         lora = [r for r in o["runs"] if r["method"] == "lora"]
+        means = ", ".join(f"{name} {sum(r['ratio'] for r in runs) / len(runs):.3f}"
+                          for name, runs in (("full", full), ("lora", lora)) if runs)
+        parts += [f"Mean ratio over the repeats: {means}. Repeats differ by more than the gap to the target on this "
+                  "shared 2-core machine; run it on a quiet one for a tighter figure.", ""]
         if full and lora:
             loop_full = sum(r["plain_loop"]["seconds"] for r in full) / len(full)
             loop_lora = sum(r["plain_loop"]["seconds"] for r in lora) / len(lora)
