@@ -14,6 +14,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
+GIB = 2**30
 
 
 def _load(name: str) -> dict | None:
@@ -68,6 +69,66 @@ def ica_section() -> str | None:
     ])
 
 
+def _trl_estimates(t: dict) -> str:
+    est = t.get("estimates")
+    if not est:
+        return ""
+    plain, lean = est["tunelab defaults"], est["--gradient_checkpointing --bf16"]
+    return (f" That explains the memory gap: `{plain['command']}` predicts a {plain['peak_bytes'] / GIB:.2f} GiB "
+            f"tensor peak for a full-length batch, and {lean['peak_bytes'] / GIB:.2f} GiB with "
+            "`--gradient_checkpointing --bf16` added.")
+
+
+def _runs_minutes(q: dict) -> float:
+    return (q.get("runs_wall_seconds") or q["wall_seconds"]) / 60
+
+
+def _memory_table(q: dict) -> list[str]:
+    rows = [[m["label"], f"{m['predicted_bytes'] / GIB:.2f} GiB", f"{m['measured_bytes'] / GIB:.2f} GiB",
+             m["measured_kind"], f"{m['measured_bytes'] / m['predicted_bytes']:.2f}"]
+            for m in q.get("memory") or [] if m.get("measured_bytes")]
+    if not rows:
+        return []
+    return ["Predicted against measured peak memory (seed 0 of each method): `tunelab estimate` with the options "
+            "the run trained with, which assumes every batch is `max_seq_length` long and counts tensors only; the "
+            "run pads each batch to its longest row, and on the CPU its peak is the process's resident set size "
+            "(tensors plus the Python and torch runtime, a few hundred MiB).", "",
+            _table(["method", "predicted", "measured", "measured as", "measured / predicted"], rows), ""]
+
+
+def _mean_metric(records: list[dict], label_prefix: str, metric: str) -> float | None:
+    values = [r["task_metrics"][metric] for r in records if r["status"] == "ok" and r.get("task_metrics")
+              and (r["label"] == label_prefix or r["label"].startswith(label_prefix + " "))]
+    return sum(values) / len(values) if values else None
+
+
+# The seed's published Flan-T5-base DialogSum figures (ROUGE-1), which issue 10 asks the README to compare with.
+SEED_DIALOGSUM = {"base": 0.23, "full": 0.42, "lora": 0.41}
+
+
+def _dialogsum_against_seed(q: dict) -> list[str]:
+    ours = {name: _mean_metric(q["records"], name, "rouge1") for name in SEED_DIALOGSUM}
+    if any(v is None for v in ours.values()):
+        return []
+    gap, seed_gap = 100 * (ours["full"] - ours["lora"]), 100 * (SEED_DIALOGSUM["full"] - SEED_DIALOGSUM["lora"])
+    gains = {k: 100 * (ours[k] - ours["base"]) for k in ("full", "lora")}
+    shape = ("agrees: both methods gain on the base and LoRA is within 2 points of full" if
+             min(gains.values()) > 0 and abs(gap) <= 2 else
+             "differs: " + ("LoRA is not within 2 points of full" if abs(gap) > 2 else
+                            "a method does not gain on the base"))
+    return [f"Against the seed's published Flan-T5-base figures (ROUGE-1: base {SEED_DIALOGSUM['base']}, full "
+            f"{SEED_DIALOGSUM['full']}, LoRA r=32 {SEED_DIALOGSUM['lora']}, LoRA {seed_gap:.1f} points below "
+            f"full): here base {ours['base']:.3f}, full {ours['full']:.3f} ({gains['full']:+.1f} points), LoRA r=32 "
+            f"{ours['lora']:.3f} ({gains['lora']:+.1f} points), LoRA {gap:+.1f} points below full. The shape "
+            f"{shape}. The levels are not comparable: a 135M decoder-only instruction model trained for "
+            f"{_budget_value(q, '--max_steps')} steps, against a 250M encoder-decoder trained for full epochs.", ""]
+
+
+def _budget_value(q: dict, flag: str) -> str:
+    budget = q["budget"]
+    return budget[budget.index(flag) + 1] if flag in budget else "?"
+
+
 def bench_section() -> str:
     parts = []
     o = _load("overhead")
@@ -106,21 +167,22 @@ def bench_section() -> str:
                   "TRL's SFTConfig defaults turn on gradient checkpointing and bf16 autocast (checked for trl 1.16.0 "
                   "with `python -c \"from trl import SFTConfig; c = SFTConfig('x', use_cpu=True); "
                   "print(c.gradient_checkpointing, c.bf16)\"`), which tunelab leaves off unless asked "
-                  "(`--gradient_checkpointing`, `--bf16`). That explains the memory gap: `tunelab estimate "
-                  "--model_name_or_path smollm2-135m --method lora --per_device_train_batch_size 4 --max_seq_length "
-                  "1024 --device cpu` predicts a 10.75 GiB tensor peak for a full-length batch, and 2.70 GiB with "
-                  "`--gradient_checkpointing --bf16` added. Both pad each batch to its longest row by default; "
-                  "tunelab's `--group_by_length` and `--packing` cut that waste, as the padding column shows.", "",
+                  "(`--gradient_checkpointing`, `--bf16`)." + _trl_estimates(t) + " Both pad each batch to its "
+                  "longest row by default; tunelab's `--group_by_length` and `--packing` cut that waste, as the "
+                  "padding column shows.", "",
                   f"Machine: {_machine(t['machine'])}.", ""]
     for recipe in ("spider", "dialogsum", "sst2-sts"):
         q = _load(f"quality-{recipe}")
         if not q:
             continue
-        minutes = q["wall_seconds"] / 60
+        plot = [f"![{recipe}: metric against cost](bench/results/{q['tradeoff_plot']})", ""] \
+            if q.get("tradeoff_plot") else []
         parts += [f"### Quality and retention: {recipe}", "",
                   f"`python bench/quality.py {recipe}` (budget: {' '.join(q['budget'])}; seeds "
-                  f"{','.join(map(str, q['seeds']))} for the main methods), {minutes:.0f} min:", "",
-                  _table(q["table"]["header"], q["table"]["rows"]), "", f"Machine: {_machine(q['machine'])}.", ""]
+                  f"{','.join(map(str, q['seeds']))} for the main methods); the runs took {_runs_minutes(q):.0f} "
+                  "min:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *plot,
+                  *(_dialogsum_against_seed(q) if recipe == "dialogsum" else []), *_memory_table(q),
+                  f"Machine: {_machine(q['machine'])}.", ""]
     e = _load("estimate-validate")
     if e:
         rows = [[c["model"], c["method"], "on" if c["gradient_checkpointing"] else "off", str(c["max_seq_length"]),
@@ -144,16 +206,19 @@ def replace(text: str, marker: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
-def main() -> None:
-    text = README.read_text(encoding="utf-8")
+def render(text: str) -> str:
+    """The README text with its measured sections rebuilt from bench/results."""
     demo = demo_section()
     if demo:
         text = replace(text, "demo", demo)
     ica = ica_section()
     if ica:
         text = replace(text, "ica", ica)
-    text = replace(text, "bench", bench_section())
-    README.write_text(text, encoding="utf-8")
+    return replace(text, "bench", bench_section())
+
+
+def main() -> None:
+    README.write_text(render(README.read_text(encoding="utf-8")), encoding="utf-8")
     print(f"updated {README}")
 
 

@@ -6,26 +6,30 @@ main methods, and the table, records and wall time saved to bench/results/qualit
     .venv/bin/python bench/quality.py sst2-sts   # MiniLM on SST-2, STS-B Spearman retention
 
 Budgets are sized for about an hour on 2 CPU cores; pass --max_steps etc. to change them (they are recorded).
+A re-run resumes: finished runs are skipped and the results file is rebuilt from all of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import REPO, write_result
+from common import REPO, RESULTS, write_result
 
 # (methods with several seeds, seeds), (methods with one seed), budget overrides
 PLANS = {
     "spider": (["full", "lora r=16", "qlora"], [0, 1, 2], ["dora", "ia3", "prompt_tuning", "prefix_tuning"],
-               ["--max_steps", "30", "--max_eval_samples", "40", "--probe_samples", "24", "--max_seq_length", "320"]),
+               ["--max_steps", "30", "--gradient_accumulation_steps", "1", "--max_eval_samples", "40",
+                "--probe_samples", "24", "--max_seq_length", "320"]),
     "dialogsum": (["full", "lora r=32", "qlora", "ia3"], [0], [],
-                  ["--max_steps", "40", "--max_eval_samples", "40", "--probe_samples", "24", "--max_seq_length",
-                   "512"]),
-    "sst2-sts": (["full", "lora r=16", "ia3", "prompt_tuning"], [0, 1, 2], [],
+                  ["--max_steps", "40", "--gradient_accumulation_steps", "1", "--max_eval_samples", "40",
+                   "--probe_samples", "24", "--max_seq_length", "512"]),
+    "sst2-sts": (["full", "lora r=16", "ia3", "prompt_tuning"], [0], [],
                  ["--max_steps", "150", "--max_eval_samples", "872", "--probe_samples", "1500"]),
 }
 
@@ -33,6 +37,32 @@ PLANS = {
 def run(cmd: list[str]) -> None:
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def predicted_peaks(records: list[dict]) -> list[dict]:
+    """`tunelab estimate` for each method's first trained run, from the options it trained with, beside the peak
+    the run measured. The estimate assumes every batch is max_seq_length long (the worst case a user plans for);
+    the runs pad each batch only to its longest row."""
+    from tunelab.config import TrainOptions
+    from tunelab.memory.estimator import estimate
+
+    first: dict[str, dict] = {}
+    for rec in sorted(records, key=lambda r: r.get("seed") or 0):
+        if rec["status"] == "ok" and rec["method"] != "base":
+            first.setdefault(rec["label"], rec)
+    rows = []
+    for label, rec in first.items():
+        spec = json.loads((Path(rec["run_dir"]) / "spec.json").read_text(encoding="utf-8"))
+        opts = TrainOptions(**spec["train_options"])
+        est = estimate(opts, device="cuda" if rec.get("device") == "cuda" else "cpu")
+        rows.append({"label": label, "method": rec["method"], "seed": rec["seed"],
+                     "max_seq_length": opts.max_seq_length, "per_device_train_batch_size":
+                         opts.per_device_train_batch_size, "predicted_bytes": est.peak_bytes,
+                     "predicted_phase": est.peak_phase, "measured_bytes": rec.get("peak_memory_bytes"),
+                     "measured_kind": rec.get("peak_memory_kind")})
+        print(f"{label}: predicted {est.peak_bytes / 2**30:.2f} GiB, measured "
+              f"{(rec.get('peak_memory_bytes') or 0) / 2**30:.2f} GiB ({rec.get('peak_memory_kind')})", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -58,10 +88,16 @@ def main() -> None:
 
     records = ResultsFile(out).records()
     header, body = table(records)
-    write_result(f"quality-{args.recipe}", {"recipe": args.recipe, "budget": budget + args.extra,
-                                            "seeds": seeds, "wall_seconds": wall, "table": {"header": header,
-                                                                                            "rows": body},
-                                            "records": records})
+    plot = None
+    if (out / "plots" / "tradeoff.png").is_file():
+        plot = f"quality-{args.recipe}-tradeoff.png"
+        shutil.copyfile(out / "plots" / "tradeoff.png", RESULTS / plot)
+    write_result(f"quality-{args.recipe}", {
+        "recipe": args.recipe, "budget": budget + args.extra, "seeds": seeds, "wall_seconds": wall,
+        # what the runs took, whatever an earlier, interrupted invocation already did
+        "runs_wall_seconds": sum(r.get("wall_seconds") or 0 for r in records),
+        "table": {"header": header, "rows": body}, "tradeoff_plot": plot, "memory": predicted_peaks(records),
+        "records": records})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, write_result
+from common import REPO, RESULTS, write_result
 
 SYSTEM = "Summarize the dialogue in one or two sentences."
 
@@ -93,6 +93,25 @@ def run_tunelab(data: Path, out: Path, steps: int, batch: int, max_len: int, pac
             "peak_memory_bytes": r["peak_memory_bytes"], "peak_memory_kind": r["peak_memory_kind"]}
 
 
+def memory_estimates(batch: int, max_len: int) -> dict:
+    """`tunelab estimate` for the LoRA run at full length, with tunelab's defaults and with the two defaults of
+    TRL's SFTConfig that tunelab leaves off (gradient checkpointing, bf16): where the memory gap comes from."""
+    from tunelab.config import TrainOptions
+    from tunelab.memory.estimator import estimate
+
+    out = {}
+    for name, extra in (("tunelab defaults", {}), ("--gradient_checkpointing --bf16",
+                                                    {"gradient_checkpointing": True, "bf16": True})):
+        opts = TrainOptions(model_name_or_path="smollm2-135m", dataset_name_or_path="-", output_dir="-",
+                            method="lora", per_device_train_batch_size=batch, max_seq_length=max_len, use_cpu=True,
+                            **extra)
+        out[name] = {"peak_bytes": estimate(opts, device="cpu").peak_bytes,
+                     "command": "tunelab estimate --model_name_or_path smollm2-135m --method lora "
+                                f"--per_device_train_batch_size {batch} --max_seq_length {max_len} --device cpu"
+                                + (f" {name}" if extra else "")}
+    return out
+
+
 def one(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -111,6 +130,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max_len", type=int, default=1024)
     ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--estimates_only", action="store_true",
+                    help="only recompute the memory estimates into the existing bench/results/trl_compare.json")
     ap.add_argument("--one", choices=["trl", "tunelab"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
@@ -118,6 +139,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         return one(args)
+    settings = {k: v for k, v in vars(args).items() if k not in ("one", "data", "estimates_only")}
+    if args.estimates_only:
+        previous = json.loads((RESULTS / "trl_compare.json").read_text(encoding="utf-8"))
+        if previous["settings"] != settings:
+            raise SystemExit(f"bench/results/trl_compare.json was measured with {previous['settings']}; "
+                             "pass the same flags or re-run without --estimates_only")
+        write_result("trl_compare", {**previous, "estimates": memory_estimates(args.batch, args.max_len)})
+        return None
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "dialogsum.jsonl"
@@ -141,8 +170,8 @@ def main() -> None:
             runs[name] = r
             print(f"{name:<28} {r['real_tokens_per_second']:7.1f} real tok/s  padding "
                   f"{100 * r['padding_fraction']:5.1f}%  peak {r['peak_memory_bytes'] / 2**30:.2f} GiB", flush=True)
-    write_result("trl_compare", {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "data")},
-                                 "runs": runs})
+    write_result("trl_compare", {"settings": settings, "runs": runs,
+                                 "estimates": memory_estimates(args.batch, args.max_len)})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class Method:
     default_learning_rate: float = 2e-4
     default_warmup_ratio: float = 0.03
     task_kinds: tuple[str, ...] = ALL_TASK_KINDS
+    task_kinds_why: str = ""            # why the others are missing, where a user would expect them
     mergeable: bool = True              # can merge_and_unload fold the adapter into the base weights?
     implied_options: dict[str, Any] = field(default_factory=dict)  # e.g. qlora implies --use_4bit
 
@@ -41,7 +42,8 @@ class Method:
     def check(self, opts, model_config, ctx: ApplyContext) -> None:
         """Refuse combinations that cannot work, before any weight is loaded."""
         if ctx.task_kind not in self.task_kinds:
-            raise TunelabError(f"--method {self.name} does not support {ctx.task_kind} models in peft (it supports "
+            why = f": {self.task_kinds_why}" if self.task_kinds_why else " in peft"
+            raise TunelabError(f"--method {self.name} does not support {ctx.task_kind} models{why} (it supports "
                                f"{', '.join(self.task_kinds)}); choose another method or --task_type")
 
     def apply(self, model, opts, ctx: ApplyContext):

@@ -26,11 +26,6 @@ class PromptTuning(Method):
 
 class PrefixTuning(Method):
     def check(self, opts, model_config, ctx):
-        if ctx.task_kind == "seq_cls":
-            # peft feeds the prefixes to the encoder as past_key_values, which transformers 5 encoders (BERT,
-            # RoBERTa...) no longer accept.
-            raise TunelabError("--method prefix_tuning needs a model that takes past_key_values; transformers 5 "
-                               "encoders with a classification head do not; choose prompt_tuning, lora or ia3")
         super().check(opts, model_config, ctx)
         if opts.gradient_checkpointing:
             raise TunelabError("--method prefix_tuning cannot use --gradient_checkpointing: checkpointed layers drop "
@@ -68,7 +63,10 @@ register(PromptTuning(name="prompt_tuning", summary="trained soft-prompt embeddi
                                                     "(Lester et al. 2021)", default_learning_rate=3e-2,
                       mergeable=False))
 register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes in every layer (Li & Liang 2021)",
-                      default_learning_rate=1e-2, task_kinds=("causal_lm", "seq2seq_lm"), mergeable=False))
+                      default_learning_rate=1e-2, task_kinds=("causal_lm", "seq2seq_lm"),
+                      task_kinds_why="peft feeds the prefixes to the model as past_key_values, which transformers 5 "
+                                     "encoders with a classification head (BERT, RoBERTa...) no longer accept",
+                      mergeable=False))
 register(LlamaAdapter(name="llama_adapter", summary="zero-init gated adaption prompts in the top layers "
                                                     "(peft adaption_prompt; Zhang et al. 2023)",
                       default_learning_rate=9e-3, task_kinds=("causal_lm",), mergeable=False))
