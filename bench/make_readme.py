@@ -180,7 +180,7 @@ def bench_section() -> str:
         parts += [f"### Quality and retention: {recipe}", "",
                   f"`python bench/quality.py {recipe}` (budget: {' '.join(q['budget'])}; seeds "
                   f"{','.join(map(str, q['seeds']))} for the main methods); the runs took {_runs_minutes(q):.0f} "
-                  "min:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *plot,
+                  f"min{' (' + q['note'] + ')' if q.get('note') else ''}:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *plot,
                   *(_dialogsum_against_seed(q) if recipe == "dialogsum" else []), *_memory_table(q),
                   f"Machine: {_machine(q['machine'])}.", ""]
     e = _load("estimate-validate")

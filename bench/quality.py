@@ -5,7 +5,8 @@ main methods, and the table, records and wall time saved to bench/results/qualit
     .venv/bin/python bench/quality.py dialogsum  # DialogSum summarization (ROUGE)
     .venv/bin/python bench/quality.py sst2-sts   # MiniLM on SST-2, STS-B Spearman retention
 
-Budgets are sized for about an hour on 2 CPU cores; pass --max_steps etc. to change them (they are recorded).
+Budgets are sized for a 2-core CPU machine (the README gives each benchmark's measured time); pass --max_steps etc.
+to change them (they are recorded).
 A re-run resumes: finished runs are skipped and the results file is rebuilt from all of them.
 """
 
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("recipe", choices=sorted(PLANS))
     ap.add_argument("--output_dir", default=None)
     ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--note", default=None, help="how the machine was used meanwhile, where it was not quiet")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more `tunelab compare` overrides")
     args = ap.parse_args()
     multi, seeds, single, budget = PLANS[args.recipe]
@@ -96,7 +98,7 @@ def main() -> None:
         "recipe": args.recipe, "budget": budget + args.extra, "seeds": seeds, "wall_seconds": wall,
         # what the runs took, whatever an earlier, interrupted invocation already did
         "runs_wall_seconds": sum(r.get("wall_seconds") or 0 for r in records),
-        "table": {"header": header, "rows": body}, "tradeoff_plot": plot, "memory": predicted_peaks(records),
+        "note": args.note, "table": {"header": header, "rows": body}, "tradeoff_plot": plot, "memory": predicted_peaks(records),
         "records": records})
 
 

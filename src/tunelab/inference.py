@@ -228,6 +228,12 @@ def _first_stop(ids: list[int], stops: list[int]) -> int:
     return len(ids)
 
 
+def input_positions(outputs, width: int):
+    """The positions of the input itself in a model's per-position outputs: peft's prompt-learning methods (prompt
+    tuning, P-tuning) prepend their virtual tokens' positions to the logits and hidden states."""
+    return outputs[:, outputs.shape[1] - width:]
+
+
 def response_losses(lm: LoadedModel, examples: list[Example], *, batch_size: int = 8, max_seq_length: int = 1024,
                     return_logits: bool = False) -> list[dict[str, Any]]:
     """Per example: summed cross-entropy over target tokens and their count (logits shifted against labels)."""
@@ -256,6 +262,7 @@ def response_losses(lm: LoadedModel, examples: list[Example], *, batch_size: int
                 mask[i, :n] = 1
         with torch.inference_mode():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float().cpu()
+        logits = input_positions(logits, width)
         # Position t predicts token t+1: shift logits left against labels.
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
         nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX,
@@ -280,6 +287,7 @@ def embed(lm: LoadedModel, texts: list[str], *, batch_size: int = 32, max_length
         enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(lm.device)
         with torch.inference_mode():
             hidden = lm.model(**enc, output_hidden_states=True).hidden_states[-1].float()
+        hidden = input_positions(hidden, enc["input_ids"].shape[1])
         mask = enc["attention_mask"].unsqueeze(-1).float()
         out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).cpu())
     return torch.cat(out) if out else torch.zeros(0)

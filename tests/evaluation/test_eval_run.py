@@ -164,3 +164,54 @@ def test_bad_input_is_one_clear_line(tiny_llama, tiny_bert, trained_adapter, qa_
         if needle2:
             assert needle2 in last
         assert not out.exists()
+
+
+def test_prompt_tuned_losses_and_drift_read_the_input_positions(tiny_llama):
+    """peft's prompt tuning puts its virtual tokens' positions in front of the logits; per-token losses (the drift
+    probe, perplexity) must be read at the input's own positions, as peft's own loss does."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.data.encode import encode_causal
+    from tunelab.data.formats import Example
+
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template="chatml")
+    torch.manual_seed(0)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    lm = _as_loaded(tuned, base, {"default": "prompt"})
+    examples = [Example(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+                for q, a in (("Count the books.", "SELECT count(*) FROM books"), ("Capital of France?", "Paris"))]
+    ours = inference.response_losses(lm, examples)  # a batch of two lengths: right padding too
+    for ex, row in zip(examples, ours):
+        feats, _ = encode_causal(ex, lm.template, lm.tokenizer, 512)
+        with torch.no_grad():
+            peft_loss = tuned(input_ids=torch.tensor([feats["input_ids"]]),
+                              labels=torch.tensor([feats["labels"]])).loss
+        assert row["nll_sum"] / row["tokens"] == pytest.approx(float(peft_loss), rel=1e-5)
+    refs = retention.drift_references(base, drift_prompts(ProbeContext(None, 4, 0)), new_tokens=8)
+    moved = retention.drift(base, lm, refs)
+    assert moved["kl_divergence"] > 0  # a random soft prompt changes the next-token distributions
+
+
+def test_prompt_tuned_encoder_embeds_the_sentence_tokens(tiny_bert):
+    """The STS-B probe mean-pools an encoder's last hidden states over the sentence's tokens; under prompt tuning
+    those states come after the virtual tokens' states."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    plain = inference.load(str(tiny_bert), None, use_cpu=True)
+    torch.manual_seed(0)
+    tuned = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert),
+                           PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5))
+    lm = _as_loaded(tuned, plain, {"default": "prompt"})
+    texts = ["the cat sat", "a much longer sentence about the books on the table"]
+    vectors = inference.embed(lm, texts)
+    assert vectors.shape == (2, 64) and torch.isfinite(vectors).all()
+    enc = lm.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = tuned(**enc, output_hidden_states=True).hidden_states[-1]
+    assert hidden.shape[1] == enc["input_ids"].shape[1] + 5
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    want = (hidden[:, 5:] * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(vectors, want)
