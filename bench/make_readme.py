@@ -124,17 +124,17 @@ def _dialogsum_against_seed(q: dict) -> list[str]:
         return []
     gap, seed_gap = 100 * (ours["full"] - ours["lora"]), 100 * (SEED_DIALOGSUM["full"] - SEED_DIALOGSUM["lora"])
     gains = {k: 100 * (ours[k] - ours["base"]) for k in ("full", "lora")}
-    shape = ("agrees: both methods gain on the base and LoRA is within 2 points of full" if
-             min(gains.values()) > 0 and abs(gap) <= 2 else
-             "differs: " + (f"LoRA is {abs(gap):.1f} points {'below' if gap >= 0 else 'above'} full, not within 2"
-                            if abs(gap) > 2 else
-                            "a method does not gain on the base"))
+    lora_vs_full = f"LoRA {abs(gap):.1f} points {'below' if gap >= 0 else 'above'} full"
+    if abs(gap) > 2:
+        shape = f"differs: {lora_vs_full}, not within 2"
+    elif min(gains.values()) <= 0:
+        shape = "differs: a method does not gain on the base"
+    else:
+        shape = "agrees: both methods gain on the base and LoRA is within 2 points of full"
     return [f"Against the seed's published Flan-T5-base figures (ROUGE-1: base {SEED_DIALOGSUM['base']}, full "
             f"{SEED_DIALOGSUM['full']}, LoRA r=32 {SEED_DIALOGSUM['lora']}, LoRA {seed_gap:.1f} points below "
             f"full): here base {ours['base']:.3f}, full {ours['full']:.3f} ({gains['full']:+.1f} points), LoRA r=32 "
-            f"{ours['lora']:.3f} ({gains['lora']:+.1f} points), LoRA {abs(gap):.1f} points {'below' if gap >= 0 else 'above'} "
-            f"full. The shape "
-            f"{shape}. The levels are not comparable: a 135M decoder-only instruction model trained for "
+            f"{ours['lora']:.3f} ({gains['lora']:+.1f} points), {lora_vs_full}. The shape {shape}. The levels are not comparable: a 135M decoder-only instruction model trained for "
             f"{_budget_value(q, '--max_steps')} steps, against a 250M encoder-decoder trained for full epochs.", ""]
 
 

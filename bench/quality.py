@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("recipe", choices=sorted(PLANS))
     ap.add_argument("--output_dir", default=None)
     ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--note", default=None, help="how the machine was used meanwhile, where it was not quiet")
+    ap.add_argument("--note", default=None, help="how the machine was used meanwhile, where it was not quiet (give it before RECIPE: what follows RECIPE goes to `tunelab compare`)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more `tunelab compare` overrides")
     args = ap.parse_args()
     multi, seeds, single, budget = PLANS[args.recipe]

@@ -45,13 +45,13 @@ def test_dialogsum_shape_differs_when_lora_falls_behind(make_readme):
     text = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
         [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.25), _record("lora r=32", 0.27)])))
     assert "LoRA r=32 0.260" in text  # the mean over seeds
-    assert "The shape differs: LoRA is 4.0 points below full, not within 2" in text
+    assert "The shape differs: LoRA 4.0 points below full, not within 2" in text
 
 
 def test_dialogsum_says_above_when_lora_beats_full(make_readme):
     text = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
         [_record("base", 0.16), _record("full", 0.34), _record("lora r=32", 0.40)])))
-    assert "LoRA 6.0 points above full" in text and "The shape differs: LoRA is 6.0 points above full" in text
+    assert "LoRA 6.0 points above full" in text and "The shape differs: LoRA 6.0 points above full" in text
 
 
 def test_dialogsum_comparison_needs_all_three_rows(make_readme):
