@@ -13,6 +13,7 @@ loaded base. The usual case, several adapters of one method, loads the base exac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -223,10 +224,10 @@ class AdapterSession:
                 return inference.generate(lm, convs, adapter_names=adapter_names, desc="generating", **gen)[0]
             if key[0] == "base":
                 group = self._groups[self._base_group]
-                lm = dataclasses.replace(group.lm, template=self._base_template)
-                if not group.lm.is_peft:
-                    return inference.generate(lm, convs, desc="generating (base)", **gen)[0]
-                with group.lm.model.disable_adapter():
+                disabled = inference.adapter_disabled(group.lm) if group.lm.is_peft \
+                    else contextlib.nullcontext(group.lm)
+                with disabled as base_within:
+                    lm = dataclasses.replace(base_within, template=self._base_template)
                     return inference.generate(lm, convs, desc="generating (base)", **gen)[0]
             a = self._adapters[key[1]]
             group = self._groups[a.group]

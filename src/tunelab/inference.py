@@ -7,6 +7,8 @@ as it was trained (same template, same system prompt, same quantization of the b
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -141,6 +143,23 @@ def _adapter_base(adapter: str) -> str:
         return json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"] or "unknown"
     except (OSError, KeyError, ValueError):
         return "unknown"
+
+
+@contextlib.contextmanager
+def adapter_disabled(lm: LoadedModel) -> Iterator[LoadedModel]:
+    """The model with its active adapter switched off, for scoring the base through the tuned model.
+
+    peft 0.21's ``disable_adapter()`` raises UnboundLocalError for a prompt-learning adapter on a model that cannot
+    generate (an encoder classifier): it saves ``prepare_inputs_for_generation``, which such a model lacks. A
+    prompt-learning adapter only adds virtual tokens in front of the input, so without it the model is exactly the
+    wrapped base model, which is then used directly."""
+    model = lm.model
+    prompt_learning = model.peft_config[model.active_adapter].is_prompt_learning
+    if prompt_learning and not hasattr(model.get_base_model(), "prepare_inputs_for_generation"):
+        yield dataclasses.replace(lm, model=model.get_base_model(), adapters={})
+        return
+    with model.disable_adapter():
+        yield lm
 
 
 def batches(items: list, size: int) -> Iterator[list]:

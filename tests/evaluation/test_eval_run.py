@@ -215,3 +215,22 @@ def test_prompt_tuned_encoder_embeds_the_sentence_tokens(tiny_bert):
     mask = enc["attention_mask"].unsqueeze(-1).float()
     want = (hidden[:, 5:] * mask).sum(1) / mask.sum(1)
     torch.testing.assert_close(vectors, want)
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "CAUSAL_LM"])
+def test_a_disabled_prompt_learning_adapter_scores_the_base(tiny_bert, tiny_llama, task_type):
+    """peft 0.21's disable_adapter() raises UnboundLocalError for a prompt-learning adapter on a model that cannot
+    generate (an encoder classifier); tunelab's adapter-disabled check must still score the plain base."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path, auto = (tiny_bert, AutoModelForSequenceClassification) if task_type == "SEQ_CLS" \
+        else (tiny_llama, AutoModelForCausalLM)
+    plain = inference.load(str(path), None, use_cpu=True)
+    torch.manual_seed(0)
+    tuned = get_peft_model(auto.from_pretrained(path), PromptTuningConfig(task_type=task_type, num_virtual_tokens=5))
+    lm = _as_loaded(tuned, plain, {"default": "prompt"})
+    texts = ["the cat sat", "a much longer sentence about the books on the table"]
+    with inference.adapter_disabled(lm) as disabled:
+        torch.testing.assert_close(inference.embed(disabled, texts), inference.embed(plain, texts))
+    assert not torch.allclose(inference.embed(lm, texts), inference.embed(plain, texts))  # enabled again

@@ -3,7 +3,6 @@ model. Writes predictions.jsonl and eval_results.json (last, atomically: its pre
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -145,12 +144,6 @@ def _load_base(base_ref: str, lm: inference.LoadedModel, opts: EvalOptions) -> i
                           system_prompt=lm.template.system_prompt)
 
 
-@contextlib.contextmanager
-def _adapter_disabled(lm: inference.LoadedModel):
-    with lm.model.disable_adapter():
-        yield
-
-
 def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[dict[str, Any], list[dict]]:
     after = retention.score_probe(probe.task, lm, examples, settings)
     before_from_baseline = ((baseline or {}).get("retention") or {}).get(probe.name, {}).get("after") \
@@ -166,8 +159,8 @@ def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[d
               "scores_after": after["scores"], "confidence_interval_after": after["confidence_interval"],
               "num_examples": after["num_examples"]}
     if lm.is_peft:
-        with _adapter_disabled(lm):
-            disabled = retention.score_probe(probe.task, lm, examples, settings)
+        with inference.adapter_disabled(lm) as base_within:
+            disabled = retention.score_probe(probe.task, base_within, examples, settings)
         result["adapter_disabled"] = disabled["value"]
         result["adapter_disabled_equals_base"] = disabled["value"] == before_value
         if lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"):
@@ -181,8 +174,8 @@ def _run_drift(base_lm, lm, prompts, settings) -> dict[str, Any]:
     refs = retention.drift_references(base_lm, prompts, batch_size=settings.batch_size)
     result = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size)
     if lm.is_peft:
-        with _adapter_disabled(lm):
-            disabled = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size)
+        with inference.adapter_disabled(lm) as base_within:
+            disabled = retention.drift(base_lm, base_within, refs, batch_size=settings.batch_size)
         result["adapter_disabled_kl_divergence"] = disabled.get("kl_divergence")
         result["adapter_disabled_delta_cross_entropy"] = disabled.get("delta_cross_entropy")
     return result
