@@ -86,7 +86,9 @@ def cmd_eval(argv: list[str]) -> int:
     r = result.results
     if result.skipped:
         print(f"{result.output_dir} already holds this finished evaluation")
-    if "metrics" in r:
+    if r.get("task_note"):
+        print(f"{r['task']}: {r['task_note']}")
+    elif "metrics" in r:
         head = r["headline_metric"]
         lo_hi = r["confidence_intervals"].get(head)
         ci = f" (95% CI {lo_hi[0]:.4f}-{lo_hi[1]:.4f})" if lo_hi else ""

@@ -234,3 +234,18 @@ def test_a_disabled_prompt_learning_adapter_scores_the_base(tiny_bert, tiny_llam
     with inference.adapter_disabled(lm) as disabled:
         torch.testing.assert_close(inference.embed(disabled, texts), inference.embed(plain, texts))
     assert not torch.allclose(inference.embed(lm, texts), inference.embed(plain, texts))  # enabled again
+
+
+def test_an_encoder_without_a_head_for_the_labels_has_no_accuracy(tiny_bert, tmp_path, capsys):
+    """A base encoder's classification head is random and its labels are LABEL_0, LABEL_1: an accuracy of 0 against
+    'negative'/'positive' would read as a measurement. Its task metrics are left out, with the reason."""
+    rows = [{"sentence": "a fine film", "label": "positive"}, {"sentence": "dull", "label": "negative"}]
+    data = write_jsonl(tmp_path / "sst.jsonl", rows)
+    res = _eval(tmp_path, model_name_or_path=str(tiny_bert), task="classification",
+                dataset_name_or_path=str(data)).results
+    assert res["metrics"] == {"accuracy": None, "macro_f1": None}
+    assert res["confidence_intervals"] == {"accuracy": None}
+    assert "no classification head" in res["task_note"] and "LABEL_0" in res["task_note"]
+    assert main(["eval", "--model_name_or_path", str(tiny_bert), "--task", "classification", "--dataset_name_or_path",
+                 str(data), "--output_dir", str(tmp_path / "cli"), "--use_cpu"]) == 0
+    assert "no accuracy is reported" in capsys.readouterr().out

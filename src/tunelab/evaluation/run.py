@@ -111,6 +111,8 @@ def evaluate(opts: EvalOptions) -> EvalResult:
             "confidence_level": 0.95, "generation": outcome.generation,
             "eval_seconds": time.perf_counter() - started,
         })
+        if outcome.note:
+            results["task_note"] = outcome.note
         prediction_rows += [dict(row, source=opts.task) for row in outcome.rows]
 
     if probes:

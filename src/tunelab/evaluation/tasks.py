@@ -6,6 +6,7 @@ A task is one entry in TASKS: a runner (generate / classify / embed / score loss
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from tunelab.data.formats import Example
 from tunelab.errors import TunelabError
 from tunelab.evaluation import metrics
 from tunelab.evaluation.sql_exec import execution_accuracy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class TaskOutcome:
     confidence_interval: tuple[float, float] | None
     rows: list[dict[str, Any]]           # one per example: input, reference, prediction, score
     generation: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None              # why the scores are missing, when they are
 
     @property
     def value(self) -> float:
@@ -135,6 +139,15 @@ def _classification(lm, examples, settings) -> TaskOutcome:
     preds = inference.classify(lm, examples, batch_size=settings.batch_size, max_length=settings.max_seq_length)
     refs = [ex.label for ex in examples]
     result = metrics.classification(preds, refs)
+    names = sorted({str(n) for n in lm.model.config.id2label.values()})
+    if not set(names) & {str(r).strip() for r in refs}:
+        # An untrained head (a base encoder's) predicts labels of its own: 0% against the data's labels is no
+        # measurement of the model.
+        note = (f"the model has no classification head for these labels (its labels are {', '.join(names)}; the "
+                f"data's are {', '.join(sorted(set(map(str, refs)))[:5])}): no accuracy is reported")
+        log.warning(note)
+        return TaskOutcome("classification", {"accuracy": None, "macro_f1": None}, "accuracy", [], None,
+                           _rows(examples, preds, refs, result["per_example"]), note=note)
     return TaskOutcome("classification", result["scores"], "accuracy", result["per_example"],
                        _ci(result["per_example"], settings.seed), _rows(examples, preds, refs, result["per_example"]))
 
