@@ -224,3 +224,26 @@ def test_verdict_shares_read_as_percentages():
                       rec("lora", "lora", 35_040, 0.3)])
     assert "full+ica_preserve: 50% of full fine-tuning's rougeL, 100% of its trainable parameters" in lines[1]
     assert "3.5% of its trainable parameters" in lines[2]
+
+
+def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
+    """Three seeds of a method are one point (their mean) with 95% CI bars, so that labels do not pile up."""
+    from tunelab.comparison.report import Stat, plot_tradeoff
+
+    def rec(label, method, seed, score, kept):
+        return {"label": label, "method": method, "seed": seed, "status": "ok", "headline_metric": "accuracy",
+                "headline_value": score, "retention": {"gk": {"metric": "accuracy", "before": 0.5, "after": kept,
+                                                              "retention_ratio": kept / 0.5}}}
+
+    records = [rec("base", "base", None, 0.1, 0.5), rec("ia3", "ia3", 0, 0.2, 0.45),
+               *[rec("lora", "lora", s, 0.3 + 0.1 * s, 0.2 + 0.05 * s) for s in range(3)]]
+    ax = plot_tradeoff(records).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["base", "ia3", "lora (3 seeds)"]
+    kept, score = Stat.of([0.4, 0.5, 0.6]), Stat.of([0.3, 0.4, 0.5])  # lora's retention ratios and accuracies
+    points = [tuple(p) for p in ax.collections[0].get_offsets().tolist()]
+    assert len(points) == 3 and any(p == pytest.approx((kept.mean, score.mean)) for p in points)
+    (bars,) = ax.containers  # one errorbar container: x and y bars for every point
+    _, _, (x_bars, y_bars) = bars.lines
+    lora_y = [seg for seg in y_bars.get_segments() if seg[0][0] == pytest.approx(kept.mean)]
+    assert lora_y[0][1][1] - lora_y[0][0][1] == pytest.approx(2 * score.half_width)
+    assert all(seg[0][1] == seg[1][1] for seg in y_bars.get_segments() if seg[0][0] != pytest.approx(kept.mean))

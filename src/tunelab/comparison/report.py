@@ -304,27 +304,35 @@ def pareto_front(points: list[tuple[float, float]], x_higher: bool, y_higher: bo
 
 
 def plot_tradeoff(records):
+    """One point per method: the mean over its seeds, with 95% CI bars where there are several."""
     probe, xlabel, x_higher = tradeoff_axes(records)
     ok = [r for r in records if r["status"] == "ok" and r.get("headline_value") is not None]
     if probe is None or not ok:
         return None
     headline = ok[0]["headline_metric"]
     y_higher = HIGHER_IS_BETTER.get(headline, True)
-    pts, labels = [], []
-    for r in ok:
-        x = _retention_ratio(r, probe) if x_higher else _retention_value(r, probe)
+
+    def kept(r):
         if r["method"] == "base" and x_higher:
-            x = 1.0
-        if x is None:
+            return 1.0
+        return _retention_ratio(r, probe) if x_higher else _retention_value(r, probe)
+
+    pts, errs, labels = [], [], []
+    for row in group_rows(ok):
+        x, y = row.stat(kept), row.stat(lambda r: r.get("headline_value"))
+        if x.mean is None:
             continue
-        pts.append((float(x), float(r["headline_value"])))
-        labels.append(r["label"] + (f" s{r['seed']}" if r.get("seed") not in (None,) and
-                                    sum(1 for q in ok if q["label"] == r["label"]) > 1 else ""))
+        pts.append((x.mean, y.mean))
+        errs.append((x.half_width or 0.0, y.half_width or 0.0))
+        labels.append(row.label + (f" ({y.n} seeds)" if y.n > 1 else ""))
     if not pts:
         return None
     fig = _figure(figsize=(7, 4.5))
     ax = fig.subplots()
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=50, color="#2b6cb0", zorder=3)
+    if any(e != (0.0, 0.0) for e in errs):
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], xerr=[e[0] for e in errs], yerr=[e[1] for e in errs],
+                    fmt="none", ecolor="#2b6cb0", alpha=0.6, capsize=3, zorder=2)
     for (x, y), label in zip(pts, labels):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
     front = sorted(pareto_front(pts, x_higher, y_higher), key=lambda i: pts[i][0])
