@@ -247,3 +247,15 @@ def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
     lora_y = [seg for seg in y_bars.get_segments() if seg[0][0] == pytest.approx(kept.mean)]
     assert lora_y[0][1][1] - lora_y[0][0][1] == pytest.approx(2 * score.half_width)
     assert all(seg[0][1] == seg[1][1] for seg in y_bars.get_segments() if seg[0][0] != pytest.approx(kept.mean))
+
+
+def test_a_run_without_task_metrics_says_why_in_the_record_and_the_report(tmp_path):
+    from tunelab.comparison.report import _notes
+    from tunelab.comparison.runner import PlannedRun, _record
+
+    why = "the model has no classification head for these labels (its labels are LABEL_0, LABEL_1)"
+    ev = {"task": "classification", "metrics": {"accuracy": None, "macro_f1": None}, "headline_metric": "accuracy",
+          "task_note": why}
+    rec = _record(PlannedRun("k", "base", "base", None, tmp_path, {}), "ok", 1.0, {"eval_results": ev}, None)
+    assert rec["task_note"] == why and rec["headline_value"] is None
+    assert f"base: {why}." in _notes([rec])

@@ -93,6 +93,8 @@ def _record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | 
     rec["task"] = ev.get("task")
     rec["task_metrics"] = ev.get("metrics")
     rec["headline_metric"] = ev.get("headline_metric")
+    if ev.get("task_note"):  # why the task metrics are missing (an untrained head)
+        rec["task_note"] = ev["task_note"]
     if ev.get("headline_metric"):
         rec["headline_value"] = ev["metrics"][ev["headline_metric"]]
         rec["headline_ci"] = (ev.get("confidence_intervals") or {}).get(ev["headline_metric"])
