@@ -562,8 +562,8 @@ def _notes(records) -> list[str]:
         notes.append("Device: " + ", ".join(devices) + ".")
     if any(len([q for q in ok if q["label"] == r["label"]]) > 1 for r in ok):
         notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
-    for label in dict.fromkeys(r["label"] for r in ok if r.get("task_note")):
-        notes.append(f"{label}: " + next(r["task_note"] for r in ok if r["label"] == label) + ".")
+    for label, why in {r["label"]: r["task_note"] for r in ok if r.get("task_note")}.items():
+        notes.append(f"{label}: {why}.")
     probes = probes_of(ok)
     if probes:
         notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "
