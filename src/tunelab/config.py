@@ -289,6 +289,10 @@ class CompareOptions:
     per_device_train_batch_size: int | None = option(None, "shared budget: batch size", group="overrides")
     gradient_accumulation_steps: int | None = option(None, "shared budget: accumulation steps", group="overrides")
     max_seq_length: int | None = option(None, "shared budget: sequence length", group="overrides")
+    group_by_length: bool | None = option(None, "shared batching: batch examples of similar length together "
+                                                "(less padding)", group="overrides")
+    packing: bool | None = option(None, "shared batching: padding-free packed batches (not for prompt/prefix "
+                                        "tuning)", group="overrides")
     max_eval_samples: int | None = option(None, "evaluation examples", group="overrides")
     probe_samples: int | None = option(None, "examples per retention probe", group="overrides")
     max_new_tokens: int | None = option(None, "tokens generated per answer", group="overrides")

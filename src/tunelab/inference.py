@@ -199,9 +199,12 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
     tok = lm.tokenizer
     tok.padding_side = "left" if lm.task_kind == "causal_lm" else "right"
     texts = [prompt_text(lm, p) for p in prompts]
+    names = adapter_names or [None] * len(texts)
+    # Batches of similar prompt length: less padding to attend over, and answers come back in the caller's order.
+    order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False)["input_ids"]))
+    texts, names = [texts[i] for i in order], [names[i] for i in order]
     stats = GenerationStats()
     outputs: list[str] = []
-    names = adapter_names or [None] * len(texts)
     eos_ids = _stop_ids(tok)
     bar = tqdm(total=len(texts), desc=desc, leave=False)
     for start in range(0, len(texts), batch_size):
@@ -228,7 +231,10 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
             outputs.append(text.strip() if strip else text)
         bar.update(len(chunk))
     bar.close()
-    return outputs, stats
+    answers = [""] * len(outputs)
+    for position, text in zip(order, outputs):
+        answers[position] = text
+    return answers, stats
 
 
 def _stop_ids(tok) -> list[int]:

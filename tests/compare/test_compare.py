@@ -17,6 +17,7 @@ import yaml
 
 from tunelab.cli import main
 from tunelab.comparison.results import ResultsFile
+from tunelab.errors import TunelabError
 
 from conftest import tiny_recipe
 
@@ -160,6 +161,28 @@ def test_builtin_recipes_load():
     assert [m.method for m in demo.methods][:3] == ["full", "lora", "qlora"]
 
 
+def test_batching_flags_are_shared_budget_overrides():
+    """--group_by_length / --packing on `tunelab compare` reach every method's training, like the other budget
+    flags, and a recipe may set them under budget but not per method."""
+    from tunelab.cli import parse_options
+    from tunelab.comparison.api import recipe_from_options
+    from tunelab.comparison.recipe import parse_recipe
+    from tunelab.config import CompareOptions
+
+    opts, _ = parse_options(CompareOptions, ["--recipe", "spider", "--group_by_length", "--max_steps", "3"], "tunelab compare", "")
+    recipe = recipe_from_options(opts)
+    assert recipe.budget["group_by_length"] is True and "packing" not in recipe.budget
+    for entry in recipe.methods:
+        train = recipe.train_options(entry, 0, train_file="t.jsonl", output_dir="o", device="cpu")
+        assert train.group_by_length and not train.packing and train.max_steps == 3
+    plain = recipe_from_options(parse_options(CompareOptions, ["--recipe", "spider"], "tunelab compare", "")[0])
+    assert "group_by_length" not in plain.budget
+    raw = {"model": "m", "task": "qa", "data": {"train": "x.jsonl", "eval": "x.jsonl"}}
+    assert parse_recipe({**raw, "budget": {"packing": True}, "methods": ["lora"]}, source="r.yaml").budget == {"packing": True}
+    with pytest.raises(TunelabError, match="part of the shared budget"):
+        parse_recipe({**raw, "methods": [{"method": "lora", "group_by_length": True}]}, source="r.yaml")
+
+
 @pytest.fixture(scope="session")
 def chromium():
     """Headless Chromium from Debian's packages, installed when missing (root and apt-get needed)."""
@@ -247,6 +270,21 @@ def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
     lora_y = [seg for seg in y_bars.get_segments() if seg[0][0] == pytest.approx(kept.mean)]
     assert lora_y[0][1][1] - lora_y[0][0][1] == pytest.approx(2 * score.half_width)
     assert all(seg[0][1] == seg[1][1] for seg in y_bars.get_segments() if seg[0][0] != pytest.approx(kept.mean))
+
+
+def test_seed_statistics_are_a_t_interval_and_zero_wide_for_equal_values():
+    import warnings
+
+    from tunelab.comparison.report import Stat
+
+    three = Stat.of([0.4, 0.5, None, 0.6])
+    assert (three.mean, three.n) == (pytest.approx(0.5), 3)
+    assert three.half_width == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert Stat.of([0.7]).half_width is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warned of catastrophic cancellation on identical seeds
+        same = Stat.of([1 / 24] * 3)
+    assert same.half_width == 0.0 and same.mean == pytest.approx(1 / 24)
 
 
 def test_a_run_without_task_metrics_says_why_in_the_record_and_the_report(tmp_path):

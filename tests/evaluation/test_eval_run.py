@@ -72,6 +72,16 @@ def test_adapter_eval_reports_before_after_and_disabled_equals_base(tiny_llama, 
     assert all({"input", "reference", "prediction", "score"} <= set(row) for row in rows)
 
 
+def test_batched_generation_answers_in_the_callers_order(tiny_llama, trained_adapter):
+    """Prompts are batched by length; each answer must still be the one its prompt gets on its own."""
+    lm = inference.load(str(tiny_llama), str(trained_adapter), use_cpu=True)
+    prompts = [[{"role": "user", "content": text}] for text in
+               ["a long question " * 12, "short", "a middling question here", "x", "b long question " * 9]]
+    alone = [inference.generate(lm, [p], max_new_tokens=6, batch_size=1)[0][0] for p in prompts]
+    batched, stats = inference.generate(lm, prompts, max_new_tokens=6, batch_size=2)
+    assert batched == alone and len(set(alone)) > 1 and stats.new_tokens > 0
+
+
 def test_generation_task_writes_predictions_and_ci(tiny_llama, trained_adapter, qa_file, tmp_path):
     result = _eval(tmp_path, model_name_or_path=str(tiny_llama), adapter=str(trained_adapter), task="qa",
                    dataset_name_or_path=str(qa_file))

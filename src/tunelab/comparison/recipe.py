@@ -28,7 +28,7 @@ DATA_KEYS = {"train", "eval", "sql_database", "holdout", "max_train_samples", "d
              "target_column"}
 BUDGET_KEYS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                "max_seq_length", "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing",
-               "optim", "logging_steps"}
+               "optim", "logging_steps", "group_by_length", "packing"}
 EVAL_KEYS = {"max_eval_samples", "max_new_tokens", "probe_samples", "per_device_eval_batch_size"}
 # Options a method entry may not override: they are the shared budget (or the comparison's own).
 SHARED_ONLY = BUDGET_KEYS - {"gradient_checkpointing", "optim", "lr_scheduler_type", "weight_decay", "max_grad_norm"} | {

@@ -41,9 +41,12 @@ class Stat:
         mean = sum(vals) / len(vals)
         if len(vals) < 2:
             return cls(mean, None, len(vals))
+        import statistics
+
         from scipy import stats
 
-        sd = stats.tstd(vals)
+        # statistics.stdev is exact for equal values (0.0); scipy's warns of cancellation on them
+        sd = statistics.stdev(vals)
         return cls(mean, float(stats.t.ppf(0.975, len(vals) - 1) * sd / math.sqrt(len(vals))), len(vals))
 
 

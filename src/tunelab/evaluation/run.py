@@ -122,13 +122,14 @@ def evaluate(opts: EvalOptions) -> EvalResult:
         retention_results = {}
         for probe, sql_db in probes:
             examples = probe_examples[probe.name]
+            started = time.perf_counter()
             if probe.task == "drift":
-                retention_results[probe.name] = _run_drift(base_lm, lm, examples, settings)
-                continue
-            cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
-            probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
-            result, rows = _run_task_probe(probe, base_lm, lm, examples, probe_settings, baseline)
-            retention_results[probe.name] = result
+                result, rows = _run_drift(base_lm, lm, examples, settings), []
+            else:
+                cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
+                probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
+                result, rows = _run_task_probe(probe, base_lm, lm, examples, probe_settings, baseline)
+            retention_results[probe.name] = {**result, "seconds": time.perf_counter() - started}
             prediction_rows += [dict(row, source=f"retention:{probe.name}") for row in rows]
         results["retention"] = retention_results
         results["base_model_name_or_path"] = base_ref or opts.model_name_or_path
