@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/tunelab demo
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=20
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not integration"
