@@ -25,6 +25,9 @@ def same_but_times(record: dict) -> dict:
     out = {k: v for k, v in record.items() if k not in WHERE_AND_WHEN}
     if out.get("generation"):
         out["generation"] = {k: v for k, v in out["generation"].items() if k not in ("seconds", "tokens_per_second")}
+    if out.get("retention"):  # each probe's own time
+        out["retention"] = {name: {k: v for k, v in probe.items() if k != "seconds"}
+                            for name, probe in out["retention"].items()}
     return out
 
 
