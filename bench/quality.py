@@ -26,10 +26,10 @@ from common import REPO, RESULTS, write_result
 PLANS = {
     "spider": (["full", "lora r=16", "qlora"], [0, 1, 2], ["dora", "ia3", "prompt_tuning", "prefix_tuning"],
                ["--max_steps", "20", "--gradient_accumulation_steps", "1", "--max_eval_samples", "24",
-                "--probe_samples", "16", "--max_seq_length", "320", "--group_by_length"]),
+                "--probe_samples", "16", "--max_seq_length", "320"]),
     "dialogsum": (["full", "lora r=32", "qlora", "ia3"], [0], [],
                   ["--max_steps", "30", "--gradient_accumulation_steps", "1", "--max_eval_samples", "24",
-                   "--probe_samples", "16", "--max_seq_length", "512"]),
+                   "--probe_samples", "16", "--max_seq_length", "512", "--group_by_length"]),
     "sst2-sts": (["full", "lora r=16", "ia3", "prompt_tuning"], [0], [],
                  ["--max_steps", "150", "--max_eval_samples", "872", "--probe_samples", "1500"]),
 }
