@@ -54,5 +54,14 @@ def test_dialogsum_says_above_when_lora_beats_full(make_readme):
     assert "LoRA 6.0 points above full" in text and "The shape differs: LoRA 6.0 points above full" in text
 
 
+def test_dialogsum_says_one_seed_is_indicative_only_when_a_method_has_one_seed(make_readme):
+    one = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
+        [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.29)])))
+    two = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
+        [_record("base", 0.20), _record("full", 0.30), _record("full", 0.31), _record("lora r=32", 0.29),
+         _record("lora r=32", 0.30)])))
+    assert "One seed only" in one and "One seed only" not in two
+
+
 def test_dialogsum_comparison_needs_all_three_rows(make_readme):
     assert make_readme._dialogsum_against_seed(_dialogsum([_record("base", 0.2), _record("full", 0.3)])) == []

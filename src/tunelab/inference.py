@@ -200,8 +200,9 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
     tok.padding_side = "left" if lm.task_kind == "causal_lm" else "right"
     texts = [prompt_text(lm, p) for p in prompts]
     names = adapter_names or [None] * len(texts)
-    # Batches of similar prompt length: less padding to attend over, and answers come back in the caller's order.
-    order = sorted(range(len(texts)), key=lambda i: len(tok(texts[i], add_special_tokens=False)["input_ids"]))
+    # Batches of similar prompt length (characters stand in for tokens): less padding to attend over; answers
+    # come back in the caller's order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     texts, names = [texts[i] for i in order], [names[i] for i in order]
     stats = GenerationStats()
     outputs: list[str] = []

@@ -169,7 +169,8 @@ def test_batching_flags_are_shared_budget_overrides():
     from tunelab.comparison.recipe import parse_recipe
     from tunelab.config import CompareOptions
 
-    opts, _ = parse_options(CompareOptions, ["--recipe", "spider", "--group_by_length", "--max_steps", "3"], "tunelab compare", "")
+    argv = ["--recipe", "spider", "--group_by_length", "--max_steps", "3"]
+    opts, _ = parse_options(CompareOptions, argv, "tunelab compare", "")
     recipe = recipe_from_options(opts)
     assert recipe.budget["group_by_length"] is True and "packing" not in recipe.budget
     for entry in recipe.methods:
@@ -178,7 +179,8 @@ def test_batching_flags_are_shared_budget_overrides():
     plain = recipe_from_options(parse_options(CompareOptions, ["--recipe", "spider"], "tunelab compare", "")[0])
     assert "group_by_length" not in plain.budget
     raw = {"model": "m", "task": "qa", "data": {"train": "x.jsonl", "eval": "x.jsonl"}}
-    assert parse_recipe({**raw, "budget": {"packing": True}, "methods": ["lora"]}, source="r.yaml").budget == {"packing": True}
+    packed = parse_recipe({**raw, "budget": {"packing": True}, "methods": ["lora"]}, source="r.yaml")
+    assert packed.budget == {"packing": True}
     with pytest.raises(TunelabError, match="part of the shared budget"):
         parse_recipe({**raw, "methods": [{"method": "lora", "group_by_length": True}]}, source="r.yaml")
 

@@ -28,7 +28,5 @@ def recipe_from_options(opts: CompareOptions) -> Recipe:
     budget = {k: getattr(opts, k) for k in BUDGET_OVERRIDES if getattr(opts, k) is not None}
     if "max_steps" not in budget and "num_train_epochs" in budget:
         budget["max_steps"] = -1  # epochs only count when no step budget is set
-    recipe = apply_overrides(recipe, methods=opts.methods, seeds=opts.seeds, budget=budget,
-                             eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES},
-                             model=opts.model_name_or_path)
-    return recipe
+    return apply_overrides(recipe, methods=opts.methods, seeds=opts.seeds, budget=budget,
+                           eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES}, model=opts.model_name_or_path)

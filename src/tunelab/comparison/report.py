@@ -13,6 +13,7 @@ import io
 import json
 import math
 import random
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,6 @@ class Stat:
         mean = sum(vals) / len(vals)
         if len(vals) < 2:
             return cls(mean, None, len(vals))
-        import statistics
-
         from scipy import stats
 
         # statistics.stdev is exact for equal values (0.0); scipy's warns of cancellation on them
