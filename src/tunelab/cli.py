@@ -100,7 +100,8 @@ def cmd_eval(argv: list[str]) -> int:
         elif "before" in p:
             ratio = p.get("retention_ratio")
             print(f"retention {name}: {p['metric']} {_fmt(p['before'])} -> {_fmt(p['after'])}"
-                  f" (retention {'n/a' if ratio is None else f'{ratio:.3f}'})")
+                  f" (retention {'n/a' if ratio is None else f'{ratio:.3f}'})"
+                  + (f": {p['retention_note']}" if p.get("retention_note") else ""))
     print(f"results: {result.results_path}")
     return 0
 

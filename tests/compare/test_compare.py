@@ -274,6 +274,27 @@ def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
     assert all(seg[0][1] == seg[1][1] for seg in y_bars.get_segments() if seg[0][0] != pytest.approx(kept.mean))
 
 
+def test_a_probe_without_ratios_is_explained_and_not_plotted():
+    from tunelab.comparison.report import _notes, table, tradeoff_axes
+
+    why = "the base model scores bleu 0.34, below 1: it shows none of this skill"
+
+    def rec(label, method, gk_after, bleu_after):
+        bleu = {"metric": "bleu", "before": 0.34, "after": bleu_after, "retention_ratio": None, "retention_note": why}
+        gk = {"metric": "contains_answer", "before": 0.5, "after": gk_after, "retention_ratio": gk_after / 0.5}
+        return {"label": label, "method": method, "seed": 0, "status": "ok", "headline_metric": "accuracy",
+                "headline_value": 0.2, "task_metrics": {"accuracy": 0.2}, "trainable_params": 10,
+                "trainable_percent": 1.0, "retention": {"multi30k_en_fr": bleu, "general_knowledge": gk}}
+
+    records = [rec("base", "base", 0.5, 0.34), rec("lora", "lora", 0.25, 0.9)]
+    assert f"multi30k_en_fr: {why}." in _notes(records)
+    assert tradeoff_axes(records)[0] == "general_knowledge"  # multi30k comes first, but has no ratio to plot
+    header, body = table(records)
+    lora = dict(zip(header, body[1]))
+    assert lora[next(h for h in header if h.startswith("multi30k"))] == "0.9000"  # the score, no bracketed ratio
+    assert lora[next(h for h in header if h.startswith("general_knowledge"))] == "0.2500 (50%)"
+
+
 def test_seed_statistics_are_a_t_interval_and_zero_wide_for_equal_values():
     import warnings
 

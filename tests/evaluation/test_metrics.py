@@ -13,6 +13,8 @@ from tunelab.evaluation.metrics import (
     bootstrap_ci,
     classification,
     contains_answer,
+    corpus_bleu_ci,
+    headline_ci,
     mean_ci,
     normalized_match,
     qa,
@@ -146,6 +148,35 @@ def test_mean_ci_of_constant_values_and_spearman_ci_over_pairs():
     assert spearman_ci([1, 2, 3, 4, 5, 6], [2, 4, 6, 8, 10, 12], n_resamples=200) == pytest.approx((1.0, 1.0))
     low, high = spearman_ci([1, 2, 3, 4, 5, 6, 7, 8], [2, 1, 4, 3, 6, 5, 8, 7], n_resamples=300)
     assert -1.0 <= low < 0.9 < high <= 1.0
+
+
+# Weak translations, as a small model writes them: short, French-looking, few n-grams in common with the reference.
+_REFS = ["un homme en manteau bleu tire un traîneau dans la neige", "deux enfants jouent au ballon dans un parc",
+         "une femme vend des fleurs au marché", "un chien noir nage dans un lac avec une balle",
+         "des ouvriers réparent une route en ville", "une petite fille court vers la mer",
+         "un groupe de gens regarde un match de football", "un vieil homme lit le journal sur un banc"]
+_HYPS = ["je suis le début de la nuit de la femme", "le coeur des enfants dans le parc",
+         "la femme de la femme de la femme", "un chien dans le lac", "je ne comprends pas la ville",
+         "la fille de la mer", "le match de la femme", "un homme sur le banc"]
+
+
+def test_translation_interval_is_of_corpus_bleu_and_contains_it():
+    bleu = bleu_chrf(_HYPS, _REFS)
+    score, sentence_mean = bleu["scores"]["bleu"], float(np.mean(bleu["per_example"]))
+    low, high = corpus_bleu_ci(_HYPS, _REFS, seed=0)
+    assert low < score < high
+    # Sentence BLEU (effective order) is far above corpus BLEU on such text: the interval of its mean misses the score.
+    assert sentence_mean > 2 * score and not mean_ci(bleu["per_example"], seed=0)[0] < score
+    assert headline_ci("translation", _HYPS, _REFS, bleu["per_example"], seed=0) == (low, high)
+    assert (low, high) == corpus_bleu_ci(_HYPS, [[r] for r in _REFS], seed=0)  # one-reference lists, same thing
+    assert corpus_bleu_ci(_HYPS, _REFS, seed=1) != (low, high)
+
+
+def test_headline_interval_is_of_the_mean_for_per_example_metrics():
+    per_example = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    preds = ["x"] * len(per_example)
+    assert headline_ci("classification", preds, preds, per_example, seed=3) == mean_ci(per_example, seed=3)
+    assert headline_ci("classification", ["x"], ["x"], [1.0], seed=3) is None
 
 
 def test_bootstrap_rejects_bad_confidence():

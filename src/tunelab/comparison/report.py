@@ -283,7 +283,8 @@ def tradeoff_axes(records) -> tuple[str | None, str, bool]:
     """(probe, axis label, higher-is-better) for the retention axis of the trade-off plot."""
     ok = [r for r in records if r["status"] == "ok"]
     probes = probes_of(ok)
-    task_probe = next((p for p in probes if not _is_drift(ok, p)), None)
+    task_probe = next((p for p in probes if not _is_drift(ok, p)
+                       and any(_retention_ratio(r, p) is not None for r in ok)), None)
     if task_probe:
         return task_probe, f"{probe_title(task_probe)} retention (after / before)", True
     if probes:
@@ -566,6 +567,9 @@ def _notes(records) -> list[str]:
         notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
     for label, why in {r["label"]: r["task_note"] for r in ok if r.get("task_note")}.items():
         notes.append(f"{label}: {why}.")
+    for probe, why in {p: v["retention_note"] for r in ok for p, v in (r.get("retention") or {}).items()
+                       if v.get("retention_note")}.items():
+        notes.append(f"{probe_title(probe)}: {why}.")
     probes = probes_of(ok)
     if probes:
         notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "

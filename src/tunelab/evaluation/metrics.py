@@ -5,7 +5,7 @@ Every metric takes predictions and references and returns::
     {"scores": {name: float, ...}, "per_example": [float, ...]}
 
 ``per_example`` holds the task's headline metric (``HEADLINE[task]``) per example, for a bootstrap confidence
-interval (:func:`mean_ci`). Rank correlations have no per-example score: their ``per_example`` is empty and
+interval (:func:`mean_ci`); a corpus-level headline (BLEU) has its own interval in :data:`CORPUS_INTERVALS`. Rank correlations have no per-example score: their ``per_example`` is empty and
 their interval comes from resampling pairs (:func:`spearman_ci`, built on :func:`bootstrap_ci`).
 
 The numbers come from the libraries made for them: ROUGE from ``rouge_score``, BLEU and chrF from ``sacrebleu``,
@@ -100,12 +100,34 @@ def bleu_chrf(predictions: Sequence[str], references: References) -> dict:
     hyps = [str(p) for p in predictions]
     if not hyps:
         return {"scores": {"bleu": float("nan"), "chrf": float("nan")}, "per_example": []}
-    n_streams = max(len(r) for r in ref_lists)
-    streams = [[refs[k] if k < len(refs) else None for refs in ref_lists] for k in range(n_streams)]
+    streams = _reference_streams(ref_lists)
     bleu = sacrebleu.corpus_bleu(hyps, streams)
     chrf = sacrebleu.corpus_chrf(hyps, streams)
     per_example = [float(sacrebleu.sentence_bleu(h, refs).score) for h, refs in zip(hyps, ref_lists)]
     return {"scores": {"bleu": float(bleu.score), "chrf": float(chrf.score)}, "per_example": per_example}
+
+
+def _reference_streams(ref_lists: list[list[str]]) -> list[list[str | None]]:
+    n_streams = max(len(r) for r in ref_lists)
+    return [[refs[k] if k < len(refs) else None for refs in ref_lists] for k in range(n_streams)]
+
+
+def corpus_bleu_ci(predictions: Sequence[str], references: References, **kwargs) -> tuple[float, float]:
+    """Bootstrap interval of corpus BLEU: sentences are resampled and the corpus score recomputed from their summed
+    n-gram statistics (Koehn 2004; what ``sacrebleu --confidence`` does). Corpus BLEU is not the mean of sentence
+    BLEU, so an interval of that mean would not contain the score. Keywords as :func:`bootstrap_ci`."""
+    from sacrebleu.metrics import BLEU
+
+    _check_lengths(predictions, references, "corpus_bleu_ci")
+    ref_lists = _as_reference_lists(references, "corpus_bleu_ci")
+    if not ref_lists:
+        return (float("nan"), float("nan"))
+    metric = BLEU()
+    # sacreBLEU's own bootstrap (sacrebleu.significance) works on these per-sentence statistics the same way.
+    stats = np.asarray(metric._extract_corpus_statistics([str(p) for p in predictions],
+                                                         _reference_streams(ref_lists)), dtype=float)
+    return bootstrap_ci(len(stats), lambda idx: float(metric._compute_score_from_stats(stats[idx].sum(0)).score),
+                        **kwargs)
 
 
 # -------------------------------------------------------------------------------------------- classification
@@ -195,6 +217,18 @@ def mean_ci(values: Sequence[float], **kwargs) -> tuple[float, float]:
     return bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), **kwargs)
 
 
+def headline_ci(task: str, predictions: Sequence[str], references: References, per_example: Sequence[float],
+                **kwargs) -> tuple[float, float] | None:
+    """The 95% interval of a task's headline score: recomputed over resampled examples where the headline is a
+    corpus-level score (:data:`CORPUS_INTERVALS`), else the interval of the mean of ``per_example``. None with
+    fewer than two examples."""
+    if len(predictions) < 2:
+        return None
+    if task in CORPUS_INTERVALS:
+        return CORPUS_INTERVALS[task](predictions, references, **kwargs)
+    return mean_ci(per_example, **kwargs)
+
+
 def spearman_ci(scores: Sequence[float], gold: Sequence[float], **kwargs) -> tuple[float, float]:
     """Bootstrap interval of Spearman rho, resampling (score, gold) pairs (keywords as :func:`bootstrap_ci`)."""
     _check_lengths(scores, gold, "spearman_ci")
@@ -259,6 +293,11 @@ METRICS: dict[str, Callable[..., dict]] = {
     "text2sql": execution_accuracy,  # needs contexts= or db_paths= as keywords
     "similarity": spearman,
     "qa": qa,
+}
+
+# Headlines that are corpus-level scores, not means of per-example ones: their interval resamples the corpus.
+CORPUS_INTERVALS: dict[str, Callable[..., tuple[float, float]]] = {
+    "translation": corpus_bleu_ci,
 }
 
 HEADLINE: dict[str, str] = {

@@ -29,11 +29,22 @@ log = logging.getLogger(__name__)
 DRIFT_NEW_TOKENS = 48
 
 
+# Scores below which a base model shows none of the skill a probe tests (corpus BLEU, 0-100: it does not translate).
+# A ratio against such a base divides noise by noise (BLEU 0.3 -> 0.9 would read as 300% retained).
+NO_SKILL_BELOW = {"bleu": 1.0}
+
+
 def compare_scores(before: float | None, after: float | None, metric: str) -> dict[str, Any]:
-    """Retention ratio (1.0 = nothing lost) and forgetting (> 0 = worse), whichever way the metric points."""
+    """Retention ratio (1.0 = nothing lost) and forgetting (> 0 = worse), whichever way the metric points; no ratio,
+    and a note saying why, where the base shows none of the skill (:data:`NO_SKILL_BELOW`)."""
     if before is None or after is None or any(isinstance(x, float) and math.isnan(x) for x in (before, after)):
         return {"retention_ratio": None, "forgetting": None}
     higher_better = HIGHER_IS_BETTER.get(metric, True)
+    floor = NO_SKILL_BELOW.get(metric)
+    if higher_better and floor is not None and before < floor:
+        return {"retention_ratio": None, "forgetting": before - after,
+                "retention_note": f"the base model scores {metric} {before:.2f}, below {floor:g}: it shows none of "
+                                  "this skill, so there is nothing to retain and no ratio is given"}
     if higher_better:
         ratio = after / before if before else None
         return {"retention_ratio": ratio, "forgetting": before - after}

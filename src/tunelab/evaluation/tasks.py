@@ -60,12 +60,6 @@ def _rows(examples, predictions, references, per_example) -> list[dict[str, Any]
             for ex, pred, ref, score in zip(examples, predictions, references, scores)]
 
 
-def _ci(per_example: list[float], seed: int) -> tuple[float, float] | None:
-    if len(per_example) < 2:
-        return None
-    return metrics.mean_ci(per_example, seed=seed)
-
-
 def _generate(lm, examples, settings, desc):
     prompts = [ex.prompt_messages for ex in examples]
     preds, stats = inference.generate(lm, prompts, max_new_tokens=settings.max_new_tokens,
@@ -88,9 +82,9 @@ def _generative(metric_name: str) -> Callable:
         preds, gen = _generate(lm, examples, settings, f"{metric_name}")
         refs = _references(examples)
         result = metrics.METRICS[metric_name](preds, refs)
-        return TaskOutcome(metric_name, result["scores"], metrics.HEADLINE[metric_name], result["per_example"],
-                           _ci(result["per_example"], settings.seed), _rows(examples, preds, refs,
-                                                                            result["per_example"]), gen)
+        ci = metrics.headline_ci(metric_name, preds, refs, result["per_example"], seed=settings.seed)
+        return TaskOutcome(metric_name, result["scores"], metrics.HEADLINE[metric_name], result["per_example"], ci,
+                           _rows(examples, preds, refs, result["per_example"]), gen)
     return run
 
 
@@ -127,7 +121,8 @@ def _text2sql(lm, examples, settings) -> TaskOutcome:
         row["raw_prediction"] = raw_text
     scores = dict(result["scores"], gold_errors=result.get("gold_errors", 0))
     return TaskOutcome("text2sql", scores, "execution_accuracy", result["per_example"],
-                       _ci(result["per_example"], settings.seed), rows, gen)
+                       metrics.headline_ci("text2sql", preds, golds, result["per_example"], seed=settings.seed), rows,
+                       gen)
 
 
 def _classification(lm, examples, settings) -> TaskOutcome:
@@ -149,7 +144,8 @@ def _classification(lm, examples, settings) -> TaskOutcome:
         return TaskOutcome("classification", {"accuracy": None, "macro_f1": None}, "accuracy", [], None,
                            _rows(examples, preds, refs, result["per_example"]), note=note)
     return TaskOutcome("classification", result["scores"], "accuracy", result["per_example"],
-                       _ci(result["per_example"], settings.seed), _rows(examples, preds, refs, result["per_example"]))
+                       metrics.headline_ci("classification", preds, refs, result["per_example"], seed=settings.seed),
+                       _rows(examples, preds, refs, result["per_example"]))
 
 
 def _as_question(ex: Example) -> Example:
