@@ -85,8 +85,11 @@ def _runs_minutes(q: dict) -> float:
 
 def _failures(q: dict) -> list[str]:
     failed = [f"{r['label']} (seed {r['seed']}): {r['error']}" for r in q["records"] if r["status"] != "ok"]
+    from tunelab.comparison.report import retention_notes
+
     task_notes = [f"{r['label']}: {r['task_note']}." for r in q["records"] if r.get("task_note")]
-    lines = [f"Failed: {'; '.join(failed)}." if failed else "", *task_notes, q.get("note") or ""]
+    lines = [f"Failed: {'; '.join(failed)}." if failed else "", *task_notes, *retention_notes(q["records"]),
+             q.get("note") or ""]
     return [" ".join(x for x in lines if x), ""] if any(lines) else []
 
 

@@ -25,8 +25,8 @@ from common import REPO, RESULTS, write_result
 # (methods with several seeds, seeds), (methods with one seed), budget overrides
 PLANS = {
     "spider": (["full", "lora r=16", "qlora"], [0, 1, 2], ["dora", "ia3", "prompt_tuning", "prefix_tuning"],
-               ["--max_steps", "20", "--gradient_accumulation_steps", "1", "--max_eval_samples", "24",
-                "--probe_samples", "16", "--max_seq_length", "320", "--group_by_length"]),
+               ["--max_steps", "20", "--gradient_accumulation_steps", "1", "--max_eval_samples", "48",
+                "--probe_samples", "32", "--max_seq_length", "320", "--group_by_length"]),
     "dialogsum": (["full", "lora r=32", "qlora", "ia3"], [0], [],
                   ["--max_steps", "30", "--gradient_accumulation_steps", "1", "--max_eval_samples", "24",
                    "--probe_samples", "16", "--max_seq_length", "512", "--group_by_length"]),

@@ -65,3 +65,12 @@ def test_dialogsum_says_one_seed_is_indicative_only_when_a_method_has_one_seed(m
 
 def test_dialogsum_comparison_needs_all_three_rows(make_readme):
     assert make_readme._dialogsum_against_seed(_dialogsum([_record("base", 0.2), _record("full", 0.3)])) == []
+
+
+def test_a_probe_without_ratios_says_why_under_its_table(make_readme):
+    why = "the base model scores bleu 0.34, below 1: it shows none of this skill"
+    records = [{"label": label, "status": "ok", "seed": 0,
+                "retention": {"multi30k_en_fr": {"metric": "bleu", "retention_ratio": None, "retention_note": why}}}
+               for label in ("base", "lora")]
+    text = " ".join(make_readme._failures({"records": records}))
+    assert text.count(why) == 1 and f"multi30k_en_fr: {why}." in text

@@ -553,6 +553,13 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
     return page, md
 
 
+def retention_notes(records) -> list[str]:
+    """Why a probe has no retention ratios (its base shows none of the skill), once per probe."""
+    why = {p: v["retention_note"] for r in records if r["status"] == "ok"
+           for p, v in (r.get("retention") or {}).items() if v.get("retention_note")}
+    return [f"{probe_title(probe)}: {note}." for probe, note in why.items()]
+
+
 def _notes(records) -> list[str]:
     ok = [r for r in records if r["status"] == "ok"]
     notes = []
@@ -567,9 +574,7 @@ def _notes(records) -> list[str]:
         notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
     for label, why in {r["label"]: r["task_note"] for r in ok if r.get("task_note")}.items():
         notes.append(f"{label}: {why}.")
-    for probe, why in {p: v["retention_note"] for r in ok for p, v in (r.get("retention") or {}).items()
-                       if v.get("retention_note")}.items():
-        notes.append(f"{probe_title(probe)}: {why}.")
+    notes += retention_notes(ok)
     probes = probes_of(ok)
     if probes:
         notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "
