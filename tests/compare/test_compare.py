@@ -274,6 +274,25 @@ def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
     assert all(seg[0][1] == seg[1][1] for seg in y_bars.get_segments() if seg[0][0] != pytest.approx(kept.mean))
 
 
+def test_tradeoff_labels_of_nearby_points_do_not_overprint():
+    from tunelab.comparison.report import _label_offsets
+
+    # positions in points: two points side by side (a long label over the next one), one right below, one far off
+    anchors = [(100, 100), (130, 103), (110, 95), (400, 300)]
+    labels = ["lora r=16 (3 seeds)", "qlora (3 seeds)", "dora", "ia3"]
+    offsets = _label_offsets(anchors, labels)
+    boxes = []
+    for (x, y), text, (dx, dy) in zip(anchors, labels, offsets):
+        width = 5.4 * len(text)
+        left = x + dx if dx > 0 else x + dx - width
+        boxes.append((left, left + width, y + dy, y + dy + 11))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]), (a, b)
+    assert offsets[0] == (6, 4) and offsets[3] == (6, 4)  # the first label and a lone one stay in the usual place
+    assert all(abs(dy) <= 26 for _, dy in offsets)  # near their points
+
+
 def test_a_probe_without_ratios_is_explained_and_not_plotted():
     from tunelab.comparison.report import _notes, table, tradeoff_axes
 

@@ -306,6 +306,29 @@ def pareto_front(points: list[tuple[float, float]], x_higher: bool, y_higher: bo
     return front
 
 
+def _label_offsets(anchors: list[tuple[float, float]], labels: list[str],
+                   fontsize: float = 9) -> list[tuple[int, int]]:
+    """Offsets (points) of labels from their points such that no two labels' boxes overlap: each label takes the
+    first free place right of its point, then left of it, on the point's line, one line below, one above, two
+    below, ... ``anchors`` are the points' positions in points (display units at 72 dpi); a label's box is
+    estimated from its length. A negative x offset means the label ends there (right-aligned)."""
+    height = fontsize + 2
+    boxes: list[tuple[float, float, float, float]] = []
+    offsets = []
+    for (x, y), label in zip(anchors, labels):
+        width = 0.6 * fontsize * len(label)
+        for k in range(4 * len(anchors) + 2):
+            line = (k // 2 + 1) // 2 * (1 if (k // 2) % 2 == 0 else -1)  # 0, -1, 1, -2, 2, ...
+            dx, dy = (6 if k % 2 == 0 else -6), 4 - line * height
+            left = x + dx if dx > 0 else x + dx - width
+            box = (left, left + width, y + dy, y + dy + height)
+            if not any(box[0] < b[1] and b[0] < box[1] and box[2] < b[3] and b[2] < box[3] for b in boxes):
+                break
+        boxes.append(box)
+        offsets.append((dx, round(dy)))
+    return offsets
+
+
 def plot_tradeoff(records):
     """One point per method: the mean over its seeds, with 95% CI bars where there are several."""
     probe, xlabel, x_higher = tradeoff_axes(records)
@@ -336,8 +359,11 @@ def plot_tradeoff(records):
     if any(e != (0.0, 0.0) for e in errs):
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], xerr=[e[0] for e in errs], yerr=[e[1] for e in errs],
                     fmt="none", ecolor="#2b6cb0", alpha=0.6, capsize=3, zorder=2)
-    for (x, y), label in zip(pts, labels):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    to_points = 72 / fig.dpi
+    anchors = [(px * to_points, py * to_points) for px, py in ax.transData.transform(pts)]
+    for (x, y), label, (dx, dy) in zip(pts, labels, _label_offsets(anchors, labels)):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9,
+                    ha="left" if dx > 0 else "right")
     front = sorted(pareto_front(pts, x_higher, y_higher), key=lambda i: pts[i][0])
     if len(front) > 1:
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="#dd6b20", zorder=2,
