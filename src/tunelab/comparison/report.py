@@ -359,6 +359,7 @@ def plot_tradeoff(records):
     if any(e != (0.0, 0.0) for e in errs):
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], xerr=[e[0] for e in errs], yerr=[e[1] for e in errs],
                     fmt="none", ecolor="#2b6cb0", alpha=0.6, capsize=3, zorder=2)
+    ax.autoscale_view()  # the limits the points will be drawn in, for their positions on the page
     to_points = 72 / fig.dpi
     anchors = [(px * to_points, py * to_points) for px, py in ax.transData.transform(pts)]
     for (x, y), label, (dx, dy) in zip(pts, labels, _label_offsets(anchors, labels)):
