@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+from tunelab.comparison.report import missing_value_notes
+
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
 GIB = 2**30
@@ -85,10 +87,7 @@ def _runs_minutes(q: dict) -> float:
 
 def _failures(q: dict) -> list[str]:
     failed = [f"{r['label']} (seed {r['seed']}): {r['error']}" for r in q["records"] if r["status"] != "ok"]
-    from tunelab.comparison.report import retention_notes
-
-    task_notes = [f"{r['label']}: {r['task_note']}." for r in q["records"] if r.get("task_note")]
-    lines = [f"Failed: {'; '.join(failed)}." if failed else "", *task_notes, *retention_notes(q["records"]),
+    lines = [f"Failed: {'; '.join(failed)}." if failed else "", *missing_value_notes(q["records"]),
              q.get("note") or ""]
     return [" ".join(x for x in lines if x), ""] if any(lines) else []
 
@@ -140,8 +139,9 @@ def _dialogsum_against_seed(q: dict) -> list[str]:
     else:
         shape = "agrees: both methods gain on the base and LoRA is within 2 points of full"
     # Two runs of this budget that differed only in batch order (--group_by_length) moved LoRA's ROUGE-1 by 5 points.
+    seeds = min(len(_metric_values(q["records"], k, "rouge1")) for k in ("full", "lora"))
     one_seed = (" One seed only: at this budget the batch order alone moves these scores by several points, so the "
-                "shape is indicative.") if min(len(_metric_values(q["records"], k, "rouge1")) for k in ("full", "lora")) < 2 else ""
+                "shape is indicative.") if seeds < 2 else ""
     return [f"Against the seed's published Flan-T5-base figures (ROUGE-1: base {SEED_DIALOGSUM['base']}, full "
             f"{SEED_DIALOGSUM['full']}, LoRA r=32 {SEED_DIALOGSUM['lora']}, LoRA {seed_gap:.1f} points below "
             f"full): here base {ours['base']:.3f}, full {ours['full']:.3f} ({gains['full']:+.1f} points), LoRA r=32 "

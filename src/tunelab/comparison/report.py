@@ -309,17 +309,16 @@ def pareto_front(points: list[tuple[float, float]], x_higher: bool, y_higher: bo
 def _label_offsets(anchors: list[tuple[float, float]], labels: list[str],
                    fontsize: float = 9) -> list[tuple[int, int]]:
     """Offsets (points) of labels from their points such that no two labels' boxes overlap: each label takes the
-    first free place right of its point, then left of it, on the point's line, one line below, one above, two
-    below, ... ``anchors`` are the points' positions in points (display units at 72 dpi); a label's box is
+    first free place on its point's line, right of the point then left of it, then one line up, one line down,
+    two up, ... ``anchors`` are the points' positions in points (display units at 72 dpi); a label's box is
     estimated from its length. A negative x offset means the label ends there (right-aligned)."""
     height = fontsize + 2
+    shifts = [0] + [s for n in range(1, len(anchors) + 1) for s in (n, -n)]
     boxes: list[tuple[float, float, float, float]] = []
     offsets = []
     for (x, y), label in zip(anchors, labels):
         width = 0.6 * fontsize * len(label)
-        for k in range(4 * len(anchors) + 2):
-            line = (k // 2 + 1) // 2 * (1 if (k // 2) % 2 == 0 else -1)  # 0, -1, 1, -2, 2, ...
-            dx, dy = (6 if k % 2 == 0 else -6), 4 - line * height
+        for dx, dy in ((dx, 4 + shift * height) for shift in shifts for dx in (6, -6)):
             left = x + dx if dx > 0 else x + dx - width
             box = (left, left + width, y + dy, y + dy + height)
             if not any(box[0] < b[1] and b[0] < box[1] and box[2] < b[3] and b[2] < box[3] for b in boxes):
@@ -580,11 +579,14 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
     return page, md
 
 
-def retention_notes(records) -> list[str]:
-    """Why a probe has no retention ratios (its base shows none of the skill), once per probe."""
-    why = {p: v["retention_note"] for r in records if r["status"] == "ok"
-           for p, v in (r.get("retention") or {}).items() if v.get("retention_note")}
-    return [f"{probe_title(probe)}: {note}." for probe, note in why.items()]
+def missing_value_notes(records) -> list[str]:
+    """Why numbers are missing: a row without task metrics (once per label) and a probe without retention ratios
+    (its base shows none of the skill; once per probe)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    tasks = {r["label"]: r["task_note"] for r in ok if r.get("task_note")}
+    probes = {probe_title(p): v["retention_note"] for r in ok for p, v in (r.get("retention") or {}).items()
+              if v.get("retention_note")}
+    return [f"{name}: {why}." for name, why in {**tasks, **probes}.items()]
 
 
 def _notes(records) -> list[str]:
@@ -599,9 +601,7 @@ def _notes(records) -> list[str]:
         notes.append("Device: " + ", ".join(devices) + ".")
     if any(len([q for q in ok if q["label"] == r["label"]]) > 1 for r in ok):
         notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
-    for label, why in {r["label"]: r["task_note"] for r in ok if r.get("task_note")}.items():
-        notes.append(f"{label}: {why}.")
-    notes += retention_notes(ok)
+    notes += missing_value_notes(ok)
     probes = probes_of(ok)
     if probes:
         notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "

@@ -5,8 +5,9 @@ Every metric takes predictions and references and returns::
     {"scores": {name: float, ...}, "per_example": [float, ...]}
 
 ``per_example`` holds the task's headline metric (``HEADLINE[task]``) per example, for a bootstrap confidence
-interval (:func:`mean_ci`); a corpus-level headline (BLEU) has its own interval in :data:`CORPUS_INTERVALS`. Rank correlations have no per-example score: their ``per_example`` is empty and
-their interval comes from resampling pairs (:func:`spearman_ci`, built on :func:`bootstrap_ci`).
+interval (:func:`mean_ci`); a corpus-level headline (BLEU) has its own interval in :data:`CORPUS_INTERVALS`.
+Rank correlations have no per-example score: their ``per_example`` is empty and their interval comes from
+resampling pairs (:func:`spearman_ci`, built on :func:`bootstrap_ci`).
 
 The numbers come from the libraries made for them: ROUGE from ``rouge_score``, BLEU and chrF from ``sacrebleu``,
 Spearman from ``scipy.stats``, macro-F1 from ``sklearn.metrics``. Adding a metric costs one function here and
