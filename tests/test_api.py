@@ -56,7 +56,7 @@ def test_every_cli_flag_is_an_api_option_and_back(fn, cls, aliases, cli_only):
 
 
 def test_estimate_options_match_train_options():
-    from tunelab.memory.command import EstimateOptions
+    from tunelab.config import EstimateOptions
 
     train_flags = _cli_flags(TrainOptions)
     estimate_flags = _cli_flags(EstimateOptions)

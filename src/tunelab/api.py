@@ -204,7 +204,7 @@ class MemoryEstimate:
 
 
 def estimate(model: str | None = None, **options: Any) -> MemoryEstimate:
-    from tunelab.memory.command import EstimateOptions
+    from tunelab.config import EstimateOptions
     from tunelab.memory.estimator import estimate as _estimate
 
     values = dict(options)
@@ -218,7 +218,7 @@ def estimate(model: str | None = None, **options: Any) -> MemoryEstimate:
 
 
 def _estimate_doc() -> str:
-    from tunelab.memory.command import EstimateOptions
+    from tunelab.config import EstimateOptions
 
     return _doc("Predict peak training memory without loading weights (``tunelab estimate``).", EstimateOptions,
                 returns="MemoryEstimate\n    ``peak_bytes``, ``breakdown``, ``fits(gb)``, ``to_dict()``.",

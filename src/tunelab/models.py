@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,18 +25,6 @@ from tunelab.fileio import make_shared_dir
 
 log = logging.getLogger(__name__)
 
-
-class _NoKernelsHubNotice(logging.Filter):
-    """bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional inference kernel from
-    the Hub (the `kernels` package); it then uses its own CPU kernel, so the warning only alarms users."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
-
-
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoKernelsHubNotice())
-# peft 0.21 still reads the attribute that transformers 5 renamed; the warning is theirs to fix, not the user's.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 TASK_KINDS = ("causal_lm", "seq2seq_lm", "seq_cls")
 

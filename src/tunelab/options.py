@@ -188,3 +188,27 @@ def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so every user error takes the same one-line path."""
+
+    def error(self, message: str):
+        raise TunelabError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def command_parser(prog: str, description: str) -> Parser:
+    return Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_options(cls: type, argv: list[str], prog: str, description: str) -> tuple[Any, set[str]]:
+    """Flags -> (options instance, names set explicitly), with --config YAML beneath the flags."""
+    parser = command_parser(prog, description)
+    add_dataclass_arguments(parser, cls)
+    ns = parser.parse_args(argv)
+    flags = from_namespace(ns, cls)
+    layers = []
+    if flags.get("config"):
+        layers.append((load_yaml_config(flags["config"], cls), f"--config {flags['config']}"))
+    layers.append((flags, "command line"))
+    return build(cls, *layers)

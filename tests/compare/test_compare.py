@@ -164,7 +164,7 @@ def test_builtin_recipes_load():
 def test_batching_flags_are_shared_budget_overrides():
     """--group_by_length / --packing on `tunelab compare` reach every method's training, like the other budget
     flags, and a recipe may set them under budget but not per method."""
-    from tunelab.cli import parse_options
+    from tunelab.options import parse_options
     from tunelab.comparison.api import recipe_from_options
     from tunelab.comparison.recipe import parse_recipe
     from tunelab.config import CompareOptions

@@ -202,7 +202,7 @@ def test_bad_masking_flags_are_one_clear_line(case, tiny_llama, tiny_t5, data, t
 
 
 def test_boolean_and_mode_flags_can_be_turned_off(tiny_llama, data, tmp_path):
-    from tunelab.cli import parse_options
+    from tunelab.options import parse_options
 
     opts, _ = parse_options(TrainOptions, ["--model_name_or_path", "m", "--dataset_name_or_path", "d",
                                            "--output_dir", "o", "--mask_mode", "lesion", "--anti_drift", "false",

@@ -99,9 +99,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    from tunelab.cli import _setup_logging
+    from tunelab.logs import setup_logging
 
-    _setup_logging()
+    setup_logging()
     run_dir = Path(spec["run_dir"])
     try:
         run(spec)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any
 
-from tunelab.config import TrainOptions
+from tunelab.config import EstimateOptions
 from tunelab.errors import TunelabError
-from tunelab.options import option
+from tunelab.options import parse_options
 
 DESCRIPTION = """\
 Predict the peak memory of a training run before starting it, without loading weights: the model is built on
@@ -26,54 +25,7 @@ examples:
 """
 
 
-@dataclass(kw_only=True)
-class EstimateOptions(TrainOptions):
-    """TrainOptions with the data and output options optional, and the estimator's own options."""
-
-    model_name_or_path: str | None = option(
-        None, "a built-in model, a local model folder (its config.json is enough), a Hub id, or an architecture "
-              "tunelab knows offline (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, mistral-7b, qwen2.5-0.5b, "
-              "qwen2.5-7b, gemma-2-2b, flan-t5-base, flan-t5-large, gpt2, bert-base, ... or their Hub ids)",
-        group="model")
-    dataset_name_or_path: str | None = option(None, "not needed to estimate (accepted so that a train command line "
-                                                    "works unchanged)", group="data")
-    output_dir: str | None = option(None, "not needed to estimate (accepted so that a train command line works "
-                                          "unchanged)", group="training")
-
-    device: str = option("auto", "the device the run is for: cuda (a GPU), cpu, or auto (cuda unless --use_cpu)",
-                         choices=("auto", "cuda", "cpu"), group="estimate")
-    num_labels: int = option(2, "classes of a sequence-classification head", group="estimate")
-    json: bool = option(False, "print the result as JSON", group="estimate")
-    fit: float | None = option(None, "propose settings (gradient checkpointing, a smaller batch with gradient "
-                                     "accumulation, an 8-bit optimizer, a 4-bit base) under which the run fits a "
-                                     "GPU of this many GB", metavar="GB", group="estimate")
-    headroom_gb: float = option(1.0, "memory a GPU keeps beyond the peak of allocated tensors (CUDA context, "
-                                     "allocator fragmentation) when deciding what fits", group="estimate")
-    table: bool = option(False, "print methods x model sizes with the GPU sizes each fits, for the other flags "
-                                "given (batch size, sequence length, precision, optimizer ...)", group="estimate")
-    table_sizes: list[str] | None = option(None, "rows of --table (default: 0.5B 1B 3B 7B 13B 30B 70B)",
-                                           group="estimate")
-    table_methods: list[str] | None = option(None, "columns of --table (default: full lora qlora)",
-                                             group="estimate")
-    gpu_memory_gb: list[float] | None = option(None, "GPU sizes --table and the fit summary check (default: 16 24 "
-                                                     "40 80)", group="estimate")
-    validate: bool = option(False, "run the real step for small models and compare predicted with measured peak "
-                                   "memory (torch.cuda.max_memory_allocated on CUDA, live tensor bytes on the CPU); "
-                                   "exits 1 when a case misses by more than --tolerance", group="validation")
-    validate_models: list[str] | None = option(None, "models to validate (default: tiny-llama smollm2-135m)",
-                                               group="validation")
-    validate_methods: list[str] | None = option(None, "methods to validate (default: full lora qlora)",
-                                                group="validation")
-    validate_seq_lengths: list[int] | None = option(None, "sequence lengths to validate (default: 64 256)",
-                                                    group="validation")
-    validate_batch_size: int = option(2, "batch size of the validation runs", group="validation")
-    tolerance: float = option(0.10, "largest |predicted - measured| / measured a validation case may have",
-                              group="validation")
-
-
 def cmd_estimate(argv: list[str]) -> int:
-    from tunelab.cli import parse_options
-
     opts, _ = parse_options(EstimateOptions, argv, "tunelab estimate", DESCRIPTION)
     _quiet_transformers()
     if opts.validate:

@@ -1,0 +1,44 @@
+"""Process set-up of logging, for the programs tunelab starts: the `tunelab` command and the comparison's worker.
+
+Library modules only log through ``logging.getLogger(__name__)``; what a process shows, and which third-party
+notices it silences, is decided here, once per process, never as a side effect of importing a module (a Python
+user of tunelab keeps their own logging and warnings configuration).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+
+class _NoKernelsHubNotice(logging.Filter):
+    """bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional inference kernel from
+    the Hub (the `kernels` package); it then uses its own CPU kernel, so the warning only alarms users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def quiet_library_notices() -> None:
+    """Silence third-party notices that tell a tunelab user nothing they can act on."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _NoKernelsHubNotice) for f in logger.filters):
+        logger.addFilter(_NoKernelsHubNotice())
+    # peft 0.21 still reads the attribute that transformers 5 renamed; the warning is theirs to fix, not the user's.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def setup_logging() -> None:
+    """tunelab's log lines on stderr as ``[tunelab] ...``, at TUNELAB_LOG_LEVEL (default INFO)."""
+    quiet_library_notices()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[tunelab] %(message)s"))
+    root = logging.getLogger("tunelab")
+    root.handlers[:] = [handler]
+    from tunelab.distributed import is_main_process
+
+    # [distributed] the other processes of a launch say only what goes wrong (their warnings repeat the main one's)
+    root.setLevel(os.environ.get("TUNELAB_LOG_LEVEL", "INFO") if is_main_process() else "ERROR")
+    root.propagate = False
