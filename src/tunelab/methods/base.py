@@ -30,6 +30,10 @@ class Method:
     summary: str
     peft: bool = True
     default_learning_rate: float = 2e-4
+    # The log-uniform range `tunelab compare --search learning_rate` searches (its family's: the LoRA family's by
+    # default). Biderman et al. 2024 found LoRA's best rate about 10x full fine-tuning's; vectors and soft prompts
+    # (IA3, VeRA, prompt/prefix tuning) need 10x more again.
+    learning_rate_range: tuple[float, float] = (3e-5, 3e-3)
     default_warmup_ratio: float = 0.03
     task_kinds: tuple[str, ...] = ALL_TASK_KINDS
     task_kinds_why: str = ""            # why the others are missing, where a user would expect them

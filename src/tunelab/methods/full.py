@@ -12,4 +12,5 @@ class FullFineTuning(Method):
 
 
 register(FullFineTuning(name="full", summary="full fine-tuning: every weight trains", peft=False,
-                        default_learning_rate=5e-5, default_warmup_ratio=0.1, mergeable=False))
+                        default_learning_rate=5e-5, learning_rate_range=(1e-6, 1e-4),
+                        default_warmup_ratio=0.1, mergeable=False))

@@ -22,4 +22,5 @@ class IA3(Method):
 
 # (IA)^3 rescales from 1.0 and needs larger steps than LoRA: T-Few (Liu et al. 2022) trains it at 3e-3.
 register(IA3(name="ia3", summary="learned rescaling vectors on keys, values and MLP activations "
-                                 "(Liu et al. 2022)", default_learning_rate=3e-3))
+                                 "(Liu et al. 2022)", default_learning_rate=3e-3,
+                 learning_rate_range=(1e-3, 1e-1)))

@@ -61,12 +61,15 @@ class LlamaAdapter(Method):
 # 1e-2; LLaMA-Adapter (Zhang et al. 2023) uses 9e-3.
 register(PromptTuning(name="prompt_tuning", summary="trained soft-prompt embeddings prepended to the input "
                                                     "(Lester et al. 2021)", default_learning_rate=3e-2,
+                      learning_rate_range=(1e-3, 1e-1),
                       mergeable=False))
 register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes in every layer (Li & Liang 2021)",
-                      default_learning_rate=1e-2, task_kinds=("causal_lm", "seq2seq_lm"),
+                      default_learning_rate=1e-2, learning_rate_range=(1e-3, 1e-1),
+                      task_kinds=("causal_lm", "seq2seq_lm"),
                       task_kinds_why="peft feeds the prefixes to the model as past_key_values, which transformers 5 "
                                      "encoders with a classification head (BERT, RoBERTa...) no longer accept",
                       mergeable=False))
 register(LlamaAdapter(name="llama_adapter", summary="zero-init gated adaption prompts in the top layers "
                                                     "(peft adaption_prompt; Zhang et al. 2023)",
-                      default_learning_rate=9e-3, task_kinds=("causal_lm",), mergeable=False))
+                      default_learning_rate=9e-3, learning_rate_range=(1e-3, 1e-1), task_kinds=("causal_lm",),
+                      mergeable=False))

@@ -14,4 +14,5 @@ class VeRA(Method):
 
 # peft's method-comparison suite trains VeRA at 1e-3: the scaling vectors need larger steps than LoRA's matrices.
 register(VeRA(name="vera", summary="shared frozen random projections with trained scaling vectors "
-                                   "(Kopiczko et al. 2024)", default_learning_rate=1e-3))
+                                   "(Kopiczko et al. 2024)", default_learning_rate=1e-3,
+                   learning_rate_range=(1e-3, 1e-1)))
