@@ -20,8 +20,8 @@ Command = Callable[[list[str]], int]
 # --- subcommands -------------------------------------------------------------------------------------------------
 
 def cmd_train(argv: list[str]) -> int:
-    from tunelab.config import TrainOptions
-    from tunelab.training import train
+    from tunelab.config import TrainOptions, resolve
+    from tunelab.training import check_options, train
 
     opts, explicit = parse_options(TrainOptions, argv, "tunelab train",
                                    "Fine-tune a model fully or with a PEFT method. Flags follow Hugging Face names; "
@@ -29,7 +29,8 @@ def cmd_train(argv: list[str]) -> int:
     from tunelab import distributed
 
     if opts.num_processes > 1 and not distributed.launched():  # [distributed] run this command N times, launched
-        return distributed.launch_train(opts, explicit, argv)
+        check_options(resolve(opts, set(explicit))[0])  # the flags checked here: one clear error, not one per process
+        return distributed.launch_train(opts, argv)
     result = train(opts, explicit)
     if not distributed.is_main_process():  # [distributed] the main process reports
         return 0

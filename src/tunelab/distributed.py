@@ -269,13 +269,8 @@ def run_launcher(cmd: list[str], env: dict[str, str]) -> int:
     return 2 if code != 0 and user_error else code
 
 
-def launch_train(opts, explicit: set[str], argv: list[str]) -> int:
-    """`tunelab train --num_processes N`: check the flags here (one clear error, not N), then run
-    ``accelerate launch ... -m tunelab train <the same flags without --num_processes>`` and return its status."""
-    from tunelab.config import resolve
-    from tunelab.training import check_options as check_train_options
-
-    resolved, _ = resolve(opts, set(explicit))
-    check_train_options(resolved)
+def launch_train(opts, argv: list[str]) -> int:
+    """`tunelab train --num_processes N`: run ``accelerate launch ... -m tunelab train <the same flags without
+    --num_processes>`` and return its status. (The caller checks the flags first: one clear error, not N.)"""
     cmd, env = launch_command(opts.num_processes, strip_num_processes(argv), use_cpu=opts.use_cpu)
     return run_launcher(cmd, env)

@@ -44,18 +44,19 @@ def check(opts) -> None:
         if opts.task_type not in ("auto", "causal_lm"):
             raise TunelabError(f"--convert_to_gguf: GGUF export writes causal language models, not --task_type "
                                f"{opts.task_type}; drop one of the two")
-        from tunelab.models import load_config, resolve_model
+        from tunelab.models import peek_config
 
-        check_exportable(load_config(resolve_model(opts.model_name_or_path),
-                                     trust_remote_code=opts.trust_remote_code), "--convert_to_gguf")
+        # (a check installs nothing: peek_config reads a built-in model's config without fetching it)
+        check_exportable(peek_config(opts.model_name_or_path, trust_remote_code=opts.trust_remote_code),
+                         "--convert_to_gguf")
 
 
-def run(opts, out: Path, results: dict[str, Any]) -> dict[str, Any] | None:
-    """Make the exports the flags ask for that OUT does not hold yet; record them in train_results.json."""
+def run(opts, out: Path, results: dict[str, Any], results_path: Path) -> dict[str, Any] | None:
+    """Make the exports the flags ask for that OUT does not hold yet; record them under ``exports`` in RESULTS_PATH
+    (the run's train_results.json)."""
     if not (getattr(opts, "merge_adapter_with_base", False) or getattr(opts, "convert_to_gguf", False)):
         return None
     from tunelab.methods import get_method
-    from tunelab.training import RESULTS_FILE
 
     check(opts)
     out = Path(out)
@@ -88,5 +89,5 @@ def run(opts, out: Path, results: dict[str, Any]) -> dict[str, Any] | None:
                                                                  "gguf_file_bytes": path.stat().st_size}
     if exports != results.get("exports"):
         results["exports"] = exports
-        atomic_write_json(out / RESULTS_FILE, results)
+        atomic_write_json(results_path, results)
     return exports

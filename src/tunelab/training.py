@@ -307,7 +307,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
         log.info("%s already holds this finished run; nothing to do (pass --overwrite_output_dir to retrain)", out)
         finished = _read_json(out / RESULTS_FILE)
         if distributed.is_main_process():  # [distributed]
-            lifecycle.run(opts, out, finished)  # exports asked for now that the finished run lacks
+            # exports asked for now that the finished run lacks
+            lifecycle.run(opts, out, finished, out / RESULTS_FILE)
         return TrainResult(out, finished, skipped=True)
     if state == "different" and not opts.overwrite_output_dir:
         raise TunelabError(f"--output_dir {out}: holds a different run (or other files); choose a new directory or "
@@ -392,7 +393,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
         if masking is not None:
             results["ica_masking"] = masking.summary()
         atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
-        lifecycle.run(opts, out, results)  # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
+        # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
+        lifecycle.run(opts, out, results, out / RESULTS_FILE)
     results = distributed.broadcast(results, args)  # [distributed] every process returns the main one's results
     return TrainResult(out, results, model=trainer.model, tokenizer=tokenizer)
 

@@ -266,3 +266,21 @@ def test_train_convert_to_gguf_refuses_other_architectures(tiny_t5, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "--convert_to_gguf: GGUF export supports the Llama family" in err
     assert not out.exists()
+
+
+def test_export_checks_install_and_convert_nothing(tmp_path, monkeypatch):
+    """lifecycle.check runs before anything is loaded: it reads a built-in model's architecture without fetching or
+    converting the model (an empty cache stays empty), and still refuses what cannot be exported."""
+    from tunelab import lifecycle
+    from tunelab.config import TrainOptions
+    from tunelab.errors import TunelabError
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TUNELAB_CACHE", str(cache))
+    opts = TrainOptions(model_name_or_path="smollm2-135m", dataset_name_or_path="d.jsonl", output_dir="out",
+                        method="lora", convert_to_gguf=True)
+    lifecycle.check(opts)  # a Llama-family model: accepted
+    assert not cache.exists()
+    with pytest.raises(TunelabError, match="not model_type 'bert'"):
+        lifecycle.check(TrainOptions(**{**vars(opts), "model_name_or_path": "minilm-l6"}))
+    assert not cache.exists()
