@@ -68,8 +68,14 @@ def test_adapter_eval_reports_before_after_and_disabled_equals_base(tiny_llama, 
     assert drift["adapter_disabled_delta_cross_entropy"] == 0.0
     lines = (result.output_dir / "predictions.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines]
-    assert {row["source"] for row in rows} == {"language_modeling", f"retention:language_modeling:{qa_file}"}
+    assert {row["source"] for row in rows} == {"language_modeling", f"retention:language_modeling:{qa_file}",
+                                              "retention:drift"}
     assert all({"input", "reference", "prediction", "score"} <= set(row) for row in rows)
+    # Per-example rows that paired intervals resample: tokens for perplexity, summed KL for drift, whose
+    # token-weighted mean is the probe's KL.
+    assert all(row["tokens"] > 0 for row in rows if row["source"] != "retention:drift")
+    kl = [row for row in rows if row["source"] == "retention:drift"]
+    assert sum(r["kl_sum"] for r in kl) / sum(r["tokens"] for r in kl) == pytest.approx(drift["kl_divergence"])
 
 
 def test_batched_generation_answers_in_the_callers_order(tiny_llama, trained_adapter):

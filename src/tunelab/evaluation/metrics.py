@@ -117,18 +117,25 @@ def corpus_bleu_ci(predictions: Sequence[str], references: References, **kwargs)
     """Bootstrap interval of corpus BLEU: sentences are resampled and the corpus score recomputed from their summed
     n-gram statistics (Koehn 2004; what ``sacrebleu --confidence`` does). Corpus BLEU is not the mean of sentence
     BLEU, so an interval of that mean would not contain the score. Keywords as :func:`bootstrap_ci`."""
+    _check_lengths(predictions, references, "corpus_bleu_ci")
+    if not predictions:
+        return (float("nan"), float("nan"))
+    corpus_bleu_of = corpus_bleu_resampler(predictions, references)
+    return bootstrap_ci(len(predictions), corpus_bleu_of, **kwargs)
+
+
+def corpus_bleu_resampler(predictions: Sequence[str], references: References) -> Callable[[np.ndarray], float]:
+    """A function of example indices (drawn with replacement) giving the corpus BLEU of those sentences, computed
+    from their summed n-gram statistics: what a bootstrap of corpus BLEU resamples (Koehn 2004)."""
     from sacrebleu.metrics import BLEU
 
-    _check_lengths(predictions, references, "corpus_bleu_ci")
-    ref_lists = _as_reference_lists(references, "corpus_bleu_ci")
-    if not ref_lists:
-        return (float("nan"), float("nan"))
+    _check_lengths(predictions, references, "corpus_bleu_resampler")
+    ref_lists = _as_reference_lists(references, "corpus_bleu_resampler")
     metric = BLEU()
     # sacreBLEU's own bootstrap (sacrebleu.significance) works on these per-sentence statistics the same way.
     stats = np.asarray(metric._extract_corpus_statistics([str(p) for p in predictions],
                                                          _reference_streams(ref_lists)), dtype=float)
-    return bootstrap_ci(len(stats), lambda idx: float(metric._compute_score_from_stats(stats[idx].sum(0)).score),
-                        **kwargs)
+    return lambda idx: float(metric._compute_score_from_stats(stats[idx].sum(0)).score)
 
 
 # -------------------------------------------------------------------------------------------- classification

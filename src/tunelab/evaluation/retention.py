@@ -84,19 +84,24 @@ def drift_references(base: inference.LoadedModel, prompts: list[Example], *, bat
 
 
 def drift(base: inference.LoadedModel, lm: inference.LoadedModel, references: list[Example], *,
-          batch_size: int = 8) -> dict[str, Any]:
-    """Mean token-level KL(base || tuned) on the base's own continuations, and the change in cross-entropy."""
+          batch_size: int = 8, per_example: bool = False) -> dict[str, Any]:
+    """Mean token-level KL(base || tuned) on the base's own continuations, and the change in cross-entropy. With
+    ``per_example``, also each continuation's summed KL and token count (``per_example``: the comparison's paired
+    intervals resample them)."""
     import torch
 
     base_rows = inference.response_losses(base, references, batch_size=batch_size, return_logits=True)
     tuned_rows = inference.response_losses(lm, references, batch_size=batch_size, return_logits=True)
     kl_sum, tokens, ce_base, ce_tuned = 0.0, 0, 0.0, 0.0
-    for b, t in zip(base_rows, tuned_rows):
+    rows = []
+    for i, (b, t) in enumerate(zip(base_rows, tuned_rows)):
         if not b["tokens"]:
             continue
         logp_base = torch.log_softmax(b["logits"], -1)
         logp_tuned = torch.log_softmax(t["logits"], -1)
-        kl_sum += float((logp_base.exp() * (logp_base - logp_tuned)).sum())
+        kl = float((logp_base.exp() * (logp_base - logp_tuned)).sum())
+        rows.append({"index": i, "kl_sum": kl, "tokens": b["tokens"]})
+        kl_sum += kl
         tokens += b["tokens"]
         ce_base += b["nll_sum"]
         ce_tuned += t["nll_sum"]
@@ -105,4 +110,4 @@ def drift(base: inference.LoadedModel, lm: inference.LoadedModel, references: li
     return {"metric": "kl_divergence", "kl_divergence": max(kl_sum / tokens, 0.0),
             "base_cross_entropy": ce_base / tokens, "cross_entropy": ce_tuned / tokens,
             "delta_cross_entropy": (ce_tuned - ce_base) / tokens, "num_tokens": tokens,
-            "num_examples": len(references)}
+            "num_examples": len(references), **({"per_example": rows} if per_example else {})}

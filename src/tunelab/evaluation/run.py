@@ -124,7 +124,7 @@ def evaluate(opts: EvalOptions) -> EvalResult:
             examples = probe_examples[probe.name]
             started = time.perf_counter()
             if probe.task == "drift":
-                result, rows = _run_drift(base_lm, lm, examples, settings), []
+                result, rows = _run_drift(base_lm, lm, examples, settings)
             else:
                 cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
                 probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
@@ -171,14 +171,18 @@ def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[d
     return result, after["predictions"]
 
 
-def _run_drift(base_lm, lm, prompts, settings) -> dict[str, Any]:
+def _run_drift(base_lm, lm, prompts, settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The drift result, and a row per continuation (its KL summed over its tokens) for predictions.jsonl."""
     if lm.task_kind != "causal_lm":
-        return {"metric": "kl_divergence", "skipped": f"drift needs a causal LM; this is a {lm.task_kind} model"}
+        return {"metric": "kl_divergence", "skipped": f"drift needs a causal LM; this is a {lm.task_kind} model"}, []
     refs = retention.drift_references(base_lm, prompts, batch_size=settings.batch_size)
-    result = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size)
+    result = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size, per_example=True)
+    rows = [{"input": refs[r["index"]].messages[0]["content"], "reference": refs[r["index"]].messages[-1]["content"],
+             "prediction": "", "score": r["kl_sum"] / r["tokens"], "kl_sum": r["kl_sum"], "tokens": r["tokens"]}
+            for r in result.pop("per_example")]
     if lm.is_peft:
         with inference.adapter_disabled(lm) as base_within:
             disabled = retention.drift(base_lm, base_within, refs, batch_size=settings.batch_size)
         result["adapter_disabled_kl_divergence"] = disabled.get("kl_divergence")
         result["adapter_disabled_delta_cross_entropy"] = disabled.get("delta_cross_entropy")
-    return result
+    return result, rows

@@ -170,8 +170,10 @@ def _language_modeling(lm, examples, settings) -> TaskOutcome:
     ci = metrics.bootstrap_ci(len(losses), ppl, seed=settings.seed) if len(losses) > 1 else None
     scores = {"perplexity": ppl(all_idx), "cross_entropy": float(nll.sum() / tok.sum()), "tokens": int(tok.sum())}
     refs = [ex.reference if ex.text is None else ex.text for ex in examples]
-    return TaskOutcome("language_modeling", scores, "perplexity", per_token, ci,
-                       _rows(examples, [""] * len(examples), refs, per_token))
+    rows = _rows(examples, [""] * len(examples), refs, per_token)
+    for row, n in zip(rows, tok):  # perplexity is per token: a resample of examples weighs each by its tokens
+        row["tokens"] = int(n)
+    return TaskOutcome("language_modeling", scores, "perplexity", per_token, ci, rows)
 
 
 def _similarity(lm, examples, settings) -> TaskOutcome:
