@@ -289,8 +289,11 @@ def _final_step_logger():
     return LogFinalStep()
 
 
-def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset()) -> TrainResult:
-    """Run one training job and return where its outputs are. Raises TunelabError for user errors."""
+def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(), *,
+          extra_callbacks: tuple = ()) -> TrainResult:
+    """Run one training job and return where its outputs are. Raises TunelabError for user errors.
+    ``extra_callbacks``: Trainer callbacks of the caller's (a comparison's learning-rate search reports each
+    evaluation step's validation loss to Optuna from one, and stops a pruned trial)."""
     import torch
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
     from transformers.trainer_utils import get_last_checkpoint
@@ -362,7 +365,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset())
 
     train_ds = Dataset.from_list(data.train)
     eval_ds = Dataset.from_list(data.eval) if data.eval else None
-    callbacks = [_final_step_logger(), *method.callbacks(model), *([masking.callback()] if masking else [])]
+    callbacks = [_final_step_logger(), *method.callbacks(model), *([masking.callback()] if masking else []),
+                 *extra_callbacks]
     if opts.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
     trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
