@@ -133,6 +133,22 @@ class TrainOptions:
                                                  group="training")
     use_cpu: bool = option(False, "train on the CPU even when a GPU is present", group="training")
 
+    # --- what the run forgets while it trains (tunelab.tracking) ------------------------------------------------
+    track_retention: list[str] | None = option(
+        None, "signals measured against the base model at every --eval_steps (default: 10 times over the run) and "
+              "written to train_results.json as 'curves': general_text (change in cross-entropy on general text), "
+              "drift (KL from the base on its own continuations), task_kl (KL(base||tuned) on the task's own "
+              "examples); the validation loss joins them when there is a validation set", metavar="SIGNAL",
+        group="retention tracking")
+    max_forgetting: list[str] | None = option(
+        None, "a forgetting budget, e.g. drift=0.05: stop at the first tracked step beyond it and keep the last "
+              "checkpoint within it (the signal is tracked)", metavar="SIGNAL=VALUE", group="retention tracking")
+    track_samples: int = option(24, "examples per tracked signal (drift prompts; task examples, validation rows "
+                                    "else training rows; --track_text rows)", group="retention tracking")
+    track_text: str | None = option(None, "general text for the general_text signal: a .jsonl/.json/.csv/.parquet "
+                                          "file of 'text' rows or conversations (default: the base's own "
+                                          "continuations of the built-in drift prompts)", group="retention tracking")
+
     # --- several devices and machines (tunelab.distributed; docs: examples/distributed/README.md) ---------------
     num_processes: int = option(1, "train with this many processes, one per GPU (data parallel): tunelab starts "
                                    "`accelerate launch` itself; the global batch is per_device_train_batch_size x "
@@ -316,6 +332,23 @@ class CompareOptions:
                                group="execution")
     ray_num_gpus: int | None = option(None, "with --launcher ray: GPUs each run asks for (default: 1 when the "
                                             "cluster has GPUs and --device is not cpu, else 0)", group="execution")
+    # (the ranges below are the methods' own declarations, Method.learning_rate_range; a test keeps them equal)
+    search: str | None = option(None, "tune each method's learning rate before comparing (off by default; on in a "
+                                      "recipe with a search: section; none turns that off): an Optuna study per "
+                                      "method (seeded TPE, successive-halving pruning on the validation loss, at most "
+                                      "3 full training budgets per method) over a log-uniform range by method family: "
+                                      "full 1e-6 to 1e-4; LoRA family (lora, qlora, dora, adalora, loha, lokr, oft) "
+                                      "3e-5 to 3e-3; ia3, vera, prompt_tuning, prefix_tuning, llama_adapter 1e-3 to "
+                                      "1e-1 (a recipe entry may set learning_rate_range: [low, high]); trials run on "
+                                      "a validation split of the training rows, never on the test set",
+                                choices=("learning_rate", "none"), group="learning-rate search")
+    search_trials: int | None = option(None, "trials per method (default 6)", group="learning-rate search")
+    search_validation_fraction: float | None = option(
+        None, "share of the training rows held out as the search's validation split (default 0.1; seeded; whole "
+              "groups of the recipe's holdout column, e.g. spider's db_id)", group="learning-rate search")
+    search_objective: str | None = option(None, "what a trial is judged by: loss, the validation loss (default), "
+                                                "or metric, the task's headline metric on the validation split",
+                                          choices=("loss", "metric"), group="learning-rate search")
 
 
 @dataclass(kw_only=True)

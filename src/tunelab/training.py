@@ -81,6 +81,9 @@ def check_options(opts: TrainOptions) -> None:
                            "shared across the packed examples; drop --packing")
     if opts.early_stopping_patience is not None and not opts.eval_steps:
         raise TunelabError("--early_stopping_patience needs --eval_steps (and a validation set) to measure progress")
+    from tunelab import tracking
+
+    tracking.check_options(opts)  # --track_retention / --max_forgetting
     sources.check_local(opts.dataset_name_or_path)
     ica_training.check_options(opts)
     lifecycle.check(opts)  # --merge_adapter_with_base / --convert_to_gguf
@@ -195,11 +198,12 @@ def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, 
     return model, method
 
 
-def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str):
+def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str, tracking_every: int | None = None):
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     args_cls = Seq2SeqTrainingArguments if task_kind == "seq2seq_lm" else TrainingArguments
-    eval_every = opts.eval_steps if (has_eval and opts.eval_steps) else None
+    # (retention tracking's steps, when --eval_steps is not given, are validation steps too)
+    eval_every = (opts.eval_steps or tracking_every) if has_eval else None
     early = opts.early_stopping_patience is not None
     kwargs = dict(
         output_dir=opts.output_dir, num_train_epochs=opts.num_train_epochs, max_steps=opts.max_steps,
@@ -329,9 +333,13 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     tokenizer.padding_side = "right"
     data = prepare(opts, tokenizer, task_kind)
     total_steps = total_training_steps(opts, len(data.train), opts.num_processes)
+    from tunelab import tracking
+
+    tracker = tracking.tracker(opts, data=data, tokenizer=tokenizer, model_path=model_path, task_kind=task_kind,
+                               total_steps=total_steps)  # --track_retention / --max_forgetting, or None
     # [distributed] the TrainingArguments set the processes up (each its own GPU; DeepSpeed ZeRO-3's partitioned
     # loading) before the model is loaded
-    args = training_arguments(opts, bool(data.eval), task_kind)
+    args = training_arguments(opts, bool(data.eval), task_kind, tracker.every if tracker else None)
     main = distributed.is_world_main(args)
     model, method = build_model(opts, model_path, task_kind, tokenizer, data.label_names, total_steps)
     # ICA masking (--mask_mode): templates loaded or built from the training rows; hooks go on in the Trainer.
@@ -369,10 +377,14 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
                  *extra_callbacks]
     if opts.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
+    if tracker is not None:
+        callbacks.append(tracker.callback())
     trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
     collator = _collator(tokenizer, task_kind, model, opts.packing)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    if tracker is not None:
+        tracker.prepare(trainer, masking)  # the base's side of the retention signals, before any step
     reset_peak()
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
@@ -396,6 +408,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
         if masking is not None:
             results["ica_masking"] = masking.summary()
+        if tracker is not None:
+            results["curves"] = tracker.curves(trainer.state.log_history)
+            results["tracking"] = tracker.summary(trainer.state.log_history, train_seconds)
         atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
         # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
         lifecycle.run(opts, out, results, out / RESULTS_FILE)

@@ -1,0 +1,154 @@
+"""`tunelab train --track_retention` and `--max_forgetting` on a tiny model: curves that start at the base (0) and
+grow as the model overfits unrelated data, and a forgetting budget that keeps the last checkpoint within it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import TrainOptions
+from tunelab.training import train
+
+from conftest import CORPUS, write_jsonl
+
+ROWS = [
+    {"instruction": "Count the books.", "input": "", "output": "SELECT count(*) FROM books"},
+    {"instruction": "Name the capital of France.", "input": "", "output": "Paris is the capital"},
+    {"instruction": "Translate to French.", "input": "the cat", "output": "le chat sat on the mat"},
+    {"instruction": "Give the label.", "input": "a fine sentence", "output": "positive label sentence"},
+]
+
+def _data(tmp_path):
+    """Train and validation the same four rows: one repeated batch of four, every step."""
+    d = tmp_path / "data"
+    d.mkdir(exist_ok=True)
+    write_jsonl(d / "train.jsonl", ROWS)
+    write_jsonl(d / "validation.jsonl", ROWS)
+    return d
+
+
+def _options(tiny_llama, tmp_path, name, **extra):
+    values = dict(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(_data(tmp_path)),
+                  output_dir=str(tmp_path / name), method="full", max_steps=8, eval_steps=2, logging_steps=1,
+                  per_device_train_batch_size=4, max_seq_length=64, learning_rate=3e-3, warmup_ratio=0.0,
+                  lr_scheduler_type="constant", save_steps=100, seed=0, use_cpu=True, track_samples=8,
+                  per_device_eval_batch_size=8)
+    values.update(extra)
+    return TrainOptions(**values)
+
+
+@pytest.fixture(scope="module")
+def general(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("general") / "general.jsonl", [{"text": t} for t in sorted(set(CORPUS))])
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_llama, general, tmp_path_factory):
+    """A tiny base that knows some general text (a random model has nothing to forget)."""
+    out = tmp_path_factory.mktemp("pretrained") / "model"
+    train(TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(general), output_dir=str(out),
+                       method="full", max_steps=15, per_device_train_batch_size=10, learning_rate=3e-3,
+                       warmup_ratio=0.0, lr_scheduler_type="constant", save_steps=100, seed=0, use_cpu=True),
+          explicit={"learning_rate"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracked(pretrained, general, tmp_path_factory):
+    """Full fine-tuning of that base overfits one repeated batch of unrelated rows for 8 steps, the signals tracked
+    every 2 (general text: the text the base learned)."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    return train(_options(pretrained, tmp, "out", track_retention=["general_text", "task_kl"],
+                          track_text=str(general)), explicit={"learning_rate"})
+
+
+def test_curves_start_at_zero_and_grow(tracked):
+    curves = tracked.results["curves"]
+    assert [p["step"] for p in curves] == [0, 2, 4, 6, 8]
+    assert curves[0]["general_text"] == 0.0 and curves[0]["task_kl"] == 0.0  # the untouched model is the base
+    # overfitting unrelated rows makes the general text the base knew less likely
+    assert curves[-1]["general_text"] > curves[1]["general_text"] > 0
+    # more steps on the same batch move the task's next-token distributions further from the base
+    assert curves[-1]["task_kl"] > curves[1]["task_kl"] > 0
+    assert all("eval_loss" in p for p in curves[1:])  # the validation loss at the same steps
+    seconds = [p["seconds"] for p in curves]
+    assert seconds == sorted(seconds)
+
+
+def test_tracking_records_its_cost_and_logs_through_the_trainer(tracked):
+    t = tracked.results["tracking"]
+    assert t["every_steps"] == 2 and set(t["signals"]) == {"general_text", "task_kl"}
+    assert t["task_kl_examples"] == "validation" and t["general_text_source"] == "--track_text"
+    assert t["examples"] == {"general_text": 8, "task_kl": 4}
+    assert t["signal_seconds"] > 0 and t["reference_seconds"] > 0 and t["overhead_fraction"] > 0
+    assert t["overhead_seconds"] == pytest.approx(t["signal_seconds"] + t["validation_seconds"]
+                                                  + t["reference_seconds"])
+    state = json.loads((tracked.output_dir / "checkpoint-8" / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "eval_retention_task_kl" in h]
+    assert [h["step"] for h in logged] == [0, 2, 4, 6, 8]
+    assert logged[-1]["eval_retention_task_kl"] == tracked.results["curves"][-1]["task_kl"]
+
+
+def test_max_forgetting_keeps_the_last_checkpoint_within_budget(tracked, pretrained, general, tmp_path):
+    """A budget between two tracked values: training stops at the first step beyond it, and the model kept is the
+    previous tracked step's (its validation loss is that step's)."""
+    curve = tracked.results["curves"][1:]
+    values = [p["task_kl"] for p in curve]
+    j = max(i for i in range(1, len(values)) if values[i] > max(values[:i]))  # a step that sets a new maximum
+    budget = (max(values[:j]) + values[j]) / 2
+    result = train(_options(pretrained, tmp_path, "budget", max_forgetting=[f"task_kl={budget}"]),
+                   explicit={"learning_rate"}).results
+    chosen, stopped = curve[j - 1]["step"], curve[j]["step"]
+    assert result["tracking"]["max_forgetting"] == {"budgets": {"task_kl": budget}, "chosen_step": chosen,
+                                                    "stopped_at_step": stopped, "within_budget": True}
+    assert result["global_step"] == stopped
+    kept = next(p for p in result["curves"] if p["step"] == chosen)
+    assert kept["task_kl"] <= budget
+    assert result["final_eval_loss"] == pytest.approx(kept["eval_loss"], rel=1e-6)
+    beyond = next(p for p in result["curves"] if p["step"] == stopped)
+    assert result["final_eval_loss"] != pytest.approx(beyond["eval_loss"], rel=1e-6)
+
+
+def test_lora_starts_at_zero_and_drifts(tiny_llama, tmp_path):
+    """A fresh LoRA (B = 0) is the base, dropout or not (signals run in eval mode); training moves it away. The
+    built-in general text is the base's own continuations of the drift prompts."""
+    result = train(_options(tiny_llama, tmp_path, "lora", method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                            learning_rate=2e-2, max_steps=4, track_retention=["general_text", "drift"]),
+                   explicit={"learning_rate"}).results
+    curves = result["curves"]
+    assert curves[0]["general_text"] == 0.0 and curves[0]["drift"] == 0.0
+    assert curves[-1]["drift"] > 0 and curves[-1]["general_text"] != 0.0
+    assert result["tracking"]["general_text_source"] == "drift prompts' base continuations"
+
+
+BAD = {
+    "unknown_signal": (["--track_retention", "perplexity"], "--track_retention perplexity: unknown signal"),
+    "bad_budget": (["--max_forgetting", "drift"], "--max_forgetting drift: expected SIGNAL=VALUE"),
+    "budget_not_a_number": (["--max_forgetting", "drift=low"], "'low' is not a number"),
+    "budget_and_early_stopping": (["--max_forgetting", "drift=0.1", "--early_stopping_patience", "1",
+                                   "--eval_steps", "1"], "use one of them"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_tracking_flags_are_one_line(case, tiny_llama, tmp_path, capsys):
+    flags, needle = BAD[case]
+    out = tmp_path / "out"
+    code = main(["train", "--model_name_or_path", str(tiny_llama), "--dataset_name_or_path", str(_data(tmp_path)),
+                 "--output_dir", str(out), "--max_steps", "2", "--use_cpu", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err, err
+    assert not out.exists()
+
+
+def test_tracking_needs_a_causal_lm(tiny_bert, tmp_path, capsys):
+    d = tmp_path / "cls"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", [{"text": "a good one", "label": "positive"}, {"text": "bad", "label": "negative"}])
+    out = tmp_path / "out"
+    code = main(["train", "--model_name_or_path", str(tiny_bert), "--dataset_name_or_path", str(d), "--output_dir",
+                 str(out), "--max_steps", "2", "--use_cpu", "--track_retention", "drift"])
+    assert code == 2 and "need a causal language model" in capsys.readouterr().err
+    assert not out.exists()
