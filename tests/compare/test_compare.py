@@ -275,26 +275,33 @@ def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
 
 
 def test_tradeoff_labels_of_nearby_points_do_not_overprint():
-    from tunelab.comparison.report import _label_offsets
+    from tunelab.comparison.report import plot_tradeoff
 
-    # positions in points: two points side by side (a long label over the next one), one right below, one far off
-    anchors = [(100, 100), (130, 103), (110, 95), (400, 300)]
-    labels = ["lora r=16 (3 seeds)", "qlora (3 seeds)", "dora", "ia3"]
-    offsets = _label_offsets(anchors, labels)
-    boxes = []
-    for (x, y), text, (dx, dy) in zip(anchors, labels, offsets):
-        width = 5.4 * len(text)
-        left = x + dx if dx > 0 else x + dx - width
-        boxes.append((left, left + width, y + dy, y + dy + 11))
+    def rec(label, kept, score):
+        gk = {"metric": "contains_answer", "before": 0.5, "after": 0.5 * kept, "retention_ratio": kept}
+        return {"label": label, "method": label.split()[0], "seed": 0, "status": "ok", "headline_metric": "accuracy",
+                "headline_value": score, "retention": {"general_knowledge": gk}}
+
+    # three methods close together (long labels reach over their neighbours' points) and one far off
+    records = [rec("base", 1.0, 0.10), rec("lora r=16 (a long label)", 0.90, 0.500),
+               rec("qlora (another long label)", 0.905, 0.502), rec("dora", 0.898, 0.497), rec("ia3", 0.5, 0.9)]
+    fig = plot_tradeoff(records)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text() != "Pareto front"]
+    assert len(labels) == 5
+    boxes = [t.get_window_extent() for t in labels]
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
-            assert not (a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]), (a, b)
-    assert offsets[0] == (6, 4) and offsets[3] == (6, 4)  # the first label and a lone one stay in the usual place
-    assert all(abs(dy) <= 26 for _, dy in offsets)  # near their points
+            assert not a.overlaps(b), (a, b)
+    points = ax.transData.transform([(r["retention"]["general_knowledge"]["retention_ratio"], r["headline_value"])
+                                     for r in records])
+    for (x, y), box in zip(points, boxes):  # each label stays near its point (within a few lines of text)
+        assert min(abs(box.x0 - x), abs(box.x1 - x)) < 20 and abs(box.y0 - y) < 60 * fig.dpi / 72
 
 
 def test_a_probe_without_ratios_is_explained_and_not_plotted():
-    from tunelab.comparison.report import _notes, table, tradeoff_axes
+    from tunelab.comparison.report import missing_value_notes, table, tradeoff_axes
 
     why = "the base model scores bleu 0.34, below 1: it shows none of this skill"
 
@@ -306,7 +313,7 @@ def test_a_probe_without_ratios_is_explained_and_not_plotted():
                 "trainable_percent": 1.0, "retention": {"multi30k_en_fr": bleu, "general_knowledge": gk}}
 
     records = [rec("base", "base", 0.5, 0.34), rec("lora", "lora", 0.25, 0.9)]
-    assert f"multi30k_en_fr: {why}." in _notes(records)
+    assert f"multi30k_en_fr: {why}." in missing_value_notes(records)
     assert tradeoff_axes(records)[0] == "general_knowledge"  # multi30k comes first, but has no ratio to plot
     header, body = table(records)
     lora = dict(zip(header, body[1]))
@@ -330,12 +337,16 @@ def test_seed_statistics_are_a_t_interval_and_zero_wide_for_equal_values():
 
 
 def test_a_run_without_task_metrics_says_why_in_the_record_and_the_report(tmp_path):
-    from tunelab.comparison.report import _notes
-    from tunelab.comparison.runner import PlannedRun, _record
+    from tunelab.comparison.processes import PlannedRun, outcome
+    from tunelab.comparison.report import write_report
+    from tunelab.fileio import atomic_write_json
 
     why = "the model has no classification head for these labels (its labels are LABEL_0, LABEL_1)"
     ev = {"task": "classification", "metrics": {"accuracy": None, "macro_f1": None}, "headline_metric": "accuracy",
           "task_note": why}
-    rec = _record(PlannedRun("k", "base", "base", None, tmp_path, {}), "ok", 1.0, {"eval_results": ev}, None)
-    assert rec["task_note"] == why and rec["headline_value"] is None
-    assert f"base: {why}." in _notes([rec])
+    run = PlannedRun("k", "base", "base", None, tmp_path / "runs" / "base", {})
+    atomic_write_json(run.run_dir / "run_result.json", {"kind": "base", "eval_results": ev})
+    rec = outcome(run, 0, 1.0)  # what the runner records once the run's worker has ended
+    assert rec["status"] == "ok" and rec["task_note"] == why and rec["headline_value"] is None
+    _, md = write_report(tmp_path, records=[rec])
+    assert f"- base: {why}." in md.read_text(encoding="utf-8")

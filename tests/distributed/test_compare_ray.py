@@ -59,7 +59,7 @@ def test_ray_launcher_completes_two_methods(comparison, ray_address, tmp_path):
 
 def test_a_lost_ray_task_is_recorded_as_failed(ray_address, tmp_path):
     from tunelab.comparison.ray_launcher import RayLauncher
-    from tunelab.comparison.runner import PlannedRun
+    from tunelab.comparison.processes import PlannedRun
 
     launcher = RayLauncher(tmp_path, address=ray_address, device="cpu")  # joins the instance this process runs
     try:
@@ -80,7 +80,7 @@ def test_runs_travel_to_nodes_without_the_comparison_directory(tmp_path):
     """Where a node does not see the comparison directory, the run runs under a scratch directory and comes back:
     its paths moved there and back, nothing else touched."""
     from tunelab.comparison.ray_launcher import collect_inputs, pack, relocate, unpack
-    from tunelab.comparison.runner import PlannedRun
+    from tunelab.comparison.processes import PlannedRun
 
     out, scratch = tmp_path / "cmp", tmp_path / "node-scratch"
     (out / "runs" / "base" / "eval").mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Where a comparison's runs execute. Every launcher runs the same thing, the planned run's worker
-(``runner.start`` / ``runner.run_worker``), and turns its end into a record with ``runner.outcome``; they differ
-only in how many run at once and where:
+(``processes.start`` / ``processes.run_worker``), and turns its end into a record with ``processes.outcome``; they
+differ only in how many run at once and where:
 
 - ``LocalLauncher(1)``: one after another on this machine, the worker's output on the console (the default);
 - ``LocalLauncher(N)``: up to N at once on this machine, each pinned to a GPU of its own through
@@ -18,18 +18,10 @@ import os
 import time
 from typing import Any, Iterator
 
-from tunelab.comparison.runner import PlannedRun, execute, outcome, start
+from tunelab.comparison.processes import PlannedRun, doing, execute, outcome, start, title
 from tunelab.errors import TunelabError
 
 log = logging.getLogger(__name__)
-
-
-def title(run: PlannedRun) -> str:
-    return run.label + (f" seed {run.seed}" if run.seed is not None else "")
-
-
-def doing(run: PlannedRun) -> str:
-    return "evaluating the base model" if run.method == "base" else "training and evaluating"
 
 
 def usable_cores() -> int:

@@ -1,7 +1,7 @@
 """``tunelab compare --launcher ray``: each run of a comparison is a Ray task on an existing cluster (or on a local
 Ray instance), asking for its GPUs or CPUs; Ray places it. The task runs the same worker subprocess a local run
-does (``runner.run_worker``) on the node it lands on, and the driver turns its end into the same record
-(``runner.outcome``).
+does (``processes.run_worker``) on the node it lands on, and the driver turns its end into the same record
+(``processes.outcome``).
 
 The runs' outputs end up in the comparison directory either way:
 
@@ -30,8 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunelab.comparison.launchers import doing, title
-from tunelab.comparison.runner import PlannedRun, outcome, run_worker
+from tunelab.comparison.processes import PlannedRun, doing, failed, outcome, run_worker, title
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_text
 
@@ -234,7 +233,7 @@ class RayLauncher:
         except ray.exceptions.RayError as e:  # the task raised, or its worker process or node was lost
             cause = getattr(e, "cause", None) or e
             first = (str(cause).strip().splitlines() or [""])[0]
-            return outcome_failed(run, waited, f"Ray task lost or failed: {type(cause).__name__}: {first}"[:500])
+            return failed(run, waited, f"Ray task lost or failed: {type(cause).__name__}: {first}"[:500])
         if "archive" in result:
             unpack(result["archive"], run.run_dir, old=Path(result["scratch"]), new=self.out)
         record = outcome(run, result["code"], result["wall_seconds"], timeout=timeout)
@@ -246,9 +245,3 @@ class RayLauncher:
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
             self.owned = False
-
-
-def outcome_failed(run: PlannedRun, wall: float, error: str) -> dict[str, Any]:
-    from tunelab.comparison.runner import _record
-
-    return _record(run, "failed", wall, None, error)

@@ -3,40 +3,23 @@ subprocess of its own. Each finished run is recorded in results.jsonl at once; a
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.comparison.data import prepare_data
+from tunelab.comparison.processes import PlannedRun
 from tunelab.comparison.recipe import MethodEntry, Recipe
 from tunelab.comparison.results import ResultsFile
-from tunelab.comparison.worker import ERROR_FILE, RESULT_FILE
 from tunelab.errors import TunelabError
 from tunelab.evaluation.probes import default_data_dir
-from tunelab.fileio import atomic_write_json, atomic_write_text
+from tunelab.fileio import atomic_write_text
 from tunelab.methods import get_method
 from tunelab.options import to_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PlannedRun:
-    key: str
-    label: str
-    method: str
-    seed: int | None
-    run_dir: Path
-    spec: dict[str, Any]
 
 
 def _slug(text: str) -> str:
@@ -71,152 +54,6 @@ def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
                                    {"kind": "run", "run_dir": str(run_dir), "train_options": to_dict(topts),
                                     "eval_options": to_dict(eopts), "explicit": explicit}))
     return runs
-
-
-def _record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | None,
-            error: str | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"key": run.key, "label": run.label, "method": run.method, "seed": run.seed,
-                           "status": status, "error": error, "wall_seconds": wall, "run_dir": str(run.run_dir)}
-    if not result:
-        return rec
-    tr = result.get("train_results") or {}
-    ev = result.get("eval_results") or {}
-    for key in ("trainable_params", "total_params", "trainable_percent", "train_seconds", "train_tokens",
-                "train_tokens_per_second", "peak_memory_bytes", "peak_memory_kind", "checkpoint_bytes",
-                "final_train_loss", "final_eval_loss", "loss_curve", "global_step", "effective_batch_size",
-                "device", "device_name"):
-        if key in tr:
-            rec[key] = tr[key]
-    if run.method == "base":
-        rec.update(trainable_params=0, trainable_percent=0.0, train_seconds=0.0, checkpoint_bytes=0)
-    rec["peft"] = tr.get("peft", False)
-    rec["task"] = ev.get("task")
-    rec["task_metrics"] = ev.get("metrics")
-    rec["headline_metric"] = ev.get("headline_metric")
-    if ev.get("task_note"):  # why the task metrics are missing (an untrained head)
-        rec["task_note"] = ev["task_note"]
-    if ev.get("headline_metric"):
-        rec["headline_value"] = ev["metrics"][ev["headline_metric"]]
-        rec["headline_ci"] = (ev.get("confidence_intervals") or {}).get(ev["headline_metric"])
-    rec["retention"] = ev.get("retention") or {}
-    rec["generation"] = ev.get("generation")
-    rec["inference"] = result.get("inference")
-    rec["eval_dir"] = result.get("eval_dir")
-    return rec
-
-
-class _Child:
-    """A worker subprocess whose output goes to the run's log file, and to the console when ``echo`` (one run at a
-    time; several runs' progress bars at once would be unreadable)."""
-
-    def __init__(self, spec_path: Path, log_path: Path, env: dict[str, str], *, echo: bool = True,
-                 cwd: str | None = None):
-        self.echo = echo
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.comparison.worker", str(spec_path)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                     start_new_session=True)
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-
-    def pump(self) -> int | None:
-        """Copy what the worker wrote since the last call; its exit status once it has ended, else None."""
-        assert self.proc.stdout is not None
-        chunk = self.proc.stdout.read(65536)
-        if chunk:
-            self._echo(chunk)
-            return None
-        if self.proc.poll() is None:
-            return None
-        rest = self.proc.stdout.read()
-        if rest:
-            self._echo(rest)
-        self.log.close()
-        return self.proc.returncode
-
-    def wait(self, timeout: float | None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.pump()) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError
-            time.sleep(0.05)
-        return code
-
-    def _echo(self, chunk: bytes) -> None:
-        self.log.write(chunk)
-        if self.echo:
-            # Text, not sys.stderr.buffer: in a notebook stderr is a kernel stream without a byte buffer.
-            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
-            sys.stderr.flush()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        if not self.log.closed:
-            self.log.close()
-
-
-def start(run: PlannedRun, *, env: dict[str, str] | None = None, echo: bool = True,
-          cwd: str | None = None) -> _Child:
-    """Start one planned run's worker: its directory cleaned, its spec written. ``env`` adds to the environment
-    (the device a launcher pinned the run to: CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS); ``cwd``: where a recipe's
-    relative paths are read from (this process's working directory by default)."""
-    if run.run_dir.exists():  # a half-written run from an interrupted comparison: start it clean
-        shutil.rmtree(run.run_dir)
-    run.run_dir.mkdir(parents=True)
-    spec_path = atomic_write_json(run.run_dir / "spec.json", run.spec)
-    # The run's own config dump and info lines go to its log file; the console keeps warnings and progress bars.
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="5",
-                     TUNELAB_LOG_LEVEL=os.environ.get("TUNELAB_RUN_LOG_LEVEL", "WARNING"), **(env or {}))
-    return _Child(spec_path, run.run_dir / "log.txt", child_env, echo=echo, cwd=cwd)
-
-
-def run_worker(run: PlannedRun, *, timeout: float | None = None, env: dict[str, str] | None = None,
-               echo: bool = True, cwd: str | None = None) -> int | None:
-    """Run one planned run's worker to its end: its exit status, or None when it ran past ``timeout`` and was
-    stopped. (The Ray launcher calls this on the node a run was sent to.)"""
-    child = start(run, env=env, echo=echo, cwd=cwd)
-    try:
-        return child.wait(timeout)
-    except TimeoutError:
-        return None
-    except BaseException:
-        child.kill()
-        raise
-
-
-def outcome(run: PlannedRun, code: int | None, wall: float, *, timeout: float | None = None) -> dict[str, Any]:
-    """The results record of a run whose worker has ended with ``code`` (None: stopped at ``timeout``), read from
-    what the worker left in the run directory."""
-    if code is None:
-        return _record(run, "failed", wall, None, f"timed out after {timeout:.0f}s")
-    result_path, error_path = run.run_dir / RESULT_FILE, run.run_dir / ERROR_FILE
-    if code == 0 and result_path.is_file():
-        return _record(run, "ok", wall, json.loads(result_path.read_text(encoding="utf-8")), None)
-    if error_path.is_file():
-        error = json.loads(error_path.read_text(encoding="utf-8"))["error"]
-    elif code < 0:
-        name = signal.Signals(-code).name
-        error = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    else:
-        log_path = run.run_dir / "log.txt"
-        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines() \
-            if log_path.is_file() else []
-        error = tail[-1] if tail else f"exit code {code}"
-    return _record(run, "failed", wall, None, error)
-
-
-def execute(run: PlannedRun, *, timeout: float | None = None, env: dict[str, str] | None = None,
-            echo: bool = True) -> dict[str, Any]:
-    """Run one planned run in a subprocess and turn its outcome (or failure) into a results record."""
-    started = time.perf_counter()
-    code = run_worker(run, timeout=timeout, env=env, echo=echo)
-    return outcome(run, code, time.perf_counter() - started, timeout=timeout)
 
 
 @dataclass
@@ -285,6 +122,3 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
         html, md = write_report(out, records=records, recipe=recipe)
     return ComparisonOutcome(out, records, ran, skipped, html, md)
 
-
-def planned_summary(runs: list[PlannedRun]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in asdict(r).items() if k != "spec"} for r in runs]
