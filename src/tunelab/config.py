@@ -509,3 +509,28 @@ class EstimateOptions(TrainOptions):
     validate_batch_size: int = option(2, "batch size of the validation runs", group="validation")
     tolerance: float = option(0.10, "largest |predicted - measured| / measured a validation case may have",
                               group="validation")
+
+@dataclass(kw_only=True)
+class DiagnoseOptions:
+    """`tunelab diagnose RUN_DIR`: what fine-tuning did to the weights (ΔW = W_tuned − W_base per adapted matrix)."""
+
+    run_dir: str = option(help="the output_dir of a `tunelab train` run (full fine-tuning, or a PEFT method that "
+                               "changes weights)", positional=True, group="run")
+    base_model_name_or_path: str | None = option(None, "the base the run was trained from (default: read from the "
+                                                       "run's tunelab_config.yaml)", group="run")
+    energy: float = option(0.9, "effective rank: the fewest singular values of ΔW holding this share of its energy",
+                           group="diagnostics")
+    top_k: int = option(10, "intruder dimensions: top left singular vectors of W_tuned examined", group="diagnostics")
+    epsilon: float = option(0.5, "intruder dimensions: a vector whose largest |cosine| with every singular vector "
+                                 "of W_base is below this", group="diagnostics")
+    mitigate: bool = option(False, "apply peft's reduce_intruder_dimension to the run's LoRA adapter and save the "
+                                   "result (RUN_DIR/intruder_reduced, or --output_dir) for `tunelab eval --adapter`",
+                            group="mitigation")
+    mitigation_lambda: float = option(0.75, "share of the intruder dimensions kept (peft's mitigation_lambda: "
+                                            "lower removes more)", group="mitigation")
+    output_dir: str | None = option(None, "where --mitigate saves the adapter (default: RUN_DIR/intruder_reduced)",
+                                    group="mitigation")
+    overwrite: bool = option(False, "replace an existing mitigated adapter", group="mitigation")
+    use_cpu: bool = option(False, "compute on the CPU even when a GPU is present", group="mitigation")
+    config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
+                                group="options file")

@@ -253,7 +253,7 @@ def describe_builtins() -> list[dict[str, str]]:
 
 
 def quantization_config(*, use_4bit: bool, use_8bit: bool, quant_type: str = "nf4", compute_dtype=None,
-                        double_quant: bool = True, task_kind: str = "causal_lm", quant_storage=None):
+                        double_quant: bool = True, quant_storage=None):
     """A bitsandbytes config, or None. Output heads stay in full precision: they are small and quantizing them
     hurts quality (and a classification head must train). ``quant_storage``: the dtype the packed 4-bit weights
     are stored in (FSDP and ZeRO-3 shard them only when it is the dtype of the other weights)."""

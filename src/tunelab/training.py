@@ -178,7 +178,7 @@ def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, 
     quant = quantization_config(use_4bit=opts.use_4bit, use_8bit=opts.use_8bit,
                                 quant_type=opts.bnb_4bit_quant_type,
                                 compute_dtype=_compute_dtype(opts.bnb_4bit_compute_dtype, opts.use_cpu),
-                                double_quant=opts.bnb_4bit_use_double_quant, task_kind=task_kind,
+                                double_quant=opts.bnb_4bit_use_double_quant,
                                 # [distributed] QLoRA under FSDP / ZeRO-3: 4-bit weights stored as the others are
                                 quant_storage=weights_dtype(opts) if distributed.shards_weights(opts) else None)
     extra: dict[str, Any] = {}
@@ -260,10 +260,6 @@ class PaddingCounter:
         self.positions += int(batch["input_ids"].numel())
         self.real_tokens += sum(len(f["input_ids"]) for f in features)
         return batch
-
-    @property
-    def padding_fraction(self) -> float | None:
-        return 1.0 - self.real_tokens / self.positions if self.positions else None
 
 
 def _collator(tokenizer, task_kind: str, model, packing: bool = False):

@@ -227,8 +227,7 @@ def _quantization(opts, spec: ModelSpec, settings: RunSettings):
     from tunelab.models import quantization_config
 
     return quantization_config(use_4bit=opts.use_4bit, use_8bit=opts.use_8bit, quant_type=opts.bnb_4bit_quant_type,
-                               compute_dtype=settings.compute_dtype, double_quant=opts.bnb_4bit_use_double_quant,
-                               task_kind=spec.task_kind)
+                               compute_dtype=settings.compute_dtype, double_quant=opts.bnb_4bit_use_double_quant)
 
 
 def _label_kwargs(spec: ModelSpec, num_labels: int) -> dict[str, Any]:
