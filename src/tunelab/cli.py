@@ -291,6 +291,49 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_diagnose(argv: list[str]) -> int:
+    from tunelab.config import DiagnoseOptions
+    from tunelab.evaluation import diagnostics
+
+    opts, _ = parse_options(DiagnoseOptions, argv, "tunelab diagnose",
+                            "Why a run forgot: from ΔW = W_tuned - W_base of every adapted matrix, its Frobenius norm "
+                            "and share by layer type and depth, its effective rank, and intruder dimensions "
+                            "(Shuttleworth et al. 2024). Writes RUN_DIR/diagnostics.json. --mitigate applies peft's "
+                            "reduce_intruder_dimension to a LoRA adapter.")
+    settings = diagnostics.Settings(energy=opts.energy, top_k=opts.top_k, epsilon=opts.epsilon)
+    kwargs = dict(base_model=opts.base_model_name_or_path, settings=settings, use_cpu=opts.use_cpu)
+    runs = [Path(opts.run_dir)]
+    if opts.mitigate:
+        if not Path(opts.run_dir).is_dir():
+            raise TunelabError(f"{opts.run_dir}: no such directory; pass the output_dir of a `tunelab train` run")
+        runs.append(diagnostics.mitigate(opts.run_dir, output_dir=opts.output_dir,
+                                         mitigation_lambda=opts.mitigation_lambda, overwrite=opts.overwrite,
+                                         **kwargs))
+    for run in runs:
+        _print_diagnostics(diagnostics.diagnose(run, **kwargs))
+    if opts.mitigate:
+        print(f"mitigated adapter (mitigation_lambda {opts.mitigation_lambda}): {runs[1]}; evaluate it with "
+              f"`tunelab eval --adapter {runs[1]}`")
+    return 0
+
+
+def _print_diagnostics(r: dict) -> None:
+    rank, intr = r["effective_rank"], r["intruders"]
+    print(f"{r['run_dir']} ({r['method']} on {r['base_model']}): {r['matrices']} matrices, "
+          f"||dW||_F {r['frobenius_norm']:.4g}")
+    print("  share of ||dW||_F^2 by layer type: "
+          + ", ".join(f"{t} {v['energy_share']:.1%}" for t, v in r["by_layer_type"].items()))
+    print("  share by depth: " + ", ".join(f"{d} {v['energy_share']:.0%}" for d, v in r["by_depth"].items()))
+    print(f"  effective rank ({rank['energy']:.0%} of the energy): median {rank['median']:g}, mean "
+          f"{rank['mean']:.1f}, max {rank['max']} ("
+          + ", ".join(f"{t} {v:g}" for t, v in rank["by_layer_type"].items()) + " median)")
+    q = intr["largest_cosine_quantiles"]
+    print(f"  intruder dimensions (top {intr['top_k']}, |cos| < {intr['epsilon']}): {intr['total']} in "
+          f"{intr['matrices_with_any']} of {r['matrices']} matrices; largest |cos| with the base, quantiles "
+          + ", ".join(f"{float(k):.0%} {v:.3f}" for k, v in q.items()))
+    print(f"  results: {Path(r['run_dir']) / 'diagnostics.json'}")
+
+
 def cmd_push(argv: list[str]) -> int:
     from tunelab.config import PushOptions
     from tunelab.hub import plan_upload, push
@@ -331,6 +374,8 @@ COMMANDS: dict[str, tuple[str, Command]] = {
     "merge": ("fold an adapter into its base and save a standalone model", cmd_merge),
     "export": ("`export gguf`: write a Llama-family model (adapter merged) as a GGUF file", cmd_export),
     "push": ("upload an adapter or a model to the Hugging Face Hub with a model card", cmd_push),
+    "diagnose": ("why a run forgot: norms, effective rank and intruder dimensions of its weight updates",
+                 cmd_diagnose),
 }
 
 
