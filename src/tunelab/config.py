@@ -17,11 +17,6 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
 
 
-def _method_names() -> tuple[str, ...]:
-    from tunelab.methods import method_names
-    return method_names()
-
-
 @dataclass(kw_only=True)
 class TrainOptions:
     """Every option of a training run. Names follow transformers' TrainingArguments and peft's configs."""
