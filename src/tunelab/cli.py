@@ -72,6 +72,13 @@ def cmd_eval(argv: list[str]) -> int:
         if "kl_divergence" in p and p.get("kl_divergence") is not None:
             print(f"retention {name}: KL from base {p['kl_divergence']:.4f} nats/token, change in cross-entropy "
                   f"{p['delta_cross_entropy']:+.4f}")
+        elif p.get("task") == "benchmark" and "before" in p:
+            ratio = p.get("retention_ratio")
+            print(f"retention {name}: {p['metric']} {_fmt(p['before'])} ± {_fmt(p.get('stderr_before'))} -> "
+                  f"{_fmt(p['after'])} ± {_fmt(p.get('stderr_after'))} (standard errors; chance "
+                  f"{_fmt(p.get('chance_level'))}; {p['num_examples']} examples; retention "
+                  f"{'n/a' if ratio is None else f'{ratio:.3f}'})"
+                  + (f": {p['retention_note']}" if p.get("retention_note") else ""))
         elif "before" in p:
             ratio = p.get("retention_ratio")
             print(f"retention {name}: {p['metric']} {_fmt(p['before'])} -> {_fmt(p['after'])}"

@@ -261,11 +261,18 @@ class EvalOptions:
                                             "generated from each row's CREATE TABLE context, or the dataset "
                                             "directory's .sqlite file)", group="task")
     retention: list[str] | None = option(None, "retention probes run before and after tuning: built-in names "
-                                               "(general_knowledge, drift, multi30k_en_fr, stsb, text2sql) or "
-                                               "TASK:PATH for your own data", group="retention")
+                                               "(general_knowledge, drift, multi30k_en_fr, stsb, text2sql), "
+                                               "standard benchmarks scored by lm-eval (arc_easy, arc_challenge, "
+                                               "openbookqa, winogrande, boolq, mmlu from local copies; lm_eval:TASK "
+                                               "for any lm-eval task, from the Hub) or TASK:PATH for your own data",
+                                         group="retention")
     data_dir: str | None = option(None, "folder of the shared real datasets used by built-in probes "
                                         "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="retention")
-    probe_samples: int = option(50, "examples per retention probe", group="retention")
+    benchmark_data_dir: str | None = option(None, "folder of the benchmarks' local copies (arc_easy.dev.jsonl, ..., "
+                                                  "mmlu_dev/) (default: $TUNELAB_BENCHMARK_DIR, else the data "
+                                                  "folder's benchmarks/)", group="retention")
+    probe_samples: int = option(50, "examples per retention probe (for a benchmark, lm-eval's limit: a random "
+                                    "subset drawn with --seed, the same before and after)", group="retention")
     baseline: str | None = option(None, "a base model's eval_results.json whose probe scores serve as 'before' "
                                         "(saves re-running the base)", group="retention")
     output_dir: str = option(help="where eval_results.json and predictions.jsonl go", group="output")

@@ -31,6 +31,7 @@ class ProbeContext:
     data_dir: Path | None
     samples: int
     seed: int
+    benchmark_dir: Path | None = None   # local copies of the standard benchmarks (evaluation.benchmarks)
 
 
 def default_data_dir(explicit: str | None) -> Path | None:
@@ -130,15 +131,20 @@ PROBES: dict[str, Probe] = {p.name: p for p in (
 
 
 def parse_probe(spec: str) -> tuple[Probe, str | None]:
-    """A built-in name, or TASK:PATH for the user's own data. Returns (probe, sql database or None)."""
+    """A built-in name, a benchmark (built-in, or lm_eval:TASK), or TASK:PATH for the user's own data. Returns
+    (probe, sql database or None); a benchmark probe is an evaluation.benchmarks.BenchmarkProbe (task "benchmark")."""
+    from tunelab.evaluation import benchmarks
     from tunelab.evaluation.tasks import TASKS
 
     if spec in PROBES:
         probe = PROBES[spec]
         return probe, (_builtin_sql_database() if spec == "text2sql" else None)
+    if benchmarks.is_benchmark(spec):
+        return benchmarks.benchmark_probe(spec), None
     task, sep, path = spec.partition(":")
     if not sep or task not in TASKS:
-        raise TunelabError(f"--retention {spec}: not a built-in probe ({', '.join(PROBES)}) nor TASK:PATH with a "
+        raise TunelabError(f"--retention {spec}: not a built-in probe ({', '.join(PROBES)}), a benchmark "
+                           f"({', '.join(benchmarks.BUILTIN_BENCHMARKS)}, or lm_eval:TASK) nor TASK:PATH with a "
                            f"task among {', '.join(TASKS)}")
 
     def load(ctx: ProbeContext) -> list[Example]:
@@ -200,4 +206,7 @@ def _similarity_examples(rows) -> list[Example]:
 
 
 def describe_probes() -> list[dict[str, str]]:
-    return [{"name": p.name, "task": p.task} for p in PROBES.values()]
+    from tunelab.evaluation.benchmarks import BUILTIN_BENCHMARKS
+
+    return [{"name": p.name, "task": p.task} for p in PROBES.values()] + [
+        {"name": name, "task": "benchmark"} for name in BUILTIN_BENCHMARKS]

@@ -34,16 +34,20 @@ DRIFT_NEW_TOKENS = 48
 NO_SKILL_BELOW = {"bleu": 1.0}
 
 
-def compare_scores(before: float | None, after: float | None, metric: str) -> dict[str, Any]:
+def compare_scores(before: float | None, after: float | None, metric: str, *, no_skill_below: float | None = None,
+                   no_skill_why: str | None = None, higher_is_better: bool | None = None) -> dict[str, Any]:
     """Retention ratio (1.0 = nothing lost) and forgetting (> 0 = worse), whichever way the metric points; no ratio,
-    and a note saying why, where the base shows none of the skill (:data:`NO_SKILL_BELOW`)."""
+    and a note saying why, where the base shows none of the skill (:data:`NO_SKILL_BELOW`, or the probe's own floor
+    ``no_skill_below``, e.g. a benchmark's chance level plus its margin, with ``no_skill_why`` saying what it is).
+    ``higher_is_better`` is for metrics tunelab does not know (lm-eval's say which way they point)."""
     if before is None or after is None or any(isinstance(x, float) and math.isnan(x) for x in (before, after)):
         return {"retention_ratio": None, "forgetting": None}
-    higher_better = HIGHER_IS_BETTER.get(metric, True)
-    floor = NO_SKILL_BELOW.get(metric)
+    higher_better = HIGHER_IS_BETTER.get(metric, True) if higher_is_better is None else higher_is_better
+    floor = NO_SKILL_BELOW.get(metric) if no_skill_below is None else no_skill_below
     if higher_better and floor is not None and before < floor:
+        why = no_skill_why or f"below {floor:g}"
         return {"retention_ratio": None, "forgetting": before - after,
-                "retention_note": f"the base model scores {metric} {before:.2f}, below {floor:g}: it shows none of "
+                "retention_note": f"the base model scores {metric} {before:.2f}, {why}: it shows none of "
                                   "this skill, so there is nothing to retain and no ratio is given"}
     if higher_better:
         ratio = after / before if before else None

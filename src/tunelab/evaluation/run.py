@@ -16,6 +16,7 @@ from tunelab import __version__, inference
 from tunelab.config import EvalOptions
 from tunelab.errors import TunelabError
 from tunelab.evaluation import retention
+from tunelab.evaluation.benchmarks import default_benchmark_dir, no_skill_floor
 from tunelab.evaluation.probes import (ProbeContext, _dir_database, default_data_dir, load_task_examples,
                                        parse_probe, sample_examples)
 from tunelab.evaluation.tasks import TaskSettings, run_task
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "eval_results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 OPTIONS_FILE = "eval_options.yaml"
-_NON_IDENTITY = {"output_dir", "overwrite_output_dir", "config", "baseline", "use_cpu"}
+# where the benchmarks' files live does not change what is measured (like the output folder)
+_NON_IDENTITY = {"output_dir", "overwrite_output_dir", "config", "baseline", "use_cpu", "benchmark_data_dir"}
 
 
 @dataclass
@@ -80,8 +82,11 @@ def evaluate(opts: EvalOptions) -> EvalResult:
         raise TunelabError(f"--output_dir {out}: holds a different evaluation; choose a new directory or pass "
                            "--overwrite_output_dir")
     probes = [parse_probe(spec) for spec in opts.retention or []]
-    ctx = ProbeContext(default_data_dir(opts.data_dir), opts.probe_samples, opts.seed)
-    probe_examples = {probe.name: probe.load(ctx) for probe, _ in probes}  # bad probe data fails before loading
+    data_dir = default_data_dir(opts.data_dir)
+    ctx = ProbeContext(data_dir, opts.probe_samples, opts.seed,
+                       benchmark_dir=default_benchmark_dir(opts.benchmark_data_dir, data_dir))
+    # bad probe data fails before loading; a benchmark probe's "examples" are the probe bound to its checked data
+    probe_examples = {probe.name: probe.load(ctx) for probe, _ in probes}
 
     task_examples = None
     if opts.task:
@@ -125,6 +130,8 @@ def evaluate(opts: EvalOptions) -> EvalResult:
             started = time.perf_counter()
             if probe.task == "drift":
                 result, rows = _run_drift(base_lm, lm, examples, settings)
+            elif probe.task == "benchmark":
+                result, rows = _run_benchmark_probe(examples, base_lm, lm, settings, baseline)
             else:
                 cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
                 probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
@@ -169,6 +176,41 @@ def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[d
         if lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"):
             result["note"] = "the base is quantized for this method: 'adapter_disabled' scores the quantized base"
     return result, after["predictions"]
+
+
+def _run_benchmark_probe(probe, base_lm, lm, settings, baseline) -> tuple[dict[str, Any], list[dict]]:
+    """An lm-eval benchmark on the tuned model ("after"), the base ("before", or the baseline's score) and, for PEFT,
+    the tuned model with its adapter switched off; the same seeded documents each time."""
+    if lm.task_kind not in ("causal_lm", "seq2seq_lm"):
+        return {"task": "benchmark", "metric": None,
+                "skipped": f"benchmarks score a language model's answers; this is a {lm.task_kind} model"}, []
+    after = probe(lm.model, lm.tokenizer, batch_size=settings.batch_size)
+    prior = ((baseline or {}).get("retention") or {}).get(probe.name) or {}
+    if prior.get("after") is not None and prior.get("metric") == after.metric:
+        before = {"value": prior["after"], "stderr": prior.get("stderr_after"), "scores": prior.get("scores_after"),
+                  "chance_level": prior.get("chance_level"), "num_examples": prior.get("num_examples")}
+    else:
+        scored = after if base_lm is lm else probe(base_lm.model, base_lm.tokenizer, batch_size=settings.batch_size)
+        before = {"value": scored.value, "stderr": scored.stderr, "scores": scored.scores,
+                  "chance_level": scored.chance_level, "num_examples": scored.num_examples}
+    floor, why = no_skill_floor(before)
+    result = {"task": "benchmark", "lm_eval_task": after.task, "metric": after.metric,
+              "before": before["value"], "after": after.value,
+              **retention.compare_scores(before["value"], after.value, after.metric, no_skill_below=floor,
+                                         no_skill_why=why, higher_is_better=after.higher_is_better),
+              "stderr_before": before["stderr"], "stderr_after": after.stderr,
+              "scores_before": before["scores"], "scores_after": after.scores,
+              "confidence_interval_after": after.confidence_interval, "chance_level": after.chance_level,
+              "num_examples": after.num_examples, "seed": probe.seed}
+    if lm.is_peft:
+        with inference.adapter_disabled(lm) as base_within:
+            disabled = probe(base_within.model, base_within.tokenizer, batch_size=settings.batch_size)
+        result["adapter_disabled"] = disabled.value
+        result["adapter_disabled_scores"] = disabled.scores
+        result["adapter_disabled_equals_base"] = disabled.value == before["value"]
+        if lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"):
+            result["note"] = "the base is quantized for this method: 'adapter_disabled' scores the quantized base"
+    return result, after.rows
 
 
 def _run_drift(base_lm, lm, prompts, settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
