@@ -106,22 +106,9 @@ class Comparison:
         """A pandas DataFrame with one row per run (the base model included)."""
         import pandas as pd
 
-        rows = []
-        for r in self.records:
-            row = {k: r.get(k) for k in ("label", "method", "seed", "status", "trainable_params",
-                                         "trainable_percent", "train_seconds", "peak_memory_bytes",
-                                         "checkpoint_bytes", "final_train_loss", "headline_metric",
-                                         "headline_value", "error")}
-            for name, value in (r.get("task_metrics") or {}).items():
-                row[name] = value
-            for probe, p in (r.get("retention") or {}).items():
-                if p.get("metric") == "kl_divergence":
-                    row[f"{probe}_kl"] = p.get("kl_divergence")
-                else:
-                    row[f"{probe}_after"] = p.get("after")
-                    row[f"{probe}_retention"] = p.get("retention_ratio")
-            rows.append(row)
-        return pd.DataFrame(rows)
+        from tunelab.comparison.report import run_values
+
+        return pd.DataFrame([run_values(r) for r in self.records])
 
     def plot(self, kind: str = "tradeoff"):
         """A matplotlib Figure: ``tradeoff``, ``costs`` or ``loss_curves`` (the report's plots)."""

@@ -52,6 +52,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_eval(argv: list[str]) -> int:
     from tunelab.config import EvalOptions
+    from tunelab.evaluation.retention import is_drift
     from tunelab.evaluation.run import evaluate
 
     opts, _ = parse_options(EvalOptions, argv, "tunelab eval",
@@ -69,7 +70,7 @@ def cmd_eval(argv: list[str]) -> int:
         ci = f" (95% CI {lo_hi[0]:.4f}-{lo_hi[1]:.4f})" if lo_hi else ""
         print(f"{r['task']}: {head} {r['metrics'][head]:.4f}{ci} on {r['num_examples']} examples")
     for name, p in (r.get("retention") or {}).items():
-        if "kl_divergence" in p and p.get("kl_divergence") is not None:
+        if is_drift(p) and p.get("kl_divergence") is not None:
             print(f"retention {name}: KL from base {p['kl_divergence']:.4f} nats/token, change in cross-entropy "
                   f"{p['delta_cross_entropy']:+.4f}")
         elif p.get("task") == "benchmark" and "before" in p:

@@ -19,6 +19,7 @@ import yaml
 
 from tunelab import __version__
 from tunelab.errors import TunelabError
+from tunelab.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,6 @@ def _num(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-def _bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
 def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path | None = None) -> str:
     """README.md for the Hub: YAML front matter (library_name, base_model, tags, pipeline_tag) and tables from the
     folder's result files."""
@@ -214,8 +205,8 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
                  ("learning rate", f"{run['learning_rate']:g}" if run.get("learning_rate") else "n/a"),
                  ("max sequence length", _num(run.get("max_seq_length"))),
                  ("training time", f"{_num(train.get('train_seconds'), 1)} s on {train.get('device') or 'n/a'}"),
-                 ("peak memory", _bytes(train.get("peak_memory_bytes"))),
-                 ("checkpoint size", _bytes(train.get("checkpoint_bytes"))),
+                 ("peak memory", format_bytes(train.get("peak_memory_bytes"), "n/a")),
+                 ("checkpoint size", format_bytes(train.get("checkpoint_bytes"), "n/a")),
                  ("final train loss", _num(train.get("final_train_loss"))),
                  ("final eval loss", _num(train.get("final_eval_loss")))]
         if kind == "adapter" and method in ("lora", "qlora", "dora", "adalora", "loha", "lokr", "vera", "oft"):
@@ -234,12 +225,14 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
         lines.append("")
     retention = evals.get("retention") or {}
     if retention:
+        from tunelab.evaluation.retention import is_drift
+
         lines += ["## Retention", "", "What the base model knew before tuning and what the tuned model keeps.", "",
                   "| probe | metric | before | after | retention |", "|---|---|---|---|---|"]
         for probe, p in retention.items():
             task, _, source = probe.partition(":")
             name = f"{task}:{_shown(source)}" if source else probe  # TASK:PATH probes: the file name only
-            if p.get("metric") == "kl_divergence":
+            if is_drift(p):
                 lines.append(f"| {name} | KL from base (nats/token) | 0 | {_num(p.get('kl_divergence'))} | "
                              f"change in cross-entropy {_num(p.get('delta_cross_entropy'))} |")
             elif "before" in p:

@@ -20,8 +20,10 @@ from typing import Any
 
 from tunelab.comparison.results import ResultsFile
 from tunelab.errors import TunelabError
+from tunelab.evaluation.retention import is_drift
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 from tunelab.fileio import atomic_write_text
+from tunelab.units import format_bytes
 
 QUALITATIVE_EXAMPLES = 4
 
@@ -66,9 +68,7 @@ class Row:
 
 def _retention_value(rec: dict, probe: str) -> float | None:
     p = (rec.get("retention") or {}).get(probe) or {}
-    if "kl_divergence" in p or p.get("metric") == "kl_divergence":
-        return p.get("kl_divergence")
-    return p.get("after")
+    return p.get("kl_divergence") if is_drift(p) else p.get("after")
 
 
 def _retention_ratio(rec: dict, probe: str) -> float | None:
@@ -93,19 +93,30 @@ def probes_of(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _is_drift(records, probe: str) -> bool:
-    return any(((r.get("retention") or {}).get(probe) or {}).get("metric") == "kl_divergence" for r in records)
+    return any(is_drift((r.get("retention") or {}).get(probe)) for r in records)
+
+
+RUN_COLUMNS = ("label", "method", "seed", "status", "trainable_params", "trainable_percent", "train_seconds",
+               "peak_memory_bytes", "checkpoint_bytes", "final_train_loss", "headline_metric", "headline_value",
+               "error")
+
+
+def run_values(rec: dict[str, Any]) -> dict[str, Any]:
+    """One run's values, unformatted, by column: its costs, task metrics and, per retention probe, the KL from the
+    base (``PROBE_kl``) or the score after tuning and its retention ratio (``PROBE_after``, ``PROBE_retention``):
+    the numbers the report's table shows, one run at a time (``tunelab.Comparison.table``)."""
+    values = {k: rec.get(k) for k in RUN_COLUMNS}
+    values.update(rec.get("task_metrics") or {})
+    for probe, p in (rec.get("retention") or {}).items():
+        if is_drift(p):
+            values[f"{probe}_kl"] = _retention_value(rec, probe)
+        else:
+            values[f"{probe}_after"] = _retention_value(rec, probe)
+            values[f"{probe}_retention"] = _retention_ratio(rec, probe)
+    return values
 
 
 # --- formatting ----------------------------------------------------------------------------------------------
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
 
 def fmt_seconds(s: float | None) -> str:
     if s is None:
@@ -179,8 +190,8 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         cells = [name,
                  "0 (0%)" if row.is_base else f"{fmt_params(params.mean)} ({pct.mean:.3f}%)",
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds),
-                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), fmt_bytes),
-                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("checkpoint_bytes")), fmt_bytes)]
+                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), format_bytes),
+                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("checkpoint_bytes")), format_bytes)]
         for m in metric_names:
             cells.append(fmt_stat(row.stat(lambda r, m=m: (r.get("task_metrics") or {}).get(m))))
         for p in probes:
@@ -226,7 +237,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         s = score(row)
         if row is ref:
             parts = [f"{headline} {fmt_num(s)}", f"{fmt_params(ref_params)} trainable parameters",
-                     f"{fmt_bytes(ref_mem)} peak memory", f"{fmt_seconds(ref_time)} training"]
+                     f"{format_bytes(ref_mem)} peak memory", f"{fmt_seconds(ref_time)} training"]
             if drift_probe and ref_drift is not None:
                 parts.append(f"drift KL {fmt_num(ref_drift)}")
             lines.append(f"{row.label} (reference): " + ", ".join(parts))

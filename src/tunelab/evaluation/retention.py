@@ -33,6 +33,14 @@ DRIFT_NEW_TOKENS = 48
 # A ratio against such a base divides noise by noise (BLEU 0.3 -> 0.9 would read as 300% retained).
 NO_SKILL_BELOW = {"bleu": 1.0}
 
+DRIFT_METRIC = "kl_divergence"  # the "metric" of a drift result: a divergence from the base, not a score before/after
+
+
+def is_drift(result: dict[str, Any] | None) -> bool:
+    """Whether a retention probe's result is the drift probe's (KL from the base, lower is better) rather than a task
+    probe's scores before and after tuning. Every reader of eval results tells the two kinds apart through this."""
+    return (result or {}).get("metric") == DRIFT_METRIC
+
 
 def compare_scores(before: float | None, after: float | None, metric: str, *, no_skill_below: float | None = None,
                    no_skill_why: str | None = None, higher_is_better: bool | None = None) -> dict[str, Any]:
@@ -110,8 +118,8 @@ def drift(base: inference.LoadedModel, lm: inference.LoadedModel, references: li
         ce_base += b["nll_sum"]
         ce_tuned += t["nll_sum"]
     if tokens == 0:
-        return {"metric": "kl_divergence", "kl_divergence": None, "num_tokens": 0}
-    return {"metric": "kl_divergence", "kl_divergence": max(kl_sum / tokens, 0.0),
+        return {"metric": DRIFT_METRIC, "kl_divergence": None, "num_tokens": 0}
+    return {"metric": DRIFT_METRIC, "kl_divergence": max(kl_sum / tokens, 0.0),
             "base_cross_entropy": ce_base / tokens, "cross_entropy": ce_tuned / tokens,
             "delta_cross_entropy": (ce_tuned - ce_base) / tokens, "num_tokens": tokens,
             "num_examples": len(references), **({"per_example": rows} if per_example else {})}

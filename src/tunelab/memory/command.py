@@ -10,6 +10,7 @@ from typing import Any
 from tunelab.config import EstimateOptions
 from tunelab.errors import TunelabError
 from tunelab.options import parse_options
+from tunelab.units import format_bytes
 
 DESCRIPTION = """\
 Predict the peak memory of a training run before starting it, without loading weights: the model is built on
@@ -56,14 +57,6 @@ def _quiet_transformers() -> None:
 
 # --- formatting ---------------------------------------------------------------------------------------------------
 
-def human(n: float) -> str:
-    n = float(n)
-    for unit, size in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
 LABELS = {
     "weights_bytes": "weights",
     "gradients_bytes": "gradients",
@@ -93,11 +86,11 @@ def format_estimate(est, *, gpus: list[float], headroom_gb: float) -> str:
         f"{precision}, --optim {s['optim']}",
         f"  parameters: {est.total_params:,} total, {est.trainable_params:,} trainable ({pct:.3f}%)",
         "",
-        f"peak memory: {human(est.peak_bytes)} ({est.peak_bytes / 1e9:.2f} GB), during {est.peak_phase}",
+        f"peak memory: {format_bytes(est.peak_bytes)} ({est.peak_bytes / 1e9:.2f} GB), during {est.peak_phase}",
     ]
     w = est.weights_detail
     detail = {
-        "weights_bytes": ", ".join(f"{k.replace('_bytes', '').replace('_', ' ')} {human(v)}"
+        "weights_bytes": ", ".join(f"{k.replace('_bytes', '').replace('_', ' ')} {format_bytes(v)}"
                                    for k, v in w.items() if v),
         "gradients_bytes": "of the trainable parameters, at the peak",
         "optimizer_states_bytes": f"{s['optim']}, held from the first step on",
@@ -110,27 +103,28 @@ def format_estimate(est, *, gpus: list[float], headroom_gb: float) -> str:
         value = est.breakdown[key]
         if key == "cuda_workspace_bytes" and not value:
             continue
-        lines.append(f"  {label:<31}{human(value):>12}   {detail[key]}")
-    lines.append(f"  {'total':<31}{human(est.peak_bytes):>12}")
+        lines.append(f"  {label:<31}{format_bytes(value):>12}   {detail[key]}")
+    lines.append(f"  {'total':<31}{format_bytes(est.peak_bytes):>12}")
     lines.append("")
-    lines.append("peak by phase: " + ", ".join(f"{ph} {human(v['peak_bytes'])}" for ph, v in est.phases.items()))
+    lines.append("peak by phase: " + ", ".join(f"{ph} {format_bytes(v['peak_bytes'])}" for ph, v in est.phases.items()))
     if est.largest_temporaries:
         lines.append("largest allocations:")
         for a in est.largest_temporaries[:5]:
-            lines.append(f"  {human(a['bytes']):>12}  {a['op']}  {a['shape']} {a['dtype'].replace('torch.', '')}")
+            lines.append(f"  {format_bytes(a['bytes']):>12}  {a['op']}  {a['shape']} "
+                         f"{a['dtype'].replace('torch.', '')}")
     kind = "adapter" if est.method != "full" else "model"
-    lines.append(f"checkpoint ({kind} weights): {human(est.checkpoint_bytes)}")
+    lines.append(f"checkpoint ({kind} weights): {format_bytes(est.checkpoint_bytes)}")
     a = est.analytic
-    check = [f"gradients {human(a['gradients_formula_bytes'])} by formula (4 B per trainable parameter)"]
+    check = [f"gradients {format_bytes(a['gradients_formula_bytes'])} by formula (4 B per trainable parameter)"]
     if a.get("optimizer_states_formula_bytes") is not None:
-        check.append(f"optimizer states {human(a['optimizer_states_formula_bytes'])} by formula vs "
-                     f"{human(a['optimizer_states_traced_bytes'])} traced")
+        check.append(f"optimizer states {format_bytes(a['optimizer_states_formula_bytes'])} by formula vs "
+                     f"{format_bytes(a['optimizer_states_traced_bytes'])} traced")
     if a.get("weights_gradients_states_formula_bytes"):
         check.append(f"16 B per parameter for full fp32 AdamW: "
-                     f"{human(a['weights_gradients_states_formula_bytes'])}")
+                     f"{format_bytes(a['weights_gradients_states_formula_bytes'])}")
     check.append(f"Korthikanti et al. activations (16-bit, no flash attention) "
-                 f"{human(a['korthikanti_activations_bytes'])}, with full recomputation "
-                 f"{human(a['korthikanti_recompute_activations_bytes'])}")
+                 f"{format_bytes(a['korthikanti_activations_bytes'])}, with full recomputation "
+                 f"{format_bytes(a['korthikanti_recompute_activations_bytes'])}")
     lines.append("cross-check: " + "; ".join(check))
     verdicts = ", ".join(f"{g:g} GB {'yes' if fits(est.peak_bytes, g, headroom_gb) else 'no'}" for g in gpus)
     if est.target_device == "cuda":
@@ -154,7 +148,7 @@ def _fit(opts: EstimateOptions) -> int:
     print(f"{opts.model_name_or_path}, --method {opts.method}: fitting {opts.fit:g} GB "
           f"(peak + {opts.headroom_gb:g} GiB headroom)")
     for t in result["tried"]:
-        print(f"  {t['change']:<70} {human(t['peak_bytes']):>12}  {'fits' if t['fits'] else 'too big'}")
+        print(f"  {t['change']:<70} {format_bytes(t['peak_bytes']):>12}  {'fits' if t['fits'] else 'too big'}")
     if result["fits"]:
         changes = " ".join(result["changes"]) or "(no change needed)"
         print(f"proposal: {changes}")
@@ -168,7 +162,8 @@ def _table(opts: EstimateOptions) -> int:
     from tunelab.memory.estimator import size_table
 
     def progress(row: dict[str, Any]) -> None:
-        print(f"[tunelab] {row['size']} {row['method']}: {human(row['peak_bytes'])}", file=sys.stderr, flush=True)
+        print(f"[tunelab] {row['size']} {row['method']}: {format_bytes(row['peak_bytes'])}", file=sys.stderr,
+              flush=True)
 
     result = size_table(opts, sizes=opts.table_sizes, methods=opts.table_methods, gpus=opts.gpu_memory_gb,
                         headroom_gb=opts.headroom_gb, device=opts.device, progress=None if opts.json else progress)
