@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 TASK_KINDS = ("causal_lm", "seq2seq_lm", "seq_cls")
+# Short names of output heads: kept in full precision by quantization, and not adapted by PEFT methods' default targets.
+HEAD_MODULES = ("lm_head", "score", "classifier", "classification_head", "pooler", "qa_outputs")
 
 
 def cache_dir() -> Path:
@@ -263,7 +265,7 @@ def quantization_config(*, use_4bit: bool, use_8bit: bool, quant_type: str = "nf
         raise TunelabError("--use_4bit and --use_8bit cannot be combined; choose one")
     from transformers import BitsAndBytesConfig
 
-    skip = ["lm_head", "score", "classifier", "classification_head", "pooler"]
+    skip = list(HEAD_MODULES)
     if use_8bit:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     extra = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.models import HEAD_MODULES
 
 ALL_TASK_KINDS = ("causal_lm", "seq2seq_lm", "seq_cls")
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS"}
-_HEAD_NAMES = ("lm_head", "score", "classifier", "pooler", "qa_outputs", "classification_head", "out_proj")
+# the heads, and out_proj: the last layer of BART-style classification heads (classification_head.out_proj)
+_HEAD_NAMES = (*HEAD_MODULES, "out_proj")
 
 
 @dataclass
