@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/make_readme.py
 
-Replaces the text between the <!-- demo-start --> / <!-- demo-end -->, <!-- ica-start --> / <!-- ica-end --> and
-<!-- bench-start --> / <!-- bench-end --> markers.
+Replaces the text between the <!-- demo-start --> / <!-- demo-end -->, <!-- ica-start --> / <!-- ica-end -->,
+<!-- search-start --> / <!-- search-end --> and <!-- bench-start --> / <!-- bench-end --> markers.
 """
 
 from __future__ import annotations
@@ -68,6 +68,81 @@ def ica_section() -> str | None:
         f"budget: {budget['max_steps']} steps of batch {budget['per_device_train_batch_size']}, one seed), "
         f"{d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}:", "",
         _table(d["table"]["header"], d["table"]["rows"]),
+    ])
+
+
+def _key_columns(d: dict) -> tuple[list[str], dict[str, list[str]]]:
+    """The task metric and retention columns of a comparison table, by row label."""
+    header = d["table"]["header"]
+    first = header.index("Checkpoint size") + 1
+    wanted = [h for h in header[first:] if h not in ("executable", "exact_match", "Learning rate", "Tuning cost")
+              and not h.startswith("Δ ")]
+    rows = {}
+    for row in d["table"]["rows"]:
+        label = row[0].replace("base (untouched)", "base").split(" (n=")[0]
+        rows[label] = [row[header.index(h)] for h in wanted]
+    return wanted, rows
+
+
+def _ranking(d: dict, metric: str) -> list[str]:
+    header = d["table"]["header"]
+    rows = [r for r in d["table"]["rows"] if not r[0].startswith("base")]
+    score = {r[0].split(" (n=")[0]: float(r[header.index(metric)].split(" ")[0]) for r in rows
+             if r[header.index(metric)] not in ("–", "")}
+    return sorted(score, key=lambda k: -score[k])
+
+
+def search_section() -> str | None:
+    """The demo with its learning rates searched (compare-demo-search) beside the fixed-rate demo (compare-demo)."""
+    d, fixed = _load("compare-demo-search"), _load("compare-demo")
+    if not d or not d.get("search"):
+        return None
+    methods = d["search"]["methods"]
+    any_method = next(iter(methods.values()))
+    cols, searched_rows = _key_columns(d)
+    metric = cols[0]
+    fixed_rates = {m["label"]: m.get("learning_rate") for m in (fixed or {}).get("methods", [])}
+    from tunelab.methods import get_method
+
+    header = ["Approach", "rate (demo)", *[f"{c} (demo)" for c in cols], "rate (searched)",
+              *[f"{c} (searched)" for c in cols]]
+    rows = []
+    fixed_rows = _key_columns(fixed)[1] if fixed else {}
+    labels = list(dict.fromkeys([*searched_rows]))
+    for label in labels:
+        found = methods.get(label)
+        method = next((m["method"] for m in d["methods"] if m["label"] == label), None)
+        rate = "–" if method is None else f"{fixed_rates.get(label) or get_method(method).default_learning_rate:g}"
+        rows.append([label, rate, *fixed_rows.get(label, ["–"] * len(cols)),
+                     "–" if not found else f"{found['chosen_learning_rate']:.2g}", *searched_rows[label]])
+    rank_fixed = _ranking(fixed, metric) if fixed else []
+    rank_searched = _ranking(d, metric)
+    same = rank_fixed == rank_searched
+    search_rows = [[label, f"{m['low']:.0e} – {m['high']:.0e}", f"{m['trials']} ({m['finished']} / {m['pruned']} / "
+                    f"{m['failed']})", f"{m['chosen_learning_rate']:.2g}" if m["chosen_learning_rate"] else "none",
+                    f"{m['tuning_seconds']:.0f} s", f"{m['cost_over_run']:.2f}×",
+                    f"{m['tuning_steps'] / max(m['full_budget_steps'], 1):.2f}×"] for label, m in methods.items()]
+    minutes = d["wall_seconds"] / 60
+    return "\n".join([
+        f"Measured with `python bench/compare_overhead.py --recipe demo-search`: the demo's task, data, probes, "
+        f"methods and budget, with each method's learning rate searched first ({any_method['trials_asked']} trials "
+        f"per method, Optuna {'TPE' if any_method['sampler'] == 'tpe' else 'grid'}, successive-halving pruning on "
+        f"the validation loss, judged on {any_method['validation_rows']} validation questions carved from the "
+        f"{any_method['validation_rows'] + any_method['search_train_rows']} training questions; the test questions "
+        f"are not read by the search). The whole command took {minutes:.0f} min on {_machine(d['machine'])}, of "
+        f"which the search took {d['search']['seconds'] / 60:.0f} min.", "",
+        "The demo's fixed rates (`demo`, from bench/results/compare-demo.json) beside the searched ones "
+        "(`demo-search`):", "",
+        _table(header, rows), "",
+        f"Ranking by {metric}: demo {' > '.join(rank_fixed) or '–'}; searched {' > '.join(rank_searched)} "
+        f"({'the same order' if same else 'a different order'}). "
+        "The two were measured on different days and machine loads; the quality columns do not depend on load.", "",
+        "The search, per method (trials finished / pruned / failed; cost against one of the method's runs, "
+        "training and evaluation; steps against one training budget):", "",
+        _table(["method", "range", "trials", "chosen rate", "search cost", "× one run", "steps × budget"],
+               search_rows), "",
+        "Verdicts of the searched comparison (95% paired bootstrap intervals over the test questions):", "",
+        *[f"- {line}" for line in d.get("verdicts", [])],
     ])
 
 
@@ -239,6 +314,9 @@ def render(text: str) -> str:
     ica = ica_section()
     if ica:
         text = replace(text, "ica", ica)
+    search = search_section()
+    if search:
+        text = replace(text, "search", search)
     return replace(text, "bench", bench_section())
 
 

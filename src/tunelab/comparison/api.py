@@ -9,8 +9,9 @@ from tunelab.comparison.runner import ComparisonOutcome, run_comparison
 from tunelab.config import CompareOptions
 
 BUDGET_OVERRIDES = ("max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                    "max_seq_length", "group_by_length", "packing")
+                    "max_seq_length", "group_by_length", "packing", "bf16")
 EVAL_OVERRIDES = ("max_eval_samples", "probe_samples", "max_new_tokens")
+SEARCH_OVERRIDES = ("trials", "validation_fraction", "objective")  # --search_<name>
 
 
 def compare_from_options(opts: CompareOptions) -> ComparisonOutcome:
@@ -29,4 +30,6 @@ def recipe_from_options(opts: CompareOptions) -> Recipe:
     if "max_steps" not in budget and "num_train_epochs" in budget:
         budget["max_steps"] = -1  # epochs only count when no step budget is set
     return apply_overrides(recipe, methods=opts.methods, seeds=opts.seeds, budget=budget,
-                           eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES}, model=opts.model_name_or_path)
+                           eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES}, model=opts.model_name_or_path,
+                           search=opts.search, search_settings={k: getattr(opts, f"search_{k}")
+                                                                for k in SEARCH_OVERRIDES})

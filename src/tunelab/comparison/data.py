@@ -69,3 +69,39 @@ def prepare_data(recipe: Recipe, out: Path, data_dir: Path | None) -> Comparison
         rows = sources.sample(rows, int(limit), DATA_SEED)
     train = str(atomic_write_jsonl(out / "data" / "train.jsonl", rows.rows))
     return ComparisonData(train, evals or train, sql_db)
+
+
+@dataclass
+class SearchData:
+    """The learning-rate search's data: the comparison's training rows split in two, written once. The trials train
+    on ``train`` and are judged on ``validation``; the comparison's evaluation (test) set is not among them."""
+
+    directory: str            # holds train.jsonl and validation.jsonl: a dataset `tunelab train` reads as two splits
+    train_rows: int
+    validation_rows: int
+    grouped_by: str | None    # the column whose groups were kept whole (spider's db_id), or None: rows split
+
+
+def prepare_search_data(recipe: Recipe, data: ComparisonData, out: Path, *, fraction: float,
+                        group_by: str | None, seed: int) -> SearchData:
+    """Carve ``fraction`` of the training rows (whole groups of ``group_by`` where given, so that no database of
+    the validation questions is trained on) out as the search's validation split, shuffled with ``seed``."""
+    rows = sources.read_file(Path(data.train))
+    if group_by is not None and group_by not in rows.columns:
+        raise TunelabError(f"recipe {recipe.name}: search.group_by {group_by!r} is not a column of {data.train} "
+                           f"({', '.join(rows.columns)}); name one of them or drop it to split by rows")
+    keys = [str(r.get(group_by)) for r in rows.rows] if group_by else [str(i) for i in range(len(rows))]
+    groups = sorted(set(keys), key=lambda k: (len(k), k))
+    random.Random(seed).shuffle(groups)
+    n_held = max(1, int(round(len(groups) * fraction)))
+    if n_held >= len(groups):
+        raise TunelabError(f"recipe {recipe.name}: search.validation_fraction {fraction} of {len(groups)} "
+                           f"{'groups of ' + group_by if group_by else 'training rows'} leaves nothing to train on; "
+                           "use a smaller fraction or more training rows")
+    held = set(groups[:n_held])
+    validation = rows.subset([i for i, k in enumerate(keys) if k in held])
+    train = rows.subset([i for i, k in enumerate(keys) if k not in held])
+    folder = out / "data" / "search"
+    atomic_write_jsonl(folder / "train.jsonl", train.rows)
+    atomic_write_jsonl(folder / "validation.jsonl", validation.rows)
+    return SearchData(str(folder), len(train), len(validation), group_by)

@@ -18,20 +18,22 @@ from typing import Any
 
 import yaml
 
+from tunelab.comparison.search import SearchSettings, check_range, check_settings, parse_search
 from tunelab.config import EvalOptions, TrainOptions
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 
 RECIPE_KEYS = {"name", "description", "model", "task", "data", "system_prompt", "retention", "budget", "eval",
-               "methods", "seeds", "template"}
+               "methods", "seeds", "template", "search"}
 DATA_KEYS = {"train", "eval", "sql_database", "holdout", "max_train_samples", "dataset_format", "input_columns",
              "target_column"}
 BUDGET_KEYS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                "max_seq_length", "lr_scheduler_type", "weight_decay", "max_grad_norm", "gradient_checkpointing",
-               "optim", "logging_steps", "group_by_length", "packing"}
+               "optim", "logging_steps", "group_by_length", "packing", "bf16"}
 EVAL_KEYS = {"max_eval_samples", "max_new_tokens", "probe_samples", "per_device_eval_batch_size"}
 # Options a method entry may not override: they are the shared budget (or the comparison's own).
-SHARED_ONLY = BUDGET_KEYS - {"gradient_checkpointing", "optim", "lr_scheduler_type", "weight_decay", "max_grad_norm"} | {
+SHARED_ONLY = BUDGET_KEYS - {"gradient_checkpointing", "optim", "lr_scheduler_type", "weight_decay", "max_grad_norm",
+                             "bf16"} | {
     "model_name_or_path", "dataset_name_or_path", "output_dir", "seed", "max_train_samples"}
 
 
@@ -40,9 +42,11 @@ class MethodEntry:
     label: str
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    learning_rate_range: tuple[float, float] | None = None  # the learning-rate search's range, if not the family's
 
     def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "method": self.method, **self.overrides}
+        extra = {"learning_rate_range": list(self.learning_rate_range)} if self.learning_rate_range else {}
+        return {"label": self.label, "method": self.method, **self.overrides, **extra}
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Recipe:
     template: str | None = None
     description: str = ""
     source: str = ""
+    search: SearchSettings | None = None  # tune each entry's learning rate first (comparison/search.py)
 
     # --- identity ---------------------------------------------------------------------------------------------
     def shared_content(self) -> dict[str, Any]:
@@ -81,7 +86,8 @@ class Recipe:
         data = {"name": self.name, "description": self.description, "model": self.model, "task": self.task,
                 "data": self.data, "system_prompt": self.system_prompt, "template": self.template,
                 "retention": self.retention, "budget": self.budget, "eval": self.eval,
-                "methods": [m.as_dict() for m in self.methods], "seeds": self.seeds}
+                "methods": [m.as_dict() for m in self.methods], "seeds": self.seeds,
+                "search": dataclasses.asdict(self.search) if self.search else None}
         return yaml.safe_dump({k: v for k, v in data.items() if v not in (None, "", [], {})}, sort_keys=False)
 
     # --- options for one run ----------------------------------------------------------------------------------
@@ -204,11 +210,12 @@ def parse_recipe(raw: Any, *, source: str) -> Recipe:
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise TunelabError(f"recipe {source}: seeds must be a list of integers, got {seeds!r}")
     retention = raw.get("retention") or []
+    search = parse_search(raw.get("search"), source=source, holdout_column=(data.get("holdout") or {}).get("column"))
     return Recipe(name=str(raw.get("name") or Path(source).stem), model=str(raw["model"]), task=raw["task"],
                   data=data, methods=methods, seeds=list(seeds), retention=list(retention),
                   budget=dict(raw.get("budget") or {}), eval=dict(raw.get("eval") or {}),
                   system_prompt=raw.get("system_prompt"), template=raw.get("template"),
-                  description=str(raw.get("description") or ""), source=source)
+                  description=str(raw.get("description") or ""), source=source, search=search)
 
 
 def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
@@ -238,6 +245,9 @@ def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
         raise TunelabError(f"recipe {source}: methods entry {index}: unknown method {method!r}; choose one of "
                            f"{', '.join(method_names())} (optionally with +ica_lesion or +ica_preserve)") from None
     label = str(entry.pop("label", spec))
+    lr_range = entry.pop("learning_rate_range", None)
+    if lr_range is not None:
+        lr_range = check_range(lr_range, where=f"recipe {source}: methods entry {label!r}")
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     for key in entry:
         if key not in known:
@@ -245,14 +255,30 @@ def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
         if key in SHARED_ONLY:
             raise TunelabError(f"recipe {source}: methods entry {label!r} sets {key}, which is part of the shared "
                                "budget; set it under budget so every method gets the same")
-    return MethodEntry(label=label, method=method, overrides=entry)
+    return MethodEntry(label=label, method=method, overrides=entry, learning_rate_range=lr_range)
 
 
 def apply_overrides(recipe: Recipe, *, methods: list[str] | None = None, seeds: list[int] | None = None,
                     budget: dict[str, Any] | None = None, eval_settings: dict[str, Any] | None = None,
-                    model: str | None = None) -> Recipe:
-    """Command-line overrides. --methods picks entries by label or method name (unknown ones become new entries)."""
+                    model: str | None = None, search: str | None = None,
+                    search_settings: dict[str, Any] | None = None) -> Recipe:
+    """Command-line overrides. --methods picks entries by label or method name (unknown ones become new entries).
+    ``search``: learning_rate turns the learning-rate search on (the recipe's settings, else the defaults), none
+    turns it off; ``search_settings`` (--search_trials, ...) change its settings."""
     recipe = copy.deepcopy(recipe)
+    if search == "none":
+        recipe.search = None
+    elif search is not None:
+        recipe.search = recipe.search or parse_search(search, source=f"--search {search}",
+                                                      holdout_column=(recipe.data.get("holdout") or {}).get("column"))
+    given = {k: v for k, v in (search_settings or {}).items() if v is not None}
+    if given:
+        if recipe.search is None:
+            flags = ", ".join(f"--search_{k}" for k in given)
+            raise TunelabError(f"{flags}: the learning-rate search is off; add --search learning_rate (or use a "
+                               "recipe with a search: section)")
+        recipe.search = dataclasses.replace(recipe.search, **given)
+        check_settings(recipe.search, where="--search_" + "/--search_".join(given))
     if methods:
         chosen = []
         for name in methods:

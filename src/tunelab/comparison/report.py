@@ -78,6 +78,8 @@ def _retention_ratio(rec: dict, probe: str) -> float | None:
 def group_rows(records: list[dict[str, Any]]) -> list[Row]:
     rows: dict[str, Row] = {}
     for rec in records:
+        if rec.get("kind") == "trial":  # a learning-rate search's trial: the search section's, not a row
+            continue
         row = rows.setdefault(rec["label"], Row(rec["label"], rec["method"], []))
         (row.records if rec["status"] == "ok" else row.failed).append(rec)
     ordered = sorted(rows.values(), key=lambda r: (not r.is_base,))
@@ -157,6 +159,49 @@ def fmt_stat(stat: Stat, fmt=fmt_num) -> str:
     return f"{fmt(stat.mean)} ± {fmt(stat.half_width)}"
 
 
+# --- paired differences (comparison/statistics.py) ------------------------------------------------------------
+
+def _headline(rows: list[Row]) -> str | None:
+    return next((r["headline_metric"] for row in rows for r in row.records if r.get("headline_metric")), None)
+
+
+def reference_rows(rows: list[Row]) -> tuple[Row | None, Row | None]:
+    """(the reference: full fine-tuning, else the best method; the best method by mean headline score)."""
+    methods = [r for r in rows if r.records and not r.is_base]
+    headline = _headline(methods)
+    scored = [r for r in methods if r.stat(lambda x: x.get("headline_value")).mean is not None]
+    best = None
+    if scored:
+        sign = 1 if HIGHER_IS_BETTER.get(headline, True) else -1
+        best = max(scored, key=lambda r: sign * r.stat(lambda x: x.get("headline_value")).mean)
+    full = next((r for r in methods if r.method == "full"), None)
+    return (full or best), best
+
+
+_DIFFERENCES: dict[tuple, dict] = {}
+
+
+def differences(row: Row, ref: Row) -> dict:
+    """``row`` minus ``ref`` on each measure (headline metric, retention probes) with 95% paired bootstrap
+    intervals over the same test examples (and seeds); {} where the runs left no per-example scores."""
+    from tunelab.comparison.statistics import compare_runs
+
+    key = tuple((r.get("key"), r.get("eval_dir")) for r in row.records) + (None,) + tuple(
+        (r.get("key"), r.get("eval_dir")) for r in ref.records)
+    if key not in _DIFFERENCES:
+        _DIFFERENCES[key] = compare_runs(row.records, ref.records)
+    return _DIFFERENCES[key]
+
+
+def _indistinguishable(d, ref_name: str) -> str:
+    interval = d.format().split(" [", 1)[-1].rstrip("]")
+    text = f"indistinguishable from {ref_name} at this sample size ([{interval}]{' ' + d.unit if d.unit else ''}"
+    if d.identical:
+        return text + ": the same score on every test example)"
+    n = d.examples_to_separate()
+    return text + ")" + (f"; about {n} test examples would separate a 2-point difference" if n else "")
+
+
 # --- the table -----------------------------------------------------------------------------------------------
 
 def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -201,7 +246,35 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 value += f" ({100 * ratio.mean:.0f}%)"
             cells.append(value)
         body.append(cells)
+    _search_and_difference_columns(rows, header, body)
     return header, body
+
+
+def _search_and_difference_columns(rows: list[Row], header: list[str], body: list[list[str]]) -> None:
+    """The chosen learning rate and the search's cost (when the rates were searched), and each method's headline
+    difference from the reference with its 95% paired interval, appended to the table."""
+    searched = any(r.get("search") for row in rows for r in row.records + row.failed)
+    ref, _ = reference_rows(rows)
+    headline = _headline(rows)
+    diffs = {row.label: differences(row, ref).get(headline) for row in rows
+             if ref is not None and headline and row.records and not row.is_base and row is not ref}
+    show_diff = any(d is not None for d in diffs.values())
+    if searched:
+        header += ["Learning rate", "Tuning cost"]
+    if show_diff:
+        header.append(f"Δ {headline} vs {ref.label} (95% CI)")
+    for row, cells in zip(rows, body):
+        if searched:
+            rec = (row.records or row.failed or [{}])[0]
+            found = rec.get("search") or {}
+            rate = found.get("chosen_learning_rate") or rec.get("learning_rate")
+            cost = found.get("tuning_seconds")
+            runs = row.stat(lambda r: r.get("wall_seconds")).mean
+            cells += ["–" if row.is_base or rate is None else f"{rate:.2g}" + (" (searched)" if found else ""),
+                      "–" if cost is None else fmt_seconds(cost) + (f" ({cost / runs:.1f}× a run)" if runs else "")]
+        if show_diff:
+            d = diffs.get(row.label)
+            cells.append("reference" if row is ref else "–" if d is None else d.format())
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:
@@ -227,6 +300,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     if ref is None:
         ref = max(rows, key=lambda r: (score(r) or 0) if higher else -(score(r) or float("inf")))
     ref_name = "full fine-tuning" if ref.method == "full" else ref.label
+    _, best = reference_rows(rows)
     lines = []
     ref_score = score(ref)
     ref_params = ref.stat(lambda r: r.get("trainable_params")).mean
@@ -243,7 +317,18 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{row.label} (reference): " + ", ".join(parts))
             continue
         parts = []
-        if s is not None and ref_score:
+        # A difference is claimed only where its 95% paired interval excludes 0 (comparison/statistics.py).
+        diffs = differences(row, ref)
+        hd = diffs.get(headline)
+        if hd is not None:
+            parts.append(f"{headline} {hd.format()} against {ref_name}" if hd.excludes_zero
+                         else f"{headline} {_indistinguishable(hd, ref_name)}")
+            if best is not None and best is not ref and best is not row:
+                b = differences(row, best).get(headline)
+                if b is not None:
+                    parts.append(f"{b.format()} against the best method, {best.label}" if b.excludes_zero
+                                 else _indistinguishable(b, f"the best method, {best.label}"))
+        elif s is not None and ref_score:
             pct = 100 * (s / ref_score if higher else ref_score / s) if s else 0.0
             parts.append(f"{pct:.0f}% of {ref_name}'s {headline}")
         elif s is not None:
@@ -260,15 +345,24 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         t = row.stat(lambda r: r.get("train_seconds")).mean
         if t and ref_time:
             parts.append(f"{t / ref_time:.2f}× its training time")
-        if drift_probe:
+        for probe, pd in diffs.items():  # the task probes' retention: a difference only where it is one
+            if probe != headline and probe != drift_probe:
+                parts.append(f"{probe_title(probe)} {pd.format()}" if pd.excludes_zero
+                             else f"{probe_title(probe)} {_indistinguishable(pd, ref_name)}")
+        if drift_probe and drift_probe in diffs and not diffs[drift_probe].excludes_zero:
+            parts.append(f"drift {_indistinguishable(diffs[drift_probe], ref_name)}")
+        elif drift_probe:
             d = row.stat(lambda r: _retention_value(r, drift_probe)).mean
+            interval = f" (KL {diffs[drift_probe].format()})" if drift_probe in diffs else ""
             if d is not None and ref_drift is not None:
                 if d > 0 and ref_drift > d:
-                    parts.append(f"{ref_drift / d:.1f}× less drift")
+                    parts.append(f"{ref_drift / d:.1f}× less drift{interval}")
                 elif ref_drift > 0 and d > ref_drift:
-                    parts.append(f"{d / ref_drift:.1f}× more drift")
+                    parts.append(f"{d / ref_drift:.1f}× more drift{interval}")
                 else:
                     parts.append(f"drift KL {fmt_num(d)} vs {fmt_num(ref_drift)}")
+        if hd is None and s is not None:
+            parts.append("no interval: the runs left no per-example scores")
         lines.append(f"{row.label}: " + ", ".join(parts))
     for row in group_rows(records):
         for rec in row.failed:
@@ -429,6 +523,51 @@ def plot_loss_curves(records):
     return fig
 
 
+def search_trials(records) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("kind") == "trial"]
+
+
+def plot_lr_sensitivity(records):
+    """The learning-rate search: each trial's validation objective against its rate, one colour per method; a
+    pruned trial is an x at the last validation loss it reached (its step beside it), the chosen rate circled."""
+    trials = search_trials(records)
+    if not trials:
+        return None
+    chosen = {r["label"]: (r.get("search") or {}).get("chosen_learning_rate") for r in records
+              if r.get("kind") != "trial" and r.get("search")}
+    on_loss = all(t.get("objective") in (None, "validation_loss") for t in trials)
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colours = {}
+    for label in dict.fromkeys(t["label"] for t in trials):
+        mine = sorted((t for t in trials if t["label"] == label), key=lambda t: t["learning_rate"] or 0)
+        done = [t for t in mine if t["status"] == "finished" and t.get("objective_value") is not None]
+        line, = ax.plot([t["learning_rate"] for t in done], [t["objective_value"] for t in done], "o-",
+                        label=label, zorder=3)
+        colours[label] = line.get_color()
+        for t in mine:
+            curve = t.get("validation_loss_curve") or []
+            if t["status"] == "pruned" and curve and on_loss:
+                ax.plot([t["learning_rate"]], [curve[-1]["eval_loss"]], "x", color=colours[label], ms=8, zorder=3)
+                ax.annotate(f"step {t.get('pruned_at_step')}", (t["learning_rate"], curve[-1]["eval_loss"]),
+                            textcoords="offset points", xytext=(5, -10), fontsize=7, color=colours[label])
+            elif t["status"] != "finished":  # no objective to place it by: marked along the bottom edge
+                ax.plot([t["learning_rate"]], [0.02], "x" if t["status"] == "pruned" else "v", color=colours[label],
+                        ms=8, transform=ax.get_xaxis_transform(), clip_on=False)
+        pick = next((t for t in done if chosen.get(label) and t["learning_rate"] == chosen[label]), None)
+        if pick is not None:
+            ax.plot([pick["learning_rate"]], [pick["objective_value"]], "o", ms=16, mfc="none",
+                    mec=colours[label], mew=2, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss (lower is better)" if on_loss else
+                  f"validation {trials[0].get('objective')}")
+    ax.set_title("Learning-rate search (x: pruned where it stopped; circle: chosen)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -437,7 +576,8 @@ def png(fig) -> bytes:
 
 # Each returns a matplotlib Figure (or None when the records hold nothing to draw); the report embeds them as PNG
 # and the Python API's Comparison.plot(kind) returns them as they are.
-PLOTS = {"tradeoff": plot_tradeoff, "costs": plot_costs, "loss_curves": plot_loss_curves}
+PLOTS = {"tradeoff": plot_tradeoff, "costs": plot_costs, "loss_curves": plot_loss_curves,
+         "lr_sensitivity": plot_lr_sensitivity}
 
 
 def plot_pngs(records) -> dict[str, bytes]:
@@ -479,6 +619,65 @@ def qualitative(records: list[dict[str, Any]], seed: int = 0, k: int = QUALITATI
     return out
 
 
+# --- the learning-rate search ------------------------------------------------------------------------------
+
+@dataclass
+class SearchSection:
+    intro: str
+    header: list[str]
+    rows: list[list[str]]
+    trial_header: list[str]
+    trial_rows: list[list[str]]
+
+
+def search_section(records) -> SearchSection | None:
+    """What was searched, how and on what split (from the runs' search summaries), each method's outcome and
+    cost, and every trial."""
+    from tunelab.comparison.search import status_text
+
+    rows = [row for row in group_rows(records) if any(r.get("search") for r in row.records + row.failed)]
+    if not rows:
+        return None
+    found = [next(r["search"] for r in row.records + row.failed if r.get("search")) for row in rows]
+    f = found[0]
+    sampler = (f"Optuna's TPE sampler (seed {f['seed']}; its first {max(1, f['trials_asked'] // 2)} trials "
+               "random)" if f["sampler"] == "tpe" else f"Optuna's grid sampler (log-spaced, seeded order)")
+    split = (f"a validation split of {100 * f['validation_fraction']:g}% of the training rows "
+             f"({f['validation_rows']} rows{', whole ' + f['grouped_by'] + ' groups' if f['grouped_by'] else ''}, "
+             f"seed {f['seed']}; the trials trained on the other {f['search_train_rows']})")
+    objective = ("the validation loss" if f["objective"] == "loss" else
+                 "the task's headline metric on the validation split")
+    intro = (f"Each method's learning rate was searched before the comparison: {sampler}, {f['trials_asked']} "
+             f"trials per method over a log-uniform range (the method family's unless the recipe gave one), judged "
+             f"by {objective} on {split}; the test set was not read. Optuna's successive-halving pruner (the best "
+             f"third go on at each rung) compared the validation loss every {f['eval_every_steps']} steps and "
+             f"stopped the trials that fell behind; a method's search trains at most {f['max_cost']:g} full "
+             "budgets of steps. The comparison's runs then trained at the chosen rate, for the full budget, every "
+             "seed. Cost: the trials' wall time (model loading included), against the mean wall time of the "
+             "method's own runs (training and evaluation).")
+    header = ["Method", "Range searched", "Trials (finished / pruned / failed)", "Chosen rate", "Tuning cost",
+              "× one run", "Steps trained (× one budget)"]
+    body = []
+    for row, o in zip(rows, found):
+        runs = row.stat(lambda r: r.get("wall_seconds")).mean
+        chosen = o.get("chosen_learning_rate")
+        body.append([row.label, f"{o['low']:.0e} – {o['high']:.0e}",
+                     f"{o['trials']} ({o['finished']} / {o['pruned']} / {o['failed']})",
+                     f"{chosen:.2g}" if chosen else f"none: {o.get('error')}", fmt_seconds(o["tuning_seconds"]),
+                     f"{o['tuning_seconds'] / runs:.2f}×" if runs else "–",
+                     f"{o['tuning_steps']} ({o['tuning_steps'] / max(o['full_budget_steps'], 1):.2f}×)"])
+    trial_header = ["Method", "Trial", "Learning rate", "Status", "Validation objective", "Cost"]
+    trial_rows = []
+    for t in sorted(search_trials(records), key=lambda t: (t["label"], t["trial"])):
+        curve = t.get("validation_loss_curve") or []
+        value = t.get("objective_value")
+        shown = fmt_num(value) if value is not None else (
+            f"loss {fmt_num(curve[-1]['eval_loss'])} at step {curve[-1]['step']}" if curve else "–")
+        trial_rows.append([t["label"], str(t["trial"]), f"{t['learning_rate']:.3g}", status_text(t), shown,
+                           fmt_seconds(t.get("cost_seconds"))])
+    return SearchSection(intro, header, body, trial_header, trial_rows)
+
+
 # --- writing -------------------------------------------------------------------------------------------------
 
 def _md_escape(text: Any) -> str:
@@ -486,12 +685,15 @@ def _md_escape(text: Any) -> str:
 
 
 def render_markdown(recipe_name: str, header, body, verdict_lines, examples, plot_files: dict[str, str],
-                    notes: list[str]) -> str:
+                    notes: list[str], search: SearchSection | None = None) -> str:
     parts = [f"# tunelab comparison: {recipe_name}", "", markdown_table(header, body), ""]
     if notes:
         parts += [f"- {n}" for n in notes] + [""]
     if verdict_lines:
         parts += ["## Verdicts", ""] + [f"- {v}" for v in verdict_lines] + [""]
+    if search is not None:
+        parts += ["## Learning-rate search", "", search.intro, "", markdown_table(search.header, search.rows), "",
+                  markdown_table(search.trial_header, search.trial_rows), ""]
     for name, file in plot_files.items():
         parts += [f"![{name}]({file})", ""]
     if examples:
@@ -536,7 +738,7 @@ def html_fragment(records: list[dict[str, Any]]) -> str:
 
 
 def render_html(recipe_name: str, header, body, verdict_lines, examples, plots: dict[str, bytes],
-                notes: list[str]) -> str:
+                notes: list[str], search: SearchSection | None = None) -> str:
     e = html.escape
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            f"<title>tunelab comparison: {e(recipe_name)}</title><style>{_CSS}</style></head><body>",
@@ -545,8 +747,12 @@ def render_html(recipe_name: str, header, body, verdict_lines, examples, plots: 
     if verdict_lines:
         out.append("<h2>Verdicts</h2><ul id='verdicts'>" + "".join(f"<li>{e(v)}</li>" for v in verdict_lines)
                    + "</ul>")
+    if search is not None:
+        out += ["<h2>Learning-rate search</h2>", f"<p>{e(search.intro)}</p>",
+                table_html(search.header, search.rows, "search"),
+                table_html(search.trial_header, search.trial_rows, "search-trials")]
     titles = {"tradeoff": "Learning against forgetting", "costs": "What each method costs",
-              "loss_curves": "Loss curves"}
+              "loss_curves": "Loss curves", "lr_sensitivity": "Learning-rate sensitivity"}
     for name, png in plots.items():
         data = base64.b64encode(png).decode()
         out.append(f"<h2>{e(titles.get(name, name))}</h2><img id='plot-{name}' alt='{e(name)}' "
@@ -570,6 +776,7 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
         records = ResultsFile(out).records()
     if not records:
         raise TunelabError(f"{out}: no results.jsonl records to report on; run `tunelab compare` first")
+    records = _with_trials(out, records)
     name = recipe.name if recipe is not None else _recipe_name(out)
     seed = (recipe.seeds[0] if recipe is not None and recipe.seeds else 0)
     header, body = table(records)
@@ -582,12 +789,32 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
     for k, png in plots.items():
         (plot_dir / f"{k}.png").write_bytes(png)
         files[k] = f"plots/{k}.png"
-    notes = _notes(records)
+    notes = _notes(records) + _difference_notes(header)
+    search = search_section(records)
     md = atomic_write_text(out / "report.md", render_markdown(name, header, body, verdict_lines, examples, files,
-                                                              notes))
+                                                              notes, search))
     page = atomic_write_text(out / "report.html", render_html(name, header, body, verdict_lines, examples, plots,
-                                                              notes))
+                                                              notes, search))
     return page, md
+
+
+def _with_trials(out: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs, and the trials of the learning-rate searches their rates came from (read from results.jsonl when
+    the caller passed the runs only); trials of earlier searches (another recipe) are left out."""
+    runs = [r for r in records if r.get("kind") != "trial"]
+    studies = {r["search"]["study"] for r in runs if r.get("search")}
+    pool = records if search_trials(records) else ResultsFile(out).records() if studies else []
+    return runs + [t for t in search_trials(pool) if t.get("study") in studies]
+
+
+def _difference_notes(header: list[str]) -> list[str]:
+    if not any(h.startswith("Δ ") for h in header):
+        return []
+    return ["Δ: the method's headline score minus the reference's, in points (x100 for proportions), with a 95% "
+            "interval from a paired bootstrap over the same test examples (and the seeds, where there are "
+            "several); verdicts call a difference only when its interval excludes 0, and estimate the test "
+            "examples that would separate a 2-point difference as n·((1.96 + 0.84)·se / 2 points)², se being the "
+            "bootstrap standard error at n examples (80% power)."]
 
 
 def missing_value_notes(records) -> list[str]:

@@ -56,6 +56,34 @@ def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
     return runs
 
 
+def _at_chosen_rates(recipe: Recipe, searched: dict, results: ResultsFile) -> tuple[Recipe, list[str]]:
+    """The recipe whose entries train at the rates their searches chose; an entry whose search chose none (every
+    trial failed) is left out, and each of its seeds recorded as failed with the reason. Returns the recipe and
+    those records' keys."""
+    import copy
+
+    recipe = copy.deepcopy(recipe)
+    kept, failed = [], []
+    for entry in recipe.methods:
+        outcome = searched[entry.label]
+        if outcome.chosen_learning_rate is None:
+            for seed in recipe.seeds:
+                key = recipe.run_key(entry, seed)
+                results.put({"key": key, "label": entry.label, "method": entry.method, "seed": seed,
+                             "status": "failed", "error": outcome.error, "wall_seconds": 0.0, "run_dir": None,
+                             "search": outcome.summary()})
+                failed.append(key)
+            log.warning("%s: %s; its runs are recorded as failed", entry.label, outcome.error)
+            continue
+        if "learning_rate" in entry.overrides:
+            log.info("%s: the recipe's learning rate %g is replaced by the searched %.3g", entry.label,
+                     entry.overrides["learning_rate"], outcome.chosen_learning_rate)
+        entry.overrides["learning_rate"] = outcome.chosen_learning_rate
+        kept.append(entry)
+    recipe.methods = kept
+    return recipe, failed
+
+
 @dataclass
 class ComparisonOutcome:
     output_dir: Path
@@ -89,8 +117,17 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
         run_device, gpu_bf16 = launch.devices(device)
-        runs = plan(recipe, out, data_dir=resolved_data_dir, device=run_device, gpu_bf16=gpu_bf16)
         results = ResultsFile(out)
+        searched, unsearched = {}, []
+        if recipe.search is not None:  # each entry's learning rate is tuned first, on a validation split
+            from tunelab.comparison.search import run_search
+
+            searched = run_search(recipe, out, data=prepare_data(recipe, out, resolved_data_dir), launch=launch,
+                                  device=run_device, gpu_bf16=gpu_bf16, data_dir=resolved_data_dir,
+                                  results=results, timeout=run_timeout, force=force,
+                                  wave_size=parallel or (1 if launcher == "local" else len(recipe.methods)))
+            recipe, unsearched = _at_chosen_rates(recipe, searched, results)
+        runs = plan(recipe, out, data_dir=resolved_data_dir, device=run_device, gpu_bf16=gpu_bf16)
         done = results.by_key()
         ran, skipped, todo = [], [], []
         for run in runs:
@@ -106,6 +143,11 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
         for batch in (base, [r for r in todo if r.method != "base"]):
             # Each record is written the moment its run ends, so an interrupted comparison keeps every finished run.
             for run, record in launch.run(batch, timeout=run_timeout):
+                if run.method != "base":
+                    record["learning_rate"] = run.spec["train_options"].get("learning_rate") \
+                        or get_method(run.method).default_learning_rate
+                if run.label in searched:
+                    record["search"] = searched[run.label].summary()
                 results.put(record)
                 ran.append(run.label)
                 if record["status"] != "ok":
@@ -115,7 +157,7 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
                                        f"on it; see {run.run_dir / 'log.txt'}")
     finally:
         launch.close()
-    wanted = {r.key for r in runs}
+    wanted = {r.key for r in runs} | set(unsearched)
     records = [r for r in results.records() if r["key"] in wanted]
     html = md = None
     if report:

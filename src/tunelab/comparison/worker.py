@@ -67,6 +67,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from tunelab.training import train
 
     run_dir = Path(spec["run_dir"])
+    if spec["kind"] == "trial":  # a trial of the learning-rate search (comparison/search.py)
+        from tunelab.comparison.search import run_trial
+
+        result = run_trial(spec)
+        atomic_write_json(run_dir / RESULT_FILE, result)
+        return result
     eval_values = dict(spec["eval_options"])
     result: dict[str, Any] = {"kind": spec["kind"]}
     if spec["kind"] == "run":
