@@ -1,0 +1,51 @@
+"""What a training run spends besides training (issue 22): no extra checkpoint of the last step, the fused AdamW
+that transformers itself defaults to, and a results file that still has every key."""
+
+from __future__ import annotations
+
+import json
+
+from tunelab.config import TrainOptions
+from tunelab.training import train
+
+RESULT_KEYS = {"train_seconds", "train_tokens", "train_tokens_per_second", "global_step", "peak_memory_bytes",
+               "peak_memory_kind", "loss_curve", "final_train_loss", "mean_train_loss", "padding_fraction",
+               "processed_token_positions", "checkpoint_bytes", "trainable_params", "total_params"}
+
+
+def _options(tiny_llama, alpaca_file, out, **extra) -> TrainOptions:
+    values = dict(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(alpaca_file), output_dir=str(out),
+                  method="full", max_steps=3, per_device_train_batch_size=2, max_seq_length=48, logging_steps=10,
+                  use_cpu=True, seed=0)
+    values.update(extra)
+    return TrainOptions(**values)
+
+
+def test_last_step_is_not_checkpointed_unless_save_steps_asks(tiny_llama, alpaca_file, tmp_path):
+    """The Trainer's own checkpoint of the last step is skipped (the finished model is saved into the output
+    directory anyway); --save_steps checkpoints stay, the last step's included when it falls on one."""
+    out = tmp_path / "every2"
+    result = train(_options(tiny_llama, alpaca_file, out, save_steps=2)).results
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / "model.safetensors").is_file()
+    assert RESULT_KEYS <= set(result), RESULT_KEYS - set(result)
+    assert json.loads((out / "train_results.json").read_text()) == json.loads(json.dumps(result))
+    assert result["global_step"] == 3 and [p["step"] for p in result["loss_curve"]] == [1, 3]  # last step logged
+
+    out = tmp_path / "every3"
+    train(_options(tiny_llama, alpaca_file, out, save_steps=3))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_default_optimizer_is_fused_adamw(tiny_llama, alpaca_file, tmp_path):
+    """transformers' own default for torch >= 2.8; on the CPU one fused kernel per parameter group instead of a
+    chain of per-tensor operations (smollm2-135m: about a third of the optimizer step's time)."""
+    from transformers import Trainer
+
+    from tunelab.config import resolve
+    from tunelab.training import training_arguments
+
+    opts, _ = resolve(_options(tiny_llama, alpaca_file, tmp_path / "out", bf16=False), set())
+    assert opts.optim == "adamw_torch_fused"
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_arguments(opts, False, "causal_lm"))
+    assert cls.__name__ == "AdamW" and kwargs.get("fused") is True
