@@ -61,7 +61,8 @@ def tracked(pretrained, general, tmp_path_factory):
     every 2 (general text: the text the base learned)."""
     tmp = tmp_path_factory.mktemp("tracked")
     return train(_options(pretrained, tmp, "out", track_retention=["general_text", "task_kl"],
-                          track_text=str(general)), explicit={"learning_rate"})
+                          track_text=str(general), save_steps=8),  # checkpoint-8's trainer_state is read below
+                 explicit={"learning_rate"})
 
 
 def test_curves_start_at_zero_and_grow(tracked):
