@@ -41,6 +41,9 @@ CLS_ROWS = [
 
 
 def _run(method, kind, tiny_models, tmp_path, **extra):
+    # float32 (not the bf16 default of a CPU with bf16 instructions): the reload below is a plain float32 one and must
+    # give the trained model's logits exactly; tests/test_precision.py trains the methods under bf16
+    extra.setdefault("bf16", False)
     data = write_jsonl(tmp_path / "data.jsonl", CLS_ROWS if kind == "seq_cls" else GEN_ROWS)
     opts = TrainOptions(model_name_or_path=str(tiny_models[kind]), dataset_name_or_path=str(data),
                         output_dir=str(tmp_path / "out"), method=method, max_steps=5, logging_steps=1,

@@ -23,9 +23,13 @@ def cmd_train(argv: list[str]) -> int:
     from tunelab.config import TrainOptions, resolve
     from tunelab.training import check_options, train
 
-    opts, explicit = parse_options(TrainOptions, argv, "tunelab train",
-                                   "Fine-tune a model fully or with a PEFT method. Flags follow Hugging Face names; "
-                                   "--config FILE.yaml gives any of them and flags on the command line win.")
+    description = ("Fine-tune a model fully or with a PEFT method. Flags follow Hugging Face names; --config "
+                   "FILE.yaml gives any of them and flags on the command line win.")
+    if "-h" in argv or "--help" in argv:  # (asks the hardware: only for the help text)
+        from tunelab import precision
+
+        description += f" Precision: {precision.help_line()}."
+    opts, explicit = parse_options(TrainOptions, argv, "tunelab train", description)
     from tunelab import distributed
 
     if opts.num_processes > 1 and not distributed.launched():  # [distributed] run this command N times, launched

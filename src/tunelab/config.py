@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tunelab.options import option
 
@@ -69,7 +69,10 @@ class TrainOptions:
     lora_r: int = option(16, "rank of LoRA-family adapters (lora, qlora, dora, loha, lokr, vera, adalora, oft)",
                          group="method")
     lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r scales the update)", group="method")
-    lora_dropout: float = option(0.05, "dropout on the adapter input", group="method")
+    lora_dropout: float = option(0.0, "dropout on the adapter input (default: 0, as in peft and unsloth: dropout "
+                                      "keeps a dropped-out copy of every adapted layer's input for the backward "
+                                      "pass, more activation memory; at 0.05 LoRA's activations exceed full "
+                                      "fine-tuning's)", group="method")
     lora_target_modules: list[str] | None = option(
         None, "module names to adapt (default: chosen by architecture: the linear layers of attention and MLP); "
               "'all-linear' targets every linear layer but the output head", group="method")
@@ -114,7 +117,12 @@ class TrainOptions:
                         choices=OPTIMIZERS, group="training")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory",
                                           group="training")
-    bf16: bool = option(False, "train in bfloat16 mixed precision", group="training")
+    bf16: bool | None = option(None, "train in bfloat16 mixed precision (autocast; master weights stay float32). "
+                                     "Default: on where the hardware runs bf16 fast (a CUDA GPU that supports it, "
+                                     "or a CPU with avx512_bf16 or AMX instructions), "
+                                     "else off (a CPU without them emulates bf16, slower than float32); --no_bf16 "
+                                     "or --bf16 false turns it off. The choice and why are logged and saved",
+                               negation="no_bf16", group="training")
     fp16: bool = option(False, "train in float16 mixed precision (GPU only)", group="training")
     seed: int = option(42, "random seed for initialisation, shuffling and dropout", group="training")
     logging_steps: int = option(10, "log the training loss every this many steps", group="training")
@@ -197,6 +205,10 @@ class TrainOptions:
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
 
+    # saved beside the options in tunelab_config.yaml (what precision bf16=auto gave, and why); a saved file can be
+    # passed back as --config
+    SAVED_RECORD_KEYS: ClassVar[tuple[str, ...]] = ("precision", "precision_reason")
+
 
 # Training-relevant fields: two runs differ when one of these differs (output dir identity, compare keys).
 NON_IDENTITY_FIELDS = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "config",
@@ -221,6 +233,10 @@ def resolve(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, dict[
     for name, value in method.implied_options.items():
         if getattr(opts, name) != value:
             updates[name] = chosen[name] = value
+    if opts.bf16 is None:  # bf16 where this machine runs it fast (tunelab.precision); training logs and saves why
+        from tunelab import precision
+
+        updates["bf16"] = precision.for_options(opts).bf16
     return dataclasses.replace(opts, **updates), chosen
 
 
@@ -320,6 +336,9 @@ class CompareOptions:
                                         "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="data")
     device: str = option("auto", "where runs train: auto uses a GPU when there is one (bf16 where supported)",
                          choices=("auto", "cpu", "cuda"), group="execution")
+    bf16: bool | None = option(None, "shared precision: bf16 mixed precision for every run (default: tunelab "
+                                     "train's, on where the device runs bf16 fast); --no_bf16 trains every run in "
+                                     "float32", negation="no_bf16", group="overrides")
     force: bool = option(False, "re-run finished runs too", group="execution")
     retry_failed: bool = option(False, "re-run runs recorded as failed", group="execution")
     run_timeout: float | None = option(None, "seconds after which a run is stopped and recorded as failed",

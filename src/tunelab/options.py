@@ -23,10 +23,11 @@ _MISSING = dataclasses.MISSING
 
 def option(default: Any = _MISSING, help: str = "", *, choices: typing.Sequence[str] | None = None,
            aliases: typing.Sequence[str] = (), metavar: str | None = None, group: str = "options",
-           positional: bool = False) -> Any:
-    """A dataclass field with the metadata the CLI generator needs. Mutable defaults are copied per instance."""
+           positional: bool = False, negation: str | None = None) -> Any:
+    """A dataclass field with the metadata the CLI generator needs. Mutable defaults are copied per instance.
+    ``negation``: for a bool field, the name of a second flag that sets it to False (``--no_bf16``)."""
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "aliases": tuple(aliases),
-                "metavar": metavar, "group": group, "positional": positional}
+                "metavar": metavar, "group": group, "positional": positional, "negation": negation}
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
@@ -99,6 +100,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         names = [f"--{f.name}", *meta.get("aliases", ())]
         if elem is bool:
             group.add_argument(*names, nargs="?", const=True, type=_parse_bool, **kwargs)
+            if meta.get("negation"):
+                group.add_argument(f"--{meta['negation']}", dest=f.name, action="store_const", const=False,
+                                   default=argparse.SUPPRESS, help=f"same as --{f.name} false")
         elif is_list:
             group.add_argument(*names, nargs="+", type=str, **kwargs)
         else:
@@ -117,6 +121,8 @@ def load_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
         raise TunelabError(f"--config {path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax")
     if not isinstance(data, dict):
         raise TunelabError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    # keys a run saves beside its options (tunelab_config.yaml: the precision and why), so a saved file is a config
+    data = {k: v for k, v in data.items() if k not in getattr(cls, "SAVED_RECORD_KEYS", ())}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -22,9 +22,10 @@ from tunelab.data import sources
 from tunelab.data.prepare import PreparedData, prepare
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json, atomic_write_text
-from tunelab import distributed, lifecycle
+from tunelab import distributed, lifecycle, precision
 from tunelab.ica import training as ica_training
-from tunelab.memory.tracker import device_description, peak_memory, reset_peak
+from tunelab.memory.tracker import (TENSOR_PEAK_STEPS, device_description, peak_memory, reset_peak,
+                                    tensor_peak_callback)
 from tunelab.methods import ApplyContext, get_method
 from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
                             resolve_model)
@@ -177,7 +178,8 @@ def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, 
     method = get_method(opts.method)
     quant = quantization_config(use_4bit=opts.use_4bit, use_8bit=opts.use_8bit,
                                 quant_type=opts.bnb_4bit_quant_type,
-                                compute_dtype=_compute_dtype(opts.bnb_4bit_compute_dtype, opts.use_cpu),
+                                compute_dtype=precision.four_bit_compute_dtype(
+                                    opts.bnb_4bit_compute_dtype, bf16=opts.bf16, on_gpu=_on_gpu(opts)),
                                 double_quant=opts.bnb_4bit_use_double_quant,
                                 # [distributed] QLoRA under FSDP / ZeRO-3: 4-bit weights stored as the others are
                                 quant_storage=weights_dtype(opts) if distributed.shards_weights(opts) else None)
@@ -263,12 +265,14 @@ class PaddingCounter:
 
 
 def _collator(tokenizer, task_kind: str, model, packing: bool = False):
+    prec = precision.for_options(opts)  # bf16 unless asked otherwise where the hardware runs it fast; and why
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
 
     if packing:
         if task_kind != "causal_lm":
             raise TunelabError(f"--packing is for causal language models; this is a {task_kind} model")
         return PaddingCounter(DataCollatorWithFlattening(return_position_ids=True, separator_id=-100))
+    log.info("precision: %s (%s)", prec.name, prec.reason)
     if task_kind == "seq_cls":
         return PaddingCounter(DataCollatorWithPadding(tokenizer))
     return PaddingCounter(DataCollatorForSeq2Seq(tokenizer, model=model if task_kind == "seq2seq_lm" else None,
@@ -340,6 +344,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     total_steps = total_training_steps(opts, len(data.train), opts.num_processes)
     from tunelab import tracking
 
+    # on the CPU, the live tensor bytes of the first steps beside the resident set size (memory.tracker)
+    tensor_peak = None if _on_gpu(opts) else tensor_peak_callback(model)
+    callbacks += [tensor_peak] if tensor_peak is not None else []
     tracker = tracking.tracker(opts, data=data, tokenizer=tokenizer, model_path=model_path, task_kind=task_kind,
                                total_steps=total_steps)  # --track_retention / --max_forgetting, or None
     # [distributed] the TrainingArguments set the processes up (each its own GPU; DeepSpeed ZeRO-3's partitioned
@@ -355,6 +362,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     # From here on the output directory is written to, by the main process only; the others wait for it.
     resume = opts.resume_from_checkpoint
     distributed.wait_for_everyone(args)  # [distributed] every process has read the directory's state
+    peak_tensor_bytes = None if tensor_peak is None or tensor_peak.peak_bytes is None else \
+        distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's
     if state in ("same-finished", "different") and opts.overwrite_output_dir:
         if main:  # [distributed]
             shutil.rmtree(out)
@@ -368,9 +377,12 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
             raise TunelabError(f"--resume_from_checkpoint latest: {out} holds no checkpoint-N folder to resume from")
     if main:  # [distributed]
         out.mkdir(parents=True, exist_ok=True)
-        effective = to_dict(opts)
+        effective = {**to_dict(opts), **prec.record()}  # (the record keys: --config takes the file back)
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
         if masking is not None:
+        # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs; else None)
+        results.update(prec.record(), peak_tensor_bytes=peak_tensor_bytes,
+                       peak_tensor_steps=TENSOR_PEAK_STEPS if peak_tensor_bytes is not None else None)
             masking.save_templates(out)
     distributed.wait_for_everyone(args)  # [distributed]
 
@@ -392,7 +404,11 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         tracker.prepare(trainer, masking)  # the base's side of the retention signals, before any step
     reset_peak()
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if tensor_peak is not None:
+            tensor_peak.stop()
     train_seconds = time.perf_counter() - started
     peak_bytes, peak_kind = peak_memory()
     # [distributed] per process; the busiest process's peak is the figure (what each device must hold)
@@ -420,7 +436,13 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
         lifecycle.run(opts, out, results, out / RESULTS_FILE)
     results = distributed.broadcast(results, args)  # [distributed] every process returns the main one's results
-    return TrainResult(out, results, model=trainer.model, tokenizer=tokenizer)
+    model = trainer.model
+    if not (opts.fsdp or opts.deepspeed):
+        # the plain model: accelerate wrapped its forward in the mixed-precision autocast for training
+        from accelerate.utils import extract_model_from_parallel
+
+        model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    return TrainResult(out, results, model=model, tokenizer=tokenizer)
 
 
 def _results(opts, chosen, data: PreparedData, trainer, output, model_path, task_kind, method, trainable, total,

@@ -16,7 +16,9 @@ DESCRIPTION = """\
 Predict the peak memory of a training run before starting it, without loading weights: the model is built on
 fake tensors from its config and one real training step (forward, backward, optimizer step) of the actual
 architecture and method is traced, counting live tensor bytes. Accepts every `tunelab train` flag, so the
-command line of the run you are about to start works unchanged.
+command line of the run you are about to start works unchanged. The precision is the one `tunelab train` would
+pick for the target device (bf16 autocast on a GPU, assumed to support it, and on a CPU with avx512_bf16/AMX;
+else float32); the output says which and why; --no_bf16 estimates a float32 run.
 
 examples:
   tunelab estimate --model_name_or_path llama-2-7b --method qlora --per_device_train_batch_size 4 --bf16
@@ -73,6 +75,8 @@ def format_estimate(est, *, gpus: list[float], headroom_gb: float) -> str:
     s = est.settings
     pct = 100.0 * est.trainable_params / est.total_params if est.total_params else 0.0
     precision = "bf16 autocast" if s["bf16"] else ("fp16 autocast" if s["fp16"] else "fp32")
+    if s.get("precision_reason"):  # the precision tunelab train would pick, and why
+        precision += f" ({s['precision_reason']})"
     gas = s["gradient_accumulation_steps"]
     accumulated = f" x {gas} accumulated" if gas > 1 else ""
     other = s.get("weights_dtype", "float32")
@@ -179,7 +183,9 @@ def format_table(result: dict[str, Any]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
     gpus = result["gpus_gb"]
     lines = [f"peak training memory, batch {s['per_device_train_batch_size']} x {s['max_seq_length']} tokens, "
-             f"{'bf16 autocast' if s['bf16'] else 'fp32'}, --optim {s['optim']}, gradient checkpointing "
+             f"{'bf16 autocast' if s['bf16'] else 'fp32'}"
+             f"{' (' + s['precision_reason'] + ')' if s.get('precision_reason') else ''}, --optim {s['optim']}, "
+             f"gradient checkpointing "
              f"{'on' if s['gradient_checkpointing'] else 'off'}; -> the smallest of "
              f"{'/'.join(f'{g:g}' for g in gpus)} GB it fits ({result['headroom_gb']:g} GiB headroom)",
              f"{'size':<6}{'model':<28}" + "".join(f"{m:>20}" for m in methods)]

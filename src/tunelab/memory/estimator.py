@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tunelab import precision
 from tunelab.errors import TunelabError
 from tunelab.memory import architectures
 from tunelab.memory.trace import (CUDA_BLOCK_BYTES, StepTrace, materialize_fake, new_fake_mode, quantize_on_meta,
@@ -180,15 +181,9 @@ def run_settings(opts, *, device: str = "auto") -> RunSettings:
 
     target = "cpu" if (opts.use_cpu or device == "cpu") else "cuda"
     trace_device = "cuda" if target == "cuda" and torch.cuda.is_available() else "cpu"
-    if opts.bnb_4bit_compute_dtype != "auto":
-        compute = getattr(torch, opts.bnb_4bit_compute_dtype)
-    elif target == "cuda":
-        # tunelab train picks bfloat16 on a GPU that supports it; a GPU is assumed to (Ampere or newer) unless
-        # this machine has one to ask.
-        compute = torch.bfloat16 if (not torch.cuda.is_available() or torch.cuda.is_bf16_supported()) \
-            else torch.float32
-    else:
-        compute = torch.float32
+    # as tunelab train picks it; a GPU is assumed to support bf16 (Ampere or newer) unless this machine has one to ask
+    compute = precision.four_bit_compute_dtype(opts.bnb_4bit_compute_dtype, bf16=bool(opts.bf16),
+                                               on_gpu=target == "cuda")
     autocast = None
     if opts.bf16:
         autocast = (trace_device, torch.bfloat16)
@@ -200,6 +195,13 @@ def run_settings(opts, *, device: str = "auto") -> RunSettings:
 
 
 def check_estimate_options(opts, spec: ModelSpec) -> Any:
+def settle_precision(opts, device: str = "auto"):
+    """``opts`` with bf16 decided as ``tunelab train`` decides it, for the device the run is for (a GPU is assumed
+    to support bf16 when there is none here to ask), and the decision (tunelab.precision)."""
+    target = "cpu" if (opts.use_cpu or device == "cpu") else "cuda"
+    return precision.settle(opts, target=target)
+
+
     """The checks ``tunelab train`` makes before loading anything, then the method's own; returns the method."""
     from tunelab.methods import ApplyContext, get_method
     from tunelab.training import check_options
@@ -550,6 +552,7 @@ def _analytic(opts, spec: ModelSpec, trainable: int, trace: StepTrace) -> dict[s
         "logits_bytes": 4 * b * s * v if spec.task_kind != "seq_cls" else 0,
         "formula_notes": "gradients: 4 bytes per trainable fp32 parameter; AdamW: 8 (two fp32 moments), 8-bit "
                          "AdamW: 2 (plus an fp32 absmax per 256 values); full fine-tuning with fp32 AdamW: 16 "
+    opts, prec = settle_precision(opts, device)
                          "bytes per parameter; Korthikanti: 16-bit activations, dropout masks and materialised "
                          "attention scores (SDPA/flash attention drops the 5as/h term, fp32 training doubles the "
                          "rest); logits: one fp32 copy of the output layer",
@@ -591,10 +594,11 @@ def estimate(opts, *, device: str = "auto", num_labels: int = 2) -> Estimate:
                            micro_batches=settings.micro_batches, autocast=settings.autocast,
                            max_grad_norm=opts.max_grad_norm, clip_foreach=True if settings.target == "cuda" else None)
     elapsed = time.perf_counter() - started
-    return _assemble(opts, spec, method, settings, model, trace, trainable, total, elapsed)
+    return _assemble(opts, spec, method, settings, model, trace, trainable, total, elapsed, prec)
 
 
-def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, total, elapsed) -> Estimate:
+def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, total, elapsed,
+              prec: precision.Precision) -> Estimate:
     phases: dict[str, dict[str, Any]] = {}
     best_phase, best = "", -1
     for phase in ("forward", "backward", "optimizer"):
@@ -629,9 +633,11 @@ def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, 
                   "max_seq_length": opts.max_seq_length,
                   "gradient_accumulation_steps": opts.gradient_accumulation_steps,
                   "gradient_checkpointing": opts.gradient_checkpointing, "use_4bit": opts.use_4bit,
-                  "use_8bit": opts.use_8bit, "bf16": opts.bf16, "fp16": opts.fp16, "optim": opts.optim,
+                  "use_8bit": opts.use_8bit, "bf16": opts.bf16, "fp16": opts.fp16, **prec.record(),
+                  "optim": opts.optim,
                   "lora_r": opts.lora_r if method.peft else None,
                   "weights_dtype": str(_weights_dtype(opts)).replace("torch.", ""),
+    opts, _ = settle_precision(opts, device)
                   "bnb_4bit_compute_dtype": str(settings.compute_dtype).replace("torch.", "")},
         total_params=total, trainable_params=trainable, peak_bytes=best, peak_phase=best_phase,
         breakdown=breakdown, weights_detail=weights_detail, phases=phases,
@@ -725,6 +731,7 @@ def validate_case(case: ValidationCase, base_opts=None, *, device: str = "auto")
     return case
 
 
+    opts, prec = settle_precision(opts, device)
 # --- what fits ----------------------------------------------------------------------------------------------------
 
 def fits(peak_bytes: int, gpu_gb: float, headroom_gb: float) -> bool:
@@ -797,13 +804,14 @@ def propose_fit(opts, gpu_gb: float, *, headroom_gb: float = 1.0, device: str = 
             give_back("back to no gradient checkpointing", dataclasses.replace(current, gradient_checkpointing=False))
     return {"gpu_gb": gpu_gb, "headroom_gb": headroom_gb, "fits": ok,
             "changes": _changed_flags(opts, current) if ok else [], "peak_bytes": est.peak_bytes,
-            "settings": est.settings, "method": current.method, "tried": tried}
+            "settings": {**est.settings, **prec.record()}, "method": current.method, "tried": tried}
 
 
 def _changed_flags(before, after) -> list[str]:
     flags = []
     if after.method != before.method:
         flags.append(f"--method {after.method}")
+    opts, prec = settle_precision(opts, device)
     if after.gradient_checkpointing != before.gradient_checkpointing:
         flags.append("--gradient_checkpointing" if after.gradient_checkpointing else "--gradient_checkpointing false")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "optim"):
@@ -839,4 +847,4 @@ def size_table(opts, *, sizes: list[str] | None = None, methods: list[str] | Non
             "settings": {"per_device_train_batch_size": opts.per_device_train_batch_size,
                          "max_seq_length": opts.max_seq_length,
                          "gradient_checkpointing": opts.gradient_checkpointing, "optim": opts.optim,
-                         "bf16": opts.bf16}}
+                         "bf16": opts.bf16, **prec.record()}}

@@ -67,3 +67,45 @@ def device_description() -> dict[str, str]:
         return {"device": "cuda", "device_name": torch.cuda.get_device_name(0)}
     return {"device": "cpu", "device_name": platform.processor() or platform.machine(),
             "cpu_threads": str(torch.get_num_threads())}
+
+
+TENSOR_PEAK_STEPS = 2  # the first step creates the optimizer states; the second holds them with its activations
+
+
+def tensor_peak_callback(model, steps: int = TENSOR_PEAK_STEPS):
+    """A Trainer callback that counts the live tensor bytes of a CPU run (``trace.LiveBytes``, the counter
+    ``tunelab estimate --validate`` measures with) over its first ``steps`` optimizer steps; ``.peak_bytes`` is then
+    their peak. The resident set size also holds the allocator's cached and fragmented memory and the Python
+    runtime; this figure compares methods rather than allocators. It counts the first steps only because every op
+    passes through Python while it counts (a few percent of those steps' time); the methods of a comparison see the
+    same first batches, and the second step is the steady state (weights, optimizer states, activations)."""
+    from transformers import TrainerCallback
+
+    from tunelab.memory.trace import LiveBytes, resident_tensors
+
+    class TensorPeak(TrainerCallback):
+        def __init__(self):
+            self.counter: LiveBytes | None = None
+            self.until = 0
+            self.peak_bytes: int | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.counter = LiveBytes(device_type="cpu")
+            self.counter.register(resident_tensors(model))
+            self.until = state.global_step + steps
+            self.counter.__enter__()
+
+        def stop(self) -> None:
+            """End the count (also when training stopped early or failed: no counter stays on)."""
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
+                self.peak_bytes, self.counter = self.counter.peak, None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= self.until:
+                self.stop()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.stop()
+
+    return TensorPeak()
