@@ -329,6 +329,9 @@ class CompareOptions:
                                                 "(less padding)", group="overrides")
     packing: bool | None = option(None, "shared batching: padding-free packed batches (not for prompt/prefix "
                                         "tuning)", group="overrides")
+    bf16: bool | None = option(None, "shared precision: bf16 mixed precision for every run (default: tunelab "
+                                     "train's, on where the device runs bf16 fast); --no_bf16 trains every run in "
+                                     "float32", negation="no_bf16", group="overrides")
     max_eval_samples: int | None = option(None, "evaluation examples", group="overrides")
     probe_samples: int | None = option(None, "examples per retention probe", group="overrides")
     max_new_tokens: int | None = option(None, "tokens generated per answer", group="overrides")
@@ -336,9 +339,6 @@ class CompareOptions:
                                         "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="data")
     device: str = option("auto", "where runs train: auto uses a GPU when there is one (bf16 where supported)",
                          choices=("auto", "cpu", "cuda"), group="execution")
-    bf16: bool | None = option(None, "shared precision: bf16 mixed precision for every run (default: tunelab "
-                                     "train's, on where the device runs bf16 fast); --no_bf16 trains every run in "
-                                     "float32", negation="no_bf16", group="overrides")
     force: bool = option(False, "re-run finished runs too", group="execution")
     retry_failed: bool = option(False, "re-run runs recorded as failed", group="execution")
     run_timeout: float | None = option(None, "seconds after which a run is stopped and recorded as failed",

@@ -265,14 +265,12 @@ class PaddingCounter:
 
 
 def _collator(tokenizer, task_kind: str, model, packing: bool = False):
-    prec = precision.for_options(opts)  # bf16 unless asked otherwise where the hardware runs it fast; and why
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
 
     if packing:
         if task_kind != "causal_lm":
             raise TunelabError(f"--packing is for causal language models; this is a {task_kind} model")
         return PaddingCounter(DataCollatorWithFlattening(return_position_ids=True, separator_id=-100))
-    log.info("precision: %s (%s)", prec.name, prec.reason)
     if task_kind == "seq_cls":
         return PaddingCounter(DataCollatorWithPadding(tokenizer))
     return PaddingCounter(DataCollatorForSeq2Seq(tokenizer, model=model if task_kind == "seq2seq_lm" else None,
@@ -311,12 +309,14 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
+    prec = precision.for_options(opts)  # bf16 unless asked otherwise where the hardware runs it fast; and why
     opts, chosen = resolve(opts, set(explicit))
     opts = distributed.settle_options(opts, explicit)  # [distributed] num_processes = the launch's world size
     check_options(opts)
     log.info("effective configuration (defaults chosen for --method %s: %s):\n%s", opts.method,
              ", ".join(f"{k}={v}" for k, v in chosen.items()) or "none",
              yaml.safe_dump(_plain(to_dict(opts)), sort_keys=False).rstrip())
+    log.info("precision: %s (%s)", prec.name, prec.reason)
     out = Path(opts.output_dir)
     state = _output_state(out, opts)
     if state == "same-finished" and not opts.overwrite_output_dir:
@@ -344,9 +344,6 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     total_steps = total_training_steps(opts, len(data.train), opts.num_processes)
     from tunelab import tracking
 
-    # on the CPU, the live tensor bytes of the first steps beside the resident set size (memory.tracker)
-    tensor_peak = None if _on_gpu(opts) else tensor_peak_callback(model)
-    callbacks += [tensor_peak] if tensor_peak is not None else []
     tracker = tracking.tracker(opts, data=data, tokenizer=tokenizer, model_path=model_path, task_kind=task_kind,
                                total_steps=total_steps)  # --track_retention / --max_forgetting, or None
     # [distributed] the TrainingArguments set the processes up (each its own GPU; DeepSpeed ZeRO-3's partitioned
@@ -362,8 +359,6 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     # From here on the output directory is written to, by the main process only; the others wait for it.
     resume = opts.resume_from_checkpoint
     distributed.wait_for_everyone(args)  # [distributed] every process has read the directory's state
-    peak_tensor_bytes = None if tensor_peak is None or tensor_peak.peak_bytes is None else \
-        distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's
     if state in ("same-finished", "different") and opts.overwrite_output_dir:
         if main:  # [distributed]
             shutil.rmtree(out)
@@ -380,9 +375,6 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         effective = {**to_dict(opts), **prec.record()}  # (the record keys: --config takes the file back)
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
         if masking is not None:
-        # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs; else None)
-        results.update(prec.record(), peak_tensor_bytes=peak_tensor_bytes,
-                       peak_tensor_steps=TENSOR_PEAK_STEPS if peak_tensor_bytes is not None else None)
             masking.save_templates(out)
     distributed.wait_for_everyone(args)  # [distributed]
 
@@ -396,6 +388,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
     if tracker is not None:
         callbacks.append(tracker.callback())
+    # on the CPU, the live tensor bytes of the first steps beside the resident set size (memory.tracker)
+    tensor_peak = None if _on_gpu(opts) else tensor_peak_callback(model)
+    callbacks += [tensor_peak] if tensor_peak is not None else []
     trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
     collator = _collator(tokenizer, task_kind, model, opts.packing)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -411,6 +406,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
             tensor_peak.stop()
     train_seconds = time.perf_counter() - started
     peak_bytes, peak_kind = peak_memory()
+    peak_tensor_bytes = None if tensor_peak is None or tensor_peak.peak_bytes is None else \
+        distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's
     # [distributed] per process; the busiest process's peak is the figure (what each device must hold)
     peak_bytes = distributed.max_over_processes(peak_bytes, trainer)
     # Count training batches only: evaluation goes through the same collator. [distributed] summed over processes
@@ -427,6 +424,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
                            train_seconds, peak_bytes, peak_kind, eval_loss, out)
         results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
+        # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs; else None)
+        results.update(prec.record(), peak_tensor_bytes=peak_tensor_bytes,
+                       peak_tensor_steps=TENSOR_PEAK_STEPS if peak_tensor_bytes is not None else None)
         if masking is not None:
             results["ica_masking"] = masking.summary()
         if tracker is not None:

@@ -137,14 +137,14 @@ class Recipe:
 
 
 def _device_options(device: str, gpu_bf16: bool | None = None) -> dict[str, Any]:
+    """Where the runs train. Their precision is tunelab train's default (bf16 where the device runs it fast:
+    tunelab.precision), decided and logged by each run, unless the recipe's budget or --bf16/--no_bf16 sets it."""
     import torch
 
     if device == "cpu":
         return {"use_cpu": True}
     if gpu_bf16 is not None:  # the runs' GPUs are on other machines (a Ray cluster): the launcher asked one of them
         return {"bf16": gpu_bf16}
-    """Where the runs train. Their precision is tunelab train's default (bf16 where the device runs it fast:
-    tunelab.precision), decided and logged by each run, unless the recipe's budget or --bf16/--no_bf16 sets it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise TunelabError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
     if torch.cuda.is_available():

@@ -194,7 +194,6 @@ def run_settings(opts, *, device: str = "auto") -> RunSettings:
                        micro_batches=min(max(opts.gradient_accumulation_steps, 1), 2))
 
 
-def check_estimate_options(opts, spec: ModelSpec) -> Any:
 def settle_precision(opts, device: str = "auto"):
     """``opts`` with bf16 decided as ``tunelab train`` decides it, for the device the run is for (a GPU is assumed
     to support bf16 when there is none here to ask), and the decision (tunelab.precision)."""
@@ -202,6 +201,7 @@ def settle_precision(opts, device: str = "auto"):
     return precision.settle(opts, target=target)
 
 
+def check_estimate_options(opts, spec: ModelSpec) -> Any:
     """The checks ``tunelab train`` makes before loading anything, then the method's own; returns the method."""
     from tunelab.methods import ApplyContext, get_method
     from tunelab.training import check_options
@@ -552,7 +552,6 @@ def _analytic(opts, spec: ModelSpec, trainable: int, trace: StepTrace) -> dict[s
         "logits_bytes": 4 * b * s * v if spec.task_kind != "seq_cls" else 0,
         "formula_notes": "gradients: 4 bytes per trainable fp32 parameter; AdamW: 8 (two fp32 moments), 8-bit "
                          "AdamW: 2 (plus an fp32 absmax per 256 values); full fine-tuning with fp32 AdamW: 16 "
-    opts, prec = settle_precision(opts, device)
                          "bytes per parameter; Korthikanti: 16-bit activations, dropout masks and materialised "
                          "attention scores (SDPA/flash attention drops the 5as/h term, fp32 training doubles the "
                          "rest); logits: one fp32 copy of the output layer",
@@ -572,6 +571,7 @@ def estimate(opts, *, device: str = "auto", num_labels: int = 2) -> Estimate:
     """Predict the peak memory of the run ``opts`` describes (TrainOptions fields; resolved method defaults)."""
     from tunelab.config import resolve
 
+    opts, prec = settle_precision(opts, device)
     opts, _ = resolve(opts, set())
     spec = resolve_spec(opts.model_name_or_path, task_type=opts.task_type, trust_remote_code=opts.trust_remote_code)
     method = check_estimate_options(opts, spec)
@@ -637,7 +637,6 @@ def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, 
                   "optim": opts.optim,
                   "lora_r": opts.lora_r if method.peft else None,
                   "weights_dtype": str(_weights_dtype(opts)).replace("torch.", ""),
-    opts, _ = settle_precision(opts, device)
                   "bnb_4bit_compute_dtype": str(settings.compute_dtype).replace("torch.", "")},
         total_params=total, trainable_params=trainable, peak_bytes=best, peak_phase=best_phase,
         breakdown=breakdown, weights_detail=weights_detail, phases=phases,
@@ -657,6 +656,7 @@ def measure(opts, *, device: str = "auto", num_labels: int = 2, steps: int = 2) 
 
     from tunelab.config import resolve
 
+    opts, _ = settle_precision(opts, device)
     opts, _ = resolve(opts, set())
     spec = resolve_spec(opts.model_name_or_path, task_type=opts.task_type, trust_remote_code=opts.trust_remote_code)
     check_estimate_options(opts, spec)
@@ -731,7 +731,6 @@ def validate_case(case: ValidationCase, base_opts=None, *, device: str = "auto")
     return case
 
 
-    opts, prec = settle_precision(opts, device)
 # --- what fits ----------------------------------------------------------------------------------------------------
 
 def fits(peak_bytes: int, gpu_gb: float, headroom_gb: float) -> bool:
@@ -751,6 +750,7 @@ def propose_fit(opts, gpu_gb: float, *, headroom_gb: float = 1.0, device: str = 
     """
     from tunelab.config import resolve
 
+    opts, prec = settle_precision(opts, device)
     opts, _ = resolve(opts, set())
     tried: list[dict[str, Any]] = []
 
@@ -811,7 +811,6 @@ def _changed_flags(before, after) -> list[str]:
     flags = []
     if after.method != before.method:
         flags.append(f"--method {after.method}")
-    opts, prec = settle_precision(opts, device)
     if after.gradient_checkpointing != before.gradient_checkpointing:
         flags.append("--gradient_checkpointing" if after.gradient_checkpointing else "--gradient_checkpointing false")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "optim"):
@@ -831,6 +830,7 @@ def size_table(opts, *, sizes: list[str] | None = None, methods: list[str] | Non
     if unknown:
         raise TunelabError(f"--table_sizes {','.join(unknown)}: unknown; choose from "
                            f"{', '.join(architectures.TABLE_SIZES)} or a known architecture")
+    opts, prec = settle_precision(opts, device)
     rows = []
     for size in sizes:
         model = architectures.TABLE_SIZES.get(size, size)
