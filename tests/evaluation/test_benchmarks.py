@@ -112,21 +112,22 @@ def test_the_other_benchmarks_read_every_row_with_its_gold():
 def test_a_random_model_scores_about_chance_and_gets_no_retention_ratio(tiny_llama, tmp_path, capsys):
     folder = bench_dir()
     out = tmp_path / "eval"
-    code = main(["eval", "--model_name_or_path", str(tiny_llama), "--retention", "arc_easy", "--probe_samples", "60",
+    # NAME@N: the benchmark's own number of examples wins over --probe_samples (the generation probes' size)
+    code = main(["eval", "--model_name_or_path", str(tiny_llama), "--retention", "arc_easy@60", "--probe_samples", "5",
                  "--benchmark_data_dir", str(folder), "--output_dir", str(out), "--use_cpu",
                  "--per_device_eval_batch_size", "16"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    p = json.loads((out / "eval_results.json").read_text())["retention"]["arc_easy"]
+    p = json.loads((out / "eval_results.json").read_text())["retention"]["arc_easy@60"]
     assert p["task"] == "benchmark" and p["metric"] == "acc_norm" and p["num_examples"] == 60
     assert set(p["scores_after"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
     assert 0.24 < p["chance_level"] < 0.26
     for metric in ("acc", "acc_norm"):  # within 3 standard errors of chance
         assert abs(p["scores_after"][metric] - p["chance_level"]) < 3 * p["scores_after"][f"{metric}_stderr"]
     assert p["before"] == p["after"] and p["retention_ratio"] is None and "chance level" in p["retention_note"]
-    assert "retention arc_easy: acc_norm" in printed.out and "chance 0.25" in printed.out
+    assert "retention arc_easy@60: acc_norm" in printed.out and "chance 0.25" in printed.out
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["source"] == "retention:arc_easy"]
+    rows = [r for r in rows if r["source"] == "retention:arc_easy@60"]
     assert len(rows) == 60 and all(0 <= r["prediction"] < len(r["choices"]) for r in rows)
     assert {r["doc_index"] for r in rows} == set(seeded_subset(570, 60, 42))
 
@@ -208,6 +209,8 @@ def test_missing_folder_malformed_row_and_unknown_name_are_one_line(tiny_llama, 
     assert "anatomy_dev.csv line 3" in err and "answer '7'" in err
     err = _error(capsys, [*base, "--retention", "arc_eazy"])
     assert "arc_easy" in err and "lm_eval:TASK" in err
+    err = _error(capsys, [*base, "--retention", "arc_easy@many"])
+    assert "after @ comes this probe's number of examples" in err
 
 
 @pytest.mark.integration
@@ -231,6 +234,21 @@ def test_without_lm_eval_installed_a_benchmark_probe_says_which_extra(tiny_llama
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr[-2000:]
     assert err[-1].startswith("error: --retention arc_easy") and "pip install 'tunelab[benchmarks]'" in err[-1]
+
+
+def test_a_recipe_naming_a_benchmark_without_lm_eval_fails_before_any_run(tiny_llama, tmp_path):
+    from conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, tiny_llama, ["lora"], retention=["drift", "arc_easy@64"])
+    out = tmp_path / "cmp"
+    code = ("import sys; sys.modules['lm_eval'] = None\n"
+            "from tunelab.cli import main\n"
+            f"sys.exit(main(['compare', {str(recipe)!r}, '--output_dir', {str(out)!r}, '--device', 'cpu']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert err[-1].startswith("error: recipe tiny: --retention arc_easy@64") and "tunelab[benchmarks]" in err[-1]
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir()), "nothing ran"
 
 
 # --- the real model ------------------------------------------------------------------------------------------------

@@ -115,8 +115,14 @@ class Recipe:
     def eval_options(self, *, eval_file: str, output_dir: str, model: str, adapter: str | None,
                      baseline: str | None, data_dir: str | None, sql_database: str | None,
                      device: str = "auto") -> EvalOptions:
+        from tunelab.evaluation.probes import parse_probe
         from tunelab.options import build
 
+        for spec in self.retention:  # an unknown probe, or a benchmark without lm-eval, fails before any run
+            try:
+                parse_probe(spec)
+            except TunelabError as e:
+                raise TunelabError(f"recipe {self.name}: {e}") from None
         values: dict[str, Any] = dict(model_name_or_path=model, adapter=adapter, task=self.task,
                                       dataset_name_or_path=eval_file, retention=list(self.retention),
                                       output_dir=output_dir, baseline=baseline, data_dir=data_dir,

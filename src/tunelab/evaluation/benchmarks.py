@@ -14,6 +14,8 @@ lm-eval task on it, so the numbers mean what papers and model cards that use lm-
 Subsets: lm-eval's ``limit`` takes the *first* N documents, which on files ordered by source or subject is not a
 sample. A probe given a limit instead draws N document indices at random with its seed and passes them as
 lm-eval's ``samples``: the same seed gives the same documents before and after tuning, so the scores are paired.
+N is --probe_samples, or the probe's own ``NAME@N`` (``arc_easy@64``): a log-likelihood question costs a fraction of
+a generated answer, and a benchmark needs enough of them for its interval to clear chance.
 The probe never reseeds the global random generators (lm-eval would by default), so it can run between training
 steps without changing the run.
 """
@@ -115,8 +117,16 @@ BUILTIN_BENCHMARKS: dict[str, BuiltinBenchmark] = {b.name: b for b in (
 )}
 
 
+def split_size(spec: str) -> tuple[str, str | None]:
+    """``arc_easy@64`` -> ("arc_easy", "64"): a benchmark probe may carry its own number of examples, so that a
+    recipe can give a cheap log-likelihood benchmark more questions than its generation probes (--probe_samples)."""
+    name, sep, size = spec.rpartition("@")
+    return (name, size) if sep else (spec, None)
+
+
 def is_benchmark(spec: str) -> bool:
-    return spec in BUILTIN_BENCHMARKS or spec.startswith(LM_EVAL_PREFIX)
+    name = split_size(spec)[0]
+    return name in BUILTIN_BENCHMARKS or name.startswith(LM_EVAL_PREFIX)
 
 
 def builtin_tasks_dir() -> Path:
@@ -188,11 +198,13 @@ def _read_csv(path: Path):
 
 def require_lm_eval(spec: str) -> None:
     """Benchmark probes need the optional extra; naming one without it is a user error, not a traceback."""
-    try:
-        import lm_eval  # noqa: F401
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] != "lm_eval":
-            raise
+    import importlib.util
+
+    try:  # found without importing it (seconds): recipes check their probes before any run
+        found = importlib.util.find_spec("lm_eval") is not None
+    except ValueError:  # None in sys.modules: made unimportable
+        found = False
+    if not found:
         raise TunelabError(f"--retention {spec}: benchmark probes are scored by lm-evaluation-harness, which is not "
                            f"installed; {INSTALL_HINT}") from None
 
@@ -271,25 +283,31 @@ class BenchmarkProbe:
     ``limit``: documents per scoring (a seeded random subset, see the module docstring); None scores them all. A
     call's own ``limit`` wins over the probe's. The lm-eval task is built once (its data read once) and reused."""
 
-    name: str                        # as the user wrote it: arc_easy, or lm_eval:hellaswag
+    name: str                        # as the user wrote it (the results' key): arc_easy, arc_easy@64, lm_eval:piqa
     benchmark_dir: Path | None = None
     limit: int | None = None
     seed: int = 42
+    own_limit: int | None = None     # the @N of the name: wins over the evaluation's --probe_samples
     task = "benchmark"               # what run.py dispatches on, beside the task probes and drift
     _loaded: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
+    def benchmark(self) -> str:
+        return split_size(self.name)[0]
+
+    @property
     def builtin(self) -> BuiltinBenchmark | None:
-        return BUILTIN_BENCHMARKS.get(self.name)
+        return BUILTIN_BENCHMARKS.get(self.benchmark)
 
     @property
     def lm_eval_task(self) -> str:
-        return self.name.removeprefix(LM_EVAL_PREFIX)
+        return self.benchmark.removeprefix(LM_EVAL_PREFIX)
 
     def load(self, ctx) -> "BenchmarkProbe":
         """This probe bound to an evaluation's context (benchmark folder, examples, seed), its data checked and
         its lm-eval task built, so that bad data fails before any model is loaded."""
-        bound = dataclasses.replace(self, benchmark_dir=ctx.benchmark_dir, limit=ctx.samples, seed=ctx.seed)
+        bound = dataclasses.replace(self, benchmark_dir=ctx.benchmark_dir, seed=ctx.seed,
+                                    limit=self.own_limit if self.own_limit is not None else ctx.samples)
         bound.tasks()
         return bound
 
@@ -305,11 +323,11 @@ class BenchmarkProbe:
         manager = _task_manager(True)
         # The YAML's data_files are relative to the benchmark folder, given to datasets as data_dir: the shipped
         # configs stay free of machine paths, and the folder is chosen per run.
-        config = copy.deepcopy(manager.task_index[self.name].cfg)
+        config = copy.deepcopy(manager.task_index[self.benchmark].cfg)
         config["dataset_kwargs"] = {**config.get("dataset_kwargs", {}),
                                     "data_dir": str(self.benchmark_dir.resolve())}
         loaded = manager.load([config])
-        return {"top": loaded["tasks"][self.name], "tasks": loaded["tasks"], "manager": manager}
+        return {"top": loaded["tasks"][self.benchmark], "tasks": loaded["tasks"], "manager": manager}
 
     def _build_stock(self) -> dict[str, Any]:
         manager = _task_manager(False)
@@ -385,10 +403,14 @@ class BenchmarkProbe:
 def benchmark_probe(spec: str) -> BenchmarkProbe:
     """The probe a ``--retention`` name asks for (not yet bound to data: see :meth:`BenchmarkProbe.load`)."""
     require_lm_eval(spec)
-    if spec.startswith(LM_EVAL_PREFIX) and not spec[len(LM_EVAL_PREFIX):]:
+    name, size = split_size(spec)
+    if name.startswith(LM_EVAL_PREFIX) and not name[len(LM_EVAL_PREFIX):]:
         raise TunelabError(f"--retention {spec}: name an lm-eval task after {LM_EVAL_PREFIX}, e.g. "
                            f"{LM_EVAL_PREFIX}hellaswag")
-    return BenchmarkProbe(spec)
+    if size is not None and not (size.isdigit() and int(size) > 0):
+        raise TunelabError(f"--retention {spec}: after @ comes this probe's number of examples, a positive whole "
+                           f"number (e.g. {name}@64)")
+    return BenchmarkProbe(spec, own_limit=int(size) if size is not None else None)
 
 
 def no_skill_floor(before: BenchmarkScore | dict[str, Any]) -> tuple[float | None, str | None]:
