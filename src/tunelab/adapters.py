@@ -76,7 +76,8 @@ class AdapterSession:
     """
 
     def __init__(self, model_name_or_path: str, adapters: dict[str, str] | Sequence[str] | None = None, *,
-                 use_cpu: bool = False, template: str | None = None, system_prompt: str | None = None):
+                 use_cpu: bool = False, template: str | None = None, system_prompt: str | None = None,
+                 torch_dtype: str = "auto"):
         from tunelab.data.templates import resolve_template
 
         if adapters is None or isinstance(adapters, dict):
@@ -87,6 +88,7 @@ class AdapterSession:
             specs = parse_adapter_specs(adapters)
         self.model_name_or_path = model_name_or_path
         self.use_cpu = use_cpu
+        self.torch_dtype = torch_dtype  # "auto": each adapter's base as its run trained it (inference.run_dtype)
         self._template_override = template
         self._system_override = system_prompt
         self._adapters: dict[str, _Adapter] = {}
@@ -95,7 +97,7 @@ class AdapterSession:
             self._attach(name, path)
         if not self._groups:  # no adapters: the plain base (or a fully fine-tuned model directory)
             lm = inference.load(model_name_or_path, None, use_cpu=use_cpu, template=template,
-                                system_prompt=system_prompt)
+                                system_prompt=system_prompt, torch_dtype=torch_dtype)
             self._groups[("none",)] = _Group(lm)
         primary = next(iter(self._groups.values())).lm
         self._base_group = next(iter(self._groups))
@@ -116,7 +118,9 @@ class AdapterSession:
         if prefix and name in prefix:  # peft matches weights by substring: such a name can clobber them on load
             raise TunelabError(f"--adapter {name}={path}: peft cannot load a {peft_type.lower()} adapter named "
                                f"{name!r}, which is part of its weight prefix {prefix!r}; choose another name")
-        key = (peft_type, bool(run.get("use_4bit")), bool(run.get("use_8bit")))
+        # adapters share a base only when it is loaded alike: quantized alike and in the same dtype
+        key = (peft_type, bool(run.get("use_4bit")), bool(run.get("use_8bit")),
+               inference.inference_dtype(self.torch_dtype, run, use_cpu=self.use_cpu))
         group = self._groups.get(key)
         if group is None:
             if self._groups:
@@ -124,7 +128,8 @@ class AdapterSession:
                          "another copy of the base for it", name, peft_type.lower(),
                          ", 4-bit base" if key[1] else ", 8-bit base" if key[2] else "")
             lm = inference.load(self.model_name_or_path, path, use_cpu=self.use_cpu, adapter_name=name,
-                                template=self._template_override, system_prompt=self._system_override)
+                                template=self._template_override, system_prompt=self._system_override,
+                                torch_dtype=self.torch_dtype)
             group = self._groups[key] = _Group(lm)
             template = lm.template
         else:
@@ -344,7 +349,7 @@ def run_generate(opts) -> list[dict[str, Any]]:
         raise TunelabError(f"--output_file {opts.output_file}: already exists; choose another path or pass "
                            "--overwrite")
     session = AdapterSession(opts.model_name_or_path, specs, use_cpu=opts.use_cpu, template=opts.template,
-                             system_prompt=opts.system_prompt)
+                             system_prompt=opts.system_prompt, torch_dtype=opts.torch_dtype)
     answers = session.generate([item["messages"] for item in inputs], names, max_new_tokens=opts.max_new_tokens,
                                batch_size=opts.per_device_eval_batch_size, max_prompt_tokens=opts.max_seq_length)
     records = [{**item["row"], "adapter": name, "response": answer}

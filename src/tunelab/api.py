@@ -244,7 +244,8 @@ def merge(model: str | None = None, adapter: str | None = None, **options: Any):
         values["adapter"] = adapter
     opts, _ = _build(MergeOptions, "tunelab.merge()", values)
     return _merge(opts.model_name_or_path, opts.adapter, opts.output_dir,
-                  overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu)
+                  overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu,
+                  torch_dtype=opts.torch_dtype)
 
 
 def export_gguf(model: str | None = None, **options: Any):

@@ -271,7 +271,8 @@ def cmd_merge(argv: list[str]) -> int:
                             "Fold a PEFT adapter into its base (peft merge_and_unload) and save a standalone model "
                             "(safetensors + tokenizer) that plain transformers loads.")
     result = merge(opts.model_name_or_path, opts.adapter, opts.output_dir,
-                   overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu)
+                   overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu,
+                   torch_dtype=opts.torch_dtype)
     print(f"merged {result.info['method']} adapter into {opts.model_name_or_path}: {result.output_dir} "
           f"({result.info['model_bytes'] / 2**20:.1f} MiB of weights)")
     return 0

@@ -303,6 +303,12 @@ class EvalOptions:
     max_seq_length: int = option(1024, "truncate prompts to this many tokens", group="generation")
     seed: int = option(42, "seed for sampling examples and bootstrap intervals", group="generation")
     use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
+    torch_dtype: str = option("auto", "dtype the model's weights are loaded in; auto: as the run trained (bfloat16 "
+                                      "after --bf16, float16 after --fp16 on a GPU, float32 for the non-quantized "
+                                      "tensors of a QLoRA run, else float32; a model that is no tunelab run: the "
+                                      "precision tunelab would train it in here); read from the run's "
+                                      "tunelab_config.yaml", choices=("auto", "float32", "bfloat16", "float16"),
+                              group="generation")
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
 
@@ -434,6 +440,12 @@ class GenerateOptions:
     per_device_eval_batch_size: int = option(8, "prompts per generation batch", group="generation")
     max_seq_length: int = option(1024, "truncate prompts to this many tokens", group="generation")
     use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
+    torch_dtype: str = option("auto", "dtype the model's weights are loaded in; auto: as the run trained (bfloat16 "
+                                      "after --bf16, float16 after --fp16 on a GPU, float32 for the non-quantized "
+                                      "tensors of a QLoRA run, else float32; a model that is no tunelab run: the "
+                                      "precision tunelab would train it in here); read from the run's "
+                                      "tunelab_config.yaml", choices=("auto", "float32", "bfloat16", "float16"),
+                              group="generation")
     output_file: str | None = option(None, "write one JSON line per input (its fields, 'adapter', 'response') "
                                            "instead of printing", group="output")
     overwrite: bool = option(False, "replace an existing --output_file", group="output")
@@ -450,6 +462,11 @@ class MergeOptions:
     output_dir: str = option(help="where the merged model (safetensors + tokenizer) goes", group="output")
     overwrite_output_dir: bool = option(False, "replace a previous merge in --output_dir", group="output")
     use_cpu: bool = option(False, "merge on the CPU even when a GPU is present", group="output")
+    torch_dtype: str = option("auto", "dtype the base is loaded and merged in; auto: as the run trained (bfloat16 "
+                                      "for a PEFT run trained with --bf16, float32 for a QLoRA run: merging into "
+                                      "4-bit weights would round the update away); read from the adapter's "
+                                      "tunelab_config.yaml", choices=("auto", "float32", "bfloat16", "float16"),
+                              group="output")
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
 

@@ -58,6 +58,7 @@ class LoadedModel:
     model_path: str
     adapters: dict[str, str] = field(default_factory=dict)   # name -> adapter dir
     run_config: dict[str, Any] = field(default_factory=dict)
+    dtype: Any = None   # of the weights that are not quantized (torch.float32, torch.bfloat16 ...)
 
     @property
     def is_peft(self) -> bool:
@@ -74,12 +75,86 @@ def _device(use_cpu: bool):
     return torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
 
 
-def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool = False, task_type: str = "auto",
-         template: str | None = None, system_prompt: str | None = None, quantize_like_training: bool = True,
-         adapter_name: str = "default") -> LoadedModel:
-    """Load for inference. ``adapter`` is a PEFT adapter directory; the base is quantized as it was in training."""
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def run_dtype(run_config: dict[str, Any], *, use_cpu: bool = False):
+    """The dtype a model is run in for inference ("auto" of --torch_dtype) on this machine: :func:`decide_dtype`
+    for the device it runs on here."""
     import torch
 
+    from tunelab import precision
+
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    return decide_dtype(run_config, on_gpu=on_gpu, gpu_bf16=precision.gpu_supports_bf16() if on_gpu else None,
+                        cpu_flags=() if on_gpu else precision.cpu_flags())
+
+
+def decide_dtype(run_config: dict[str, Any], *, on_gpu: bool, gpu_bf16: bool | None = None,
+                 cpu_flags=()):
+    """The dtype of the weights (those not quantized) a run's model is evaluated, served and merged in: as the run
+    computed in training, read from its saved options (``run_config``: tunelab_config.yaml).
+
+    - a PEFT run's base was loaded in ``--torch_dtype``, or in bf16/fp16 under mixed precision
+      (``model_setup.weights_dtype``): the same dtype here, so the adapter sees the base it was trained on;
+    - a quantized (QLoRA) run's non-quantized tensors were upcast to float32 by peft's k-bit preparation: float32
+      (the quantized weights stay 4/8-bit: ``quantization_config``);
+    - a full fine-tuning run trained float32 master weights under bf16/fp16 autocast: its forward passes ran in the
+      half dtype, so it is evaluated in it (half the memory: a 7B model needs 14 GB, not 28);
+    - a run in float32: float32, on a GPU and on the CPU alike (it is what the run computed in);
+    - a model that is no tunelab run (a base): the precision tunelab trains in on this device
+      (``tunelab.precision``: bf16 on a GPU or CPU that runs it fast), so that a comparison's base is scored as its
+      runs are.
+    fp16 needs a GPU, bf16 a GPU that supports it (``gpu_bf16`` None: assumed) or any CPU: else float32."""
+    import torch
+
+    from tunelab import precision
+
+    explicit = run_config.get("torch_dtype")
+    if explicit not in (None, "auto"):
+        wanted = getattr(torch, explicit)
+    elif run_config.get("use_4bit") or run_config.get("use_8bit"):
+        wanted = torch.float32
+    elif run_config:
+        wanted = torch.bfloat16 if run_config.get("bf16") is True else (
+            torch.float16 if run_config.get("fp16") is True else torch.float32)
+    else:
+        choice = precision.decide(bf16=None, fp16=False, on_gpu=on_gpu, gpu_bf16=gpu_bf16, cpu_flags=cpu_flags)
+        wanted = torch.bfloat16 if choice.bf16 else torch.float32
+    if wanted == torch.float16 and not on_gpu:
+        return torch.float32
+    if wanted == torch.bfloat16 and on_gpu and gpu_bf16 is False:
+        return torch.float32
+    return wanted
+
+
+def inference_dtype(torch_dtype: str, run_config: dict[str, Any], *, use_cpu: bool = False):
+    """``--torch_dtype`` as a torch dtype: "auto" is :func:`run_dtype`."""
+    import torch
+
+    if torch_dtype not in DTYPES:
+        raise TunelabError(f"--torch_dtype {torch_dtype}: choose one of {', '.join(DTYPES)}")
+    return run_dtype(run_config, use_cpu=use_cpu) if torch_dtype == "auto" else getattr(torch, torch_dtype)
+
+
+def _four_bit_compute_dtype(run_config: dict[str, Any], use_cpu: bool):
+    """The 4-bit matmul dtype the run trained with, chosen by the one rule training uses."""
+    import torch
+
+    from tunelab import precision
+
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    return precision.four_bit_compute_dtype(run_config.get("bnb_4bit_compute_dtype", "auto"),
+                                            bf16=run_config.get("bf16") is True, on_gpu=on_gpu)
+
+
+def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool = False, task_type: str = "auto",
+         template: str | None = None, system_prompt: str | None = None, quantize_like_training: bool = True,
+         adapter_name: str = "default", torch_dtype: str = "float32") -> LoadedModel:
+    """Load for inference. ``adapter`` is a PEFT adapter directory; the base is quantized as it was in training.
+    ``torch_dtype``: the dtype of the (non-quantized) weights; "auto" runs the model as its run trained
+    (:func:`run_dtype`). Evaluation, generation and merging pass the user's ``--torch_dtype`` (default auto); the
+    float32 default here keeps callers that compare weights exactly (diagnostics) at full precision."""
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise TunelabError(f"--adapter {adapter}: no adapter_config.json there; pass the output_dir of a PEFT run")
     model_path = resolve_model(model_name_or_path)
@@ -93,28 +168,76 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
         quant = quantization_config(use_4bit=bool(run_config.get("use_4bit")),
                                     use_8bit=bool(run_config.get("use_8bit")),
                                     quant_type=run_config.get("bnb_4bit_quant_type", "nf4"),
-                                    compute_dtype=torch.float32 if use_cpu or not torch.cuda.is_available()
-                                    else torch.bfloat16,
+                                    compute_dtype=_four_bit_compute_dtype(run_config, use_cpu),
                                     double_quant=run_config.get("bnb_4bit_use_double_quant", True))
+    # (a quantized run's "auto" is float32: also the full-precision base its adapter is merged into, merge.py)
+    dtype = inference_dtype(torch_dtype, run_config, use_cpu=use_cpu)
     device = _device(use_cpu)
     extra: dict[str, Any] = {}
     labels = read_label_names(adapter) if adapter is not None and task_kind == "seq_cls" else None
     if labels:  # the base's config does not know the head an adapter was trained with
         extra = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                      label2id={n: i for i, n in enumerate(labels)})
-    model = load_model(model_path, task_kind, quantization=quant, device_map="cpu" if quant and use_cpu else None,
-                       **extra)
+    model = load_model(model_path, task_kind, dtype=dtype, quantization=quant,
+                       device_map="cpu" if quant and use_cpu else None, **extra)
     if quant is None:
         model.to(device)
     adapters = {}
     if adapter is not None:
         model = attach_adapter(model, adapter, adapter_name, model_path)
+        _adapter_in_float32(model, adapter_name)
         adapters[adapter_name] = str(adapter)
     model.eval()
     tmpl = resolve_template(template or run_config.get("template", "auto"), tokenizer,
                             system_prompt if system_prompt is not None else run_config.get("system_prompt"),
                             task_kind=task_kind)
-    return LoadedModel(model, tokenizer, task_kind, tmpl, model_path, adapters, run_config)
+    return LoadedModel(model, tokenizer, task_kind, tmpl, model_path, adapters, run_config, dtype)
+
+
+def _adapter_in_float32(model, adapter_name: str) -> None:
+    """An adapter's own tensors in float32 on a half-precision base, as training kept them (peft upcasts LoRA-type
+    weights itself; a trained head or other --modules_to_save copy would otherwise take the base's dtype)."""
+    import torch
+
+    marker = f".{adapter_name}."
+    for name, p in model.named_parameters():
+        if marker in f".{name}" and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+
+
+def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_cpu: bool = False,
+                 template: str | None = None, system_prompt: str | None = None) -> LoadedModel:
+    """The model a training run returned (``TrainResult.model``), ready for inference in memory, as :func:`load`
+    would load it from ``run_dir``: in the run's dtype (:func:`run_dtype`), in eval mode, prompted as trained. Saves
+    loading the weights again after training; evaluation of the saved run gives the same numbers."""
+    from accelerate.utils import extract_model_from_parallel
+    from peft import PeftModel
+
+    # Under mixed precision accelerate wrapped the model's forward in autocast for training: unwrapped, it computes
+    # as the saved run loads (the half-precision base, a float32 adapter)
+    model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    run_config = read_run_config(run_dir)
+    task_kind = run_config.get("task_type") or "auto"
+    task_kind = detect_task_kind(model.config) if task_kind == "auto" else task_kind
+    is_peft = isinstance(model, PeftModel)
+    dtype = run_dtype(run_config, use_cpu=use_cpu)
+    if not is_peft:
+        # Full fine-tuning kept float32 master weights under autocast; load() reads them in dtype. Parameters only:
+        # buffers (rotary frequencies) keep the dtype loading gives them, as model.to() would not.
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    # (a PEFT model's base is already in the run's dtype and its adapter in float32: what load() rebuilds)
+    if hasattr(model, "disable_input_require_grads"):
+        with contextlib.suppress(AttributeError):  # hooks for training with checkpointing: none at inference
+            model.disable_input_require_grads()
+    model.eval()
+    tmpl = resolve_template(template or run_config.get("template", "auto"), tokenizer,
+                            system_prompt if system_prompt is not None else run_config.get("system_prompt"),
+                            task_kind=task_kind)
+    adapters = {model.active_adapter: str(run_dir)} if is_peft else {}
+    return LoadedModel(model, tokenizer, task_kind, tmpl, model_path if is_peft else str(run_dir), adapters,
+                       run_config, dtype)
 
 
 def attach_adapter(model, adapter: str, name: str, model_path: str):
@@ -189,8 +312,15 @@ def prompt_text(lm: LoadedModel, messages: list[dict[str, str]]) -> str:
 def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
              batch_size: int = 8, max_prompt_tokens: int = 1024, desc: str = "generating",
              adapter_names: list[str] | None = None, strip: bool = True,
-             min_new_tokens: int | None = None) -> tuple[list[str], GenerationStats]:
-    """Greedy answers to conversations (each a list of messages ending before the answer)."""
+             min_new_tokens: int | None = None,
+             stop_strings: tuple[str, ...] | list[str] | None = None) -> tuple[list[str], GenerationStats]:
+    """Greedy answers to conversations (each a list of messages ending before the answer).
+
+    An answer ends at the end of the model's turn (its end-of-sequence / end-of-turn tokens), at ``max_new_tokens``,
+    or at the first of ``stop_strings`` it writes (transformers' StopStringCriteria: the task's natural end, such
+    as the ``;`` that closes an SQL statement). The answer is what was generated up to there, the token that
+    completed the stop string included: nothing generated is cut away, and a row that stops early waits, padded,
+    for the rest of its batch."""
     import torch
     from tqdm.auto import tqdm
 
@@ -216,6 +346,8 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
                                       pad_token_id=tok.pad_token_id, eos_token_id=eos_ids)
         if min_new_tokens:
             kwargs["min_new_tokens"] = min_new_tokens
+        if stop_strings:
+            kwargs.update(stop_strings=list(stop_strings), tokenizer=tok)
         chunk_names = names[start:start + batch_size]
         if any(n is not None for n in chunk_names):
             kwargs["adapter_names"] = [n or "__base__" for n in chunk_names]

@@ -1,8 +1,9 @@
 """Fold a PEFT adapter into its base model (peft's ``merge_and_unload``) and save a standalone model.
 
 The result is a plain transformers folder (safetensors + tokenizer) whose logits equal the adapter model's within
-float tolerance. The base is always loaded in full precision for merging, also for QLoRA adapters (trained on a
-4-bit base): merging into 4-bit weights would round the update away.
+float tolerance. The base is loaded in the dtype the run trained it in (``inference.run_dtype``: bfloat16 for a PEFT
+run trained with --bf16, else float32; ``--torch_dtype`` overrides), and in full precision for QLoRA adapters
+(trained on a 4-bit base): merging into 4-bit weights would round the update away.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def check_mergeable(adapter: str | os.PathLike, method: str | None = None) -> st
     return peft_type
 
 
-def load_merged(model_name_or_path: str, adapter: str, *, use_cpu: bool = True):
-    """The base with the adapter merged in, in memory, as a LoadedModel (template and tokenizer as trained)."""
+def load_merged(model_name_or_path: str, adapter: str, *, use_cpu: bool = True, torch_dtype: str = "float32"):
+    """The base with the adapter merged in, in memory, as a LoadedModel (template and tokenizer as trained), its
+    weights in ``torch_dtype`` ("auto": as the run trained)."""
     from tunelab import inference
 
     check_mergeable(adapter)
@@ -69,7 +71,8 @@ def load_merged(model_name_or_path: str, adapter: str, *, use_cpu: bool = True):
         log.info("%s was trained on a %s-bit base; merging into the full-precision base (the merged model is "
                  "close to, not identical with, the quantized adapter model)", adapter,
                  4 if run.get("use_4bit") else 8)
-    lm = inference.load(model_name_or_path, adapter, use_cpu=use_cpu, quantize_like_training=False)
+    lm = inference.load(model_name_or_path, adapter, use_cpu=use_cpu, quantize_like_training=False,
+                        torch_dtype=torch_dtype)
     try:
         lm.model = lm.model.merge_and_unload(safe_merge=True)
     except ValueError as e:  # NaNs after merging, or peft refusing the layer kind
@@ -79,7 +82,7 @@ def load_merged(model_name_or_path: str, adapter: str, *, use_cpu: bool = True):
 
 
 def merge(model_name_or_path: str, adapter: str, output_dir: str | os.PathLike, *,
-          overwrite_output_dir: bool = False, use_cpu: bool = True) -> MergeResult:
+          overwrite_output_dir: bool = False, use_cpu: bool = True, torch_dtype: str = "auto") -> MergeResult:
     """merge_and_unload ADAPTER into MODEL and save the standalone model in OUTPUT_DIR (written atomically)."""
     out = Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -90,7 +93,7 @@ def merge(model_name_or_path: str, adapter: str, output_dir: str | os.PathLike, 
             raise TunelabError(f"--output_dir {out}: holds files that are not a tunelab merge, which "
                                "--overwrite_output_dir will not delete; choose an empty or new directory")
     check_mergeable(adapter)
-    lm = load_merged(model_name_or_path, adapter, use_cpu=use_cpu)
+    lm = load_merged(model_name_or_path, adapter, use_cpu=use_cpu, torch_dtype=torch_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -52,8 +52,8 @@ def test_adapter_eval_reports_before_after_and_disabled_equals_base(tiny_llama, 
     r = result.results
     assert r["headline_metric"] == "perplexity" and r["num_examples"] == 3 and r["metrics"]["perplexity"] > 1
     probe = r["retention"][f"language_modeling:{qa_file}"]
-    # 'before' is the untouched base, measured on its own: recompute it independently.
-    base = inference.load(str(tiny_llama), None, use_cpu=True, template=r["template"])
+    # 'before' is the untouched base, measured on its own in the tuned model's dtype: recompute it independently.
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template=r["template"], torch_dtype=r["torch_dtype"])
     from tunelab.evaluation.probes import load_task_examples
     from tunelab.evaluation.tasks import TaskSettings, run_task
 

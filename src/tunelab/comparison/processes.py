@@ -67,6 +67,7 @@ def record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | N
     rec["generation"] = ev.get("generation")
     rec["inference"] = result.get("inference")
     rec["eval_dir"] = result.get("eval_dir")
+    rec["timings"] = result.get("timings")  # seconds per phase of the run (bench/compare_overhead.py)
     return rec
 
 

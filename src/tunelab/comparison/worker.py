@@ -7,12 +7,15 @@ it writes run_error.json and exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
@@ -21,33 +24,50 @@ log = logging.getLogger("tunelab.comparison.worker")
 
 RESULT_FILE = "run_result.json"
 ERROR_FILE = "run_error.json"
+# The inference-cost measurement: every figure is the median of BENCH_REPEATS timed generations of BENCH_PROMPTS
+# answers forced to BENCH_NEW_TOKENS tokens each (256 new tokens a repeat), reported with the slowest and fastest
+# repeat. (96 tokens measured once put 4-bit LoRA ahead of merged float32 generation: noise.)
 BENCH_PROMPTS = 4
-BENCH_NEW_TOKENS = 24
+BENCH_NEW_TOKENS = 64
+BENCH_REPEATS = 3
 
 
-def inference_cost(model: str, adapter: str | None, prompts: list[list[dict[str, str]]], *, use_cpu: bool,
-                   mergeable: bool, quantized: bool) -> dict[str, Any]:
-    """Generation tokens/s with the adapter attached and, where the method merges, after merge_and_unload.
-    Every answer is forced to the same length so the figures compare."""
+def _tokens_per_second(lm, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
+    """Median tokens/s over BENCH_REPEATS generations of the same prompts, after a short warm-up, and the spread."""
+    import statistics
+
     from tunelab import inference
 
-    lm = inference.load(model, adapter, use_cpu=use_cpu)
     gen = dict(max_new_tokens=BENCH_NEW_TOKENS, min_new_tokens=BENCH_NEW_TOKENS, batch_size=len(prompts),
                desc="inference cost")
     inference.generate(lm, prompts[:1], **{**gen, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
-    _, stats = inference.generate(lm, prompts, **gen)
-    result: dict[str, Any] = {"tokens_per_second": stats.tokens_per_second, "new_tokens": stats.new_tokens}
-    if adapter is None:
+    runs = [inference.generate(lm, prompts, **gen)[1] for _ in range(BENCH_REPEATS)]
+    rates = [r.tokens_per_second for r in runs if r.tokens_per_second]
+    return {"tokens_per_second": statistics.median(rates) if rates else None,
+            "tokens_per_second_range": [min(rates), max(rates)] if rates else None,
+            "new_tokens": runs[0].new_tokens, "repeats": len(runs)}
+
+
+def inference_cost(lm, prompts: list[list[dict[str, str]]], *, mergeable: bool) -> dict[str, Any]:
+    """Generation tokens/s of the evaluated model (in memory, in the dtype it was evaluated in) with the adapter
+    attached and, where the method merges, after merge_and_unload (which changes ``lm``: call it last). Every
+    answer is forced to the same length so the figures compare."""
+    measured = _tokens_per_second(lm, prompts)
+    result: dict[str, Any] = {**measured, "torch_dtype": str(lm.dtype).replace("torch.", "")}
+    if not lm.is_peft:
         return result
     result["adapter_tokens_per_second"] = result.pop("tokens_per_second")
+    result["adapter_tokens_per_second_range"] = result.pop("tokens_per_second_range")
+    quantized = bool(lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"))
     if mergeable and not quantized:
         lm.model = lm.model.merge_and_unload()
-        inference.generate(lm, prompts[:1], **{**gen, "max_new_tokens": 2, "min_new_tokens": 2})
-        _, merged = inference.generate(lm, prompts, **gen)
-        result["merged_tokens_per_second"] = merged.tokens_per_second
+        lm.adapters = {}
+        merged = _tokens_per_second(lm, prompts)
+        result["merged_tokens_per_second"] = merged["tokens_per_second"]
+        result["merged_tokens_per_second_range"] = merged["tokens_per_second_range"]
     else:
         result["merged_tokens_per_second"] = None
-        result["not_merged_because"] = "4-bit base" if quantized else "the method cannot be merged"
+        result["not_merged_because"] = "quantized base" if quantized else "the method cannot be merged"
     return result
 
 
@@ -60,11 +80,28 @@ def _bench_prompts(eval_opts) -> list[list[dict[str, str]]]:
     return [ex.prompt_messages for ex in examples[:BENCH_PROMPTS] if ex.messages]
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    from tunelab.config import EvalOptions, TrainOptions
-    from tunelab.evaluation.run import evaluate
-    from tunelab.methods import get_method
-    from tunelab.training import train
+class Phases:
+    """Seconds spent in each phase of a run, for the comparison's overhead profile (run_result.json's "timings")."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
+    phases = phases or Phases()
+    with phases("imports_seconds"):
+        from tunelab.config import EvalOptions, TrainOptions
+        from tunelab.evaluation.run import evaluate
+        from tunelab.methods import get_method
+        from tunelab.training import train
 
     run_dir = Path(spec["run_dir"])
     if spec["kind"] == "trial":  # a trial of the learning-rate search (comparison/search.py)
@@ -74,35 +111,65 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         atomic_write_json(run_dir / RESULT_FILE, result)
         return result
     eval_values = dict(spec["eval_options"])
-    result: dict[str, Any] = {"kind": spec["kind"]}
+    result: dict[str, Any] = {"kind": spec["kind"], "timings": phases.seconds}
+    in_memory = None
     if spec["kind"] == "run":
         topts = TrainOptions(**spec["train_options"])
-        trained = train(topts, set(spec.get("explicit", [])))
+        with phases("train_call_seconds"):
+            trained = train(topts, set(spec.get("explicit", [])))
         result["train_results"] = trained.results
         method = get_method(trained.results["method"])
         if method.peft:
             eval_values.update(model_name_or_path=topts.model_name_or_path, adapter=str(trained.output_dir))
         else:
             eval_values.update(model_name_or_path=str(trained.output_dir), adapter=None)
-        del trained  # free the trained model before evaluation loads it again
+        in_memory = _trained_model(trained, EvalOptions(**eval_values))
+        del trained
+        gc.collect()  # the Trainer's optimizer states and gradients (held in reference cycles) go before evaluation
     eopts = EvalOptions(**eval_values)
-    evaluated = evaluate(eopts)
+    with phases("evaluate_call_seconds"):
+        evaluated = evaluate(eopts, model=in_memory)
     result["eval_results"] = evaluated.results
     result["eval_dir"] = str(evaluated.output_dir)
-    if eopts.task and result.get("eval_results", {}).get("task_kind") != "seq_cls":
+    if eopts.task and result.get("eval_results", {}).get("task_kind") != "seq_cls" and evaluated.model is not None:
         prompts = _bench_prompts(eopts)
         if prompts:
             tr = result.get("train_results") or {}
             mergeable = bool(tr) and get_method(tr["method"]).mergeable and tr.get("peft", False)
-            quantized = bool(spec.get("train_options", {}).get("use_4bit") or tr.get("defaults_chosen", {})
-                             .get("use_4bit") or spec.get("train_options", {}).get("use_8bit"))
-            result["inference"] = inference_cost(eopts.model_name_or_path, eopts.adapter, prompts,
-                                                 use_cpu=eopts.use_cpu, mergeable=mergeable, quantized=quantized)
+            with phases("inference_cost_seconds"):
+                result["inference"] = inference_cost(evaluated.model, prompts, mergeable=mergeable)
+    _phase_breakdown(phases.seconds, result)
     atomic_write_json(run_dir / RESULT_FILE, result)
     return result
 
 
+def _trained_model(trained, eopts):
+    """The model training left in memory, for evaluation, instead of loading it again from the run directory: the
+    same weights in the same dtype (``inference.from_trained``). None, and evaluation loads from disk, when the run
+    was already finished (nothing in memory) or --torch_dtype asks for another dtype than the run's."""
+    from tunelab import inference
+
+    if trained.model is None or eopts.torch_dtype != "auto":
+        return None
+    return inference.from_trained(trained.model, trained.tokenizer, trained.output_dir,
+                                  model_path=trained.results["base_model_path"], use_cpu=eopts.use_cpu,
+                                  template=eopts.template, system_prompt=eopts.system_prompt)
+
+
+def _phase_breakdown(seconds: dict[str, Any], result: dict[str, Any]) -> None:
+    """The calls' inner phases, from the times training and evaluation record themselves."""
+    train_seconds = (result.get("train_results") or {}).get("train_seconds")
+    if "train_call_seconds" in seconds and train_seconds is not None:
+        seconds["training_seconds"] = train_seconds
+        # data preparation, model loading and method set-up before the Trainer's loop; saving after it
+        seconds["train_setup_and_save_seconds"] = seconds["train_call_seconds"] - train_seconds
+    inner = (result.get("eval_results") or {}).get("timings") or {}
+    seconds.update({f"eval_{k}": v for k, v in inner.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
+    phases = Phases()
+    phases.seconds["process_start_seconds"] = time.time() - _process_created()
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     from tunelab.logs import setup_logging
@@ -110,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     run_dir = Path(spec["run_dir"])
     try:
-        run(spec)
+        run(spec, phases)
         return 0
     except TunelabError as e:
         atomic_write_json(run_dir / ERROR_FILE, {"error": str(e), "kind": "user"})
@@ -121,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  "traceback": traceback.format_exc()})
         traceback.print_exc()
         return 1
+
+
+def _process_created() -> float:
+    """When this process started (seconds since the epoch): the interpreter's start-up counts as overhead too."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class EvalResult:
     output_dir: Path
     results: dict[str, Any]
     skipped: bool = False
+    model: inference.LoadedModel | None = field(default=None, repr=False)  # the evaluated model, in memory
 
     @property
     def results_path(self) -> Path:
@@ -71,7 +72,9 @@ def _base_reference(opts: EvalOptions, lm: inference.LoadedModel) -> str | None:
     return trained_from if trained_from and trained_from != opts.model_name_or_path else None
 
 
-def evaluate(opts: EvalOptions) -> EvalResult:
+def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> EvalResult:
+    """Evaluate ``opts``'s model, or ``model`` when given: the same model already in memory (the one a training run
+    just returned, ``inference.from_trained``), which then is not loaded again. The numbers are the same."""
     _check(opts)
     out = Path(opts.output_dir)
     saved = out / OPTIONS_FILE
@@ -95,13 +98,17 @@ def evaluate(opts: EvalOptions) -> EvalResult:
                                            input_columns=opts.input_columns, target_column=opts.target_column)
         task_examples = sample_examples(task_examples, opts.max_eval_samples, opts.seed)
 
-    lm = inference.load(opts.model_name_or_path, opts.adapter, use_cpu=opts.use_cpu, task_type=opts.task_type,
-                        template=opts.template, system_prompt=opts.system_prompt)
+    timings: dict[str, Any] = {}  # seconds per phase, for the comparison's overhead profile
+    started = time.perf_counter()
+    lm = model or inference.load(opts.model_name_or_path, opts.adapter, use_cpu=opts.use_cpu,
+                                 task_type=opts.task_type, template=opts.template, system_prompt=opts.system_prompt,
+                                 torch_dtype=opts.torch_dtype)
+    timings["model_load_seconds"] = time.perf_counter() - started
     settings = TaskSettings(max_new_tokens=opts.max_new_tokens, batch_size=opts.per_device_eval_batch_size,
                             max_seq_length=opts.max_seq_length, seed=opts.seed)
     results: dict[str, Any] = {
         "tunelab_version": __version__, "model_name_or_path": opts.model_name_or_path, "adapter": opts.adapter,
-        "task_kind": lm.task_kind, "template": lm.template.name,
+        "task_kind": lm.task_kind, "template": lm.template.name, "torch_dtype": _dtype_name(lm.dtype),
     }
     prediction_rows: list[dict[str, Any]] = []
     if opts.task:
@@ -123,7 +130,10 @@ def evaluate(opts: EvalOptions) -> EvalResult:
     if probes:
         base_ref = _base_reference(opts, lm)
         baseline = json.loads(Path(opts.baseline).read_text(encoding="utf-8")) if opts.baseline else None
+        baseline = _comparable(baseline, lm, opts.baseline)
+        started = time.perf_counter()
         base_lm = _load_base(base_ref, lm, opts) if base_ref else lm
+        timings["base_load_seconds"] = time.perf_counter() - started
         retention_results = {}
         for probe, sql_db in probes:
             examples = probe_examples[probe.name]
@@ -141,17 +151,38 @@ def evaluate(opts: EvalOptions) -> EvalResult:
         results["retention"] = retention_results
         results["base_model_name_or_path"] = base_ref or opts.model_name_or_path
 
+    timings["task_seconds"] = results.get("eval_seconds")
+    timings["probe_seconds"] = {name: r["seconds"] for name, r in (results.get("retention") or {}).items()}
+    results["timings"] = timings
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / PREDICTIONS_FILE, prediction_rows)
     atomic_write_text(saved, yaml.safe_dump(_identity(opts), sort_keys=False))
     atomic_write_json(out / RESULTS_FILE, results)
-    return EvalResult(out, results)
+    return EvalResult(out, results, model=lm)
+
+
+def _dtype_name(dtype) -> str | None:
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
+def _comparable(baseline: dict[str, Any] | None, lm: inference.LoadedModel, path: str | None) -> dict | None:
+    """The baseline's scores serve as "before" only when the base was scored in the dtype the model is now (files
+    older than the dtype record were float32): bf16 and float32 answers differ, and that is no forgetting."""
+    if baseline is None:
+        return None
+    theirs, ours = baseline.get("torch_dtype") or "float32", _dtype_name(lm.dtype) or "float32"
+    if theirs == ours:
+        return baseline
+    log.info("--baseline %s scored the base in %s, this model runs in %s: the base is scored again here", path,
+             theirs, ours)
+    return None
 
 
 def _load_base(base_ref: str, lm: inference.LoadedModel, opts: EvalOptions) -> inference.LoadedModel:
-    """The untouched base, prompted with the same template as the tuned model so that scores compare."""
+    """The untouched base, prompted with the same template as the tuned model and run in its dtype, so that scores
+    compare."""
     return inference.load(base_ref, None, use_cpu=opts.use_cpu, task_type=lm.task_kind, template=lm.template.name,
-                          system_prompt=lm.template.system_prompt)
+                          system_prompt=lm.template.system_prompt, torch_dtype=_dtype_name(lm.dtype) or "auto")
 
 
 def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[dict[str, Any], list[dict]]:

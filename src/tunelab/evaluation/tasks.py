@@ -60,11 +60,17 @@ def _rows(examples, predictions, references, per_example) -> list[dict[str, Any]
             for ex, pred, ref, score in zip(examples, predictions, references, scores)]
 
 
-def _generate(lm, examples, settings, desc):
+# Where a task's answer naturally ends, besides the end of the model's turn (its end-of-turn tokens): generation stops
+# there instead of running on to max_new_tokens. text2sql scores one statement (clean_sql keeps the text before the
+# first ';'), so whatever a model writes after its statement's ';' is never scored, only paid for.
+STOP_STRINGS: dict[str, tuple[str, ...]] = {"text2sql": (";",)}
+
+
+def _generate(lm, examples, settings, task: str):
     prompts = [ex.prompt_messages for ex in examples]
     preds, stats = inference.generate(lm, prompts, max_new_tokens=settings.max_new_tokens,
                                       batch_size=settings.batch_size, max_prompt_tokens=settings.max_seq_length,
-                                      desc=desc)
+                                      desc=task, stop_strings=STOP_STRINGS.get(task))
     return preds, {"seconds": stats.seconds, "new_tokens": stats.new_tokens,
                    "tokens_per_second": stats.tokens_per_second}
 
@@ -79,7 +85,7 @@ def _references(examples) -> list[Any]:
 
 def _generative(metric_name: str) -> Callable:
     def run(lm, examples, settings) -> TaskOutcome:
-        preds, gen = _generate(lm, examples, settings, f"{metric_name}")
+        preds, gen = _generate(lm, examples, settings, metric_name)
         refs = _references(examples)
         result = metrics.METRICS[metric_name](preds, refs)
         ci = metrics.headline_ci(metric_name, preds, refs, result["per_example"], seed=settings.seed)
