@@ -148,6 +148,18 @@ def _four_bit_compute_dtype(run_config: dict[str, Any], use_cpu: bool):
                                             bf16=run_config.get("bf16") is True, on_gpu=on_gpu)
 
 
+def reference_dtype(run_config: dict[str, Any], dtype, *, on_gpu: bool):
+    """The dtype the untouched base is scored in beside a run's model (the retention probes' "before"): the model's
+    own dtype; for a quantized (QLoRA) run, the dtype its matmuls computed in (the 4-bit compute dtype), not the
+    float32 of its few non-quantized tensors: a float32 copy of a 7B base would take 28 GB to score a 4-bit model."""
+    from tunelab import precision
+
+    if run_config.get("use_4bit") or run_config.get("use_8bit"):
+        return precision.four_bit_compute_dtype(run_config.get("bnb_4bit_compute_dtype", "auto"),
+                                                bf16=run_config.get("bf16") is True, on_gpu=on_gpu)
+    return dtype
+
+
 def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool = False, task_type: str = "auto",
          template: str | None = None, system_prompt: str | None = None, quantize_like_training: bool = True,
          adapter_name: str = "default", torch_dtype: str = "float32") -> LoadedModel:

@@ -130,7 +130,7 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     if probes:
         base_ref = _base_reference(opts, lm)
         baseline = json.loads(Path(opts.baseline).read_text(encoding="utf-8")) if opts.baseline else None
-        baseline = _comparable(baseline, lm, opts.baseline)
+        baseline = _comparable(baseline, lm, opts)
         started = time.perf_counter()
         base_lm = _load_base(base_ref, lm, opts) if base_ref else lm
         timings["base_load_seconds"] = time.perf_counter() - started
@@ -150,6 +150,7 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
             prediction_rows += [dict(row, source=f"retention:{probe.name}") for row in rows]
         results["retention"] = retention_results
         results["base_model_name_or_path"] = base_ref or opts.model_name_or_path
+        results["base_torch_dtype"] = _base_dtype(lm, opts)  # the dtype "before" was scored in
 
     timings["task_seconds"] = results.get("eval_seconds")
     timings["probe_seconds"] = {name: r["seconds"] for name, r in (results.get("retention") or {}).items()}
@@ -165,24 +166,32 @@ def _dtype_name(dtype) -> str | None:
     return str(dtype).replace("torch.", "") if dtype is not None else None
 
 
-def _comparable(baseline: dict[str, Any] | None, lm: inference.LoadedModel, path: str | None) -> dict | None:
-    """The baseline's scores serve as "before" only when the base was scored in the dtype the model is now (files
-    older than the dtype record were float32): bf16 and float32 answers differ, and that is no forgetting."""
+def _base_dtype(lm: inference.LoadedModel, opts: EvalOptions) -> str:
+    """The dtype the base is scored in for "before" (``inference.reference_dtype``)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() and not opts.use_cpu
+    return _dtype_name(inference.reference_dtype(lm.run_config, lm.dtype, on_gpu=on_gpu)) or "float32"
+
+
+def _comparable(baseline: dict[str, Any] | None, lm: inference.LoadedModel, opts: EvalOptions) -> dict | None:
+    """The baseline's scores serve as "before" only when the base was scored in the dtype the base is scored in
+    here (files older than the dtype record were float32): bf16 and float32 answers differ, which is no forgetting."""
     if baseline is None:
         return None
-    theirs, ours = baseline.get("torch_dtype") or "float32", _dtype_name(lm.dtype) or "float32"
+    theirs, ours = baseline.get("torch_dtype") or "float32", _base_dtype(lm, opts)
     if theirs == ours:
         return baseline
-    log.info("--baseline %s scored the base in %s, this model runs in %s: the base is scored again here", path,
-             theirs, ours)
+    log.info("--baseline %s scored the base in %s, the base is compared in %s here: it is scored again",
+             opts.baseline, theirs, ours)
     return None
 
 
 def _load_base(base_ref: str, lm: inference.LoadedModel, opts: EvalOptions) -> inference.LoadedModel:
-    """The untouched base, prompted with the same template as the tuned model and run in its dtype, so that scores
-    compare."""
+    """The untouched base, prompted with the same template as the tuned model and run in the dtype it computes in,
+    so that scores compare."""
     return inference.load(base_ref, None, use_cpu=opts.use_cpu, task_type=lm.task_kind, template=lm.template.name,
-                          system_prompt=lm.template.system_prompt, torch_dtype=_dtype_name(lm.dtype) or "auto")
+                          system_prompt=lm.template.system_prompt, torch_dtype=_base_dtype(lm, opts))
 
 
 def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[dict[str, Any], list[dict]]:

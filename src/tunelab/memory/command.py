@@ -42,10 +42,15 @@ def cmd_estimate(argv: list[str]) -> int:
     from tunelab.memory.estimator import estimate
 
     est = estimate(opts, device=opts.device, num_labels=opts.num_labels)
+    from tunelab.memory.evaluation import estimate_evaluation, format_evaluation
+
+    evaluation = estimate_evaluation(opts, device=opts.device, num_labels=opts.num_labels)  # the inference side
     if opts.json:
-        print(json.dumps(est.to_dict(), indent=2))
+        print(json.dumps({**est.to_dict(), "evaluation": evaluation.to_dict()}, indent=2))
         return 0
     print(format_estimate(est, gpus=opts.gpu_memory_gb or [16.0, 24.0, 40.0, 80.0], headroom_gb=opts.headroom_gb))
+    print()
+    print(format_evaluation(evaluation))
     return 0
 
 
