@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -324,15 +324,15 @@ def prompt_text(lm: LoadedModel, messages: list[dict[str, str]]) -> str:
 def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
              batch_size: int = 8, max_prompt_tokens: int = 1024, desc: str = "generating",
              adapter_names: list[str] | None = None, strip: bool = True,
-             min_new_tokens: int | None = None,
-             stop_strings: tuple[str, ...] | list[str] | None = None) -> tuple[list[str], GenerationStats]:
+             min_new_tokens: int | None = None, stop_strings: tuple[str, ...] | list[str] | None = None,
+             stop_when: Callable[[str], bool] | None = None) -> tuple[list[str], GenerationStats]:
     """Greedy answers to conversations (each a list of messages ending before the answer).
 
     An answer ends at the end of the model's turn (its end-of-sequence / end-of-turn tokens), at ``max_new_tokens``,
-    or at the first of ``stop_strings`` it writes (transformers' StopStringCriteria: the task's natural end, such
-    as the ``;`` that closes an SQL statement). The answer is what was generated up to there, the token that
-    completed the stop string included: nothing generated is cut away, and a row that stops early waits, padded,
-    for the rest of its batch."""
+    at the first of ``stop_strings`` it writes (transformers' StopStringCriteria), or as soon as ``stop_when`` is
+    true of its text so far (the task's natural end, such as a complete SQL statement: :func:`answer_end`). The
+    answer is what was generated up to there, the token that ended it included: nothing generated is cut away, and
+    a row that stops early waits, padded, for the rest of its batch."""
     import torch
     from tqdm.auto import tqdm
 
@@ -360,6 +360,9 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
             kwargs["min_new_tokens"] = min_new_tokens
         if stop_strings:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=tok)
+        if stop_when is not None:
+            start = enc["input_ids"].shape[1] if lm.task_kind == "causal_lm" else 0
+            kwargs["stopping_criteria"] = [answer_end(tok, start, stop_when)]
         chunk_names = names[start:start + batch_size]
         if any(n is not None for n in chunk_names):
             kwargs["adapter_names"] = [n or "__base__" for n in chunk_names]
@@ -380,6 +383,27 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
     for position, text in zip(order, outputs):
         answers[position] = text
     return answers, stats
+
+
+def answer_end(tokenizer, start: int, done: Callable[[str], bool]):
+    """A transformers StoppingCriteria: a row is done once ``done(text)`` is true of the text it has generated
+    (decoded from position ``start`` on, special tokens skipped). For ends that a fixed stop string cannot say, such
+    as "a SELECT statement, then its ';'", where an earlier ';' (after a CREATE TABLE the model echoes) is no end."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class AnswerEnd(StoppingCriteria):
+        def __init__(self):
+            self.finished: set[int] = set()
+
+        def __call__(self, input_ids, scores, **kwargs):
+            for row, ids in enumerate(input_ids):
+                if row not in self.finished and done(tokenizer.decode(ids[start:], skip_special_tokens=True)):
+                    self.finished.add(row)
+            return torch.tensor([row in self.finished for row in range(len(input_ids))], device=input_ids.device,
+                                dtype=torch.bool)
+
+    return AnswerEnd()
 
 
 def _stop_ids(tok) -> list[int]:

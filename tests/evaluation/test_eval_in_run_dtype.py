@@ -148,6 +148,10 @@ def test_generation_stops_at_a_stop_string_and_keeps_what_was_generated(chatty_l
         else:
             assert short == full
     assert stats.new_tokens < free_stats.new_tokens  # and the tokens after it are not paid for
+    # A task's own end, said as a test of the text so far, stops the same rows at the same tokens.
+    ended, _ = inference.generate(lm, PROMPTS, max_new_tokens=24, batch_size=4, strip=False,
+                                  stop_when=lambda text: stop in text)
+    assert ended == stopped
 
 
 def test_an_answer_cut_at_its_stop_string_is_scored_on_what_was_generated(chatty_llama, monkeypatch):
@@ -157,7 +161,7 @@ def test_an_answer_cut_at_its_stop_string_is_scored_on_what_was_generated(chatty
     free = run_task("qa", lm, [Example(messages=[*question, {"role": "assistant", "content": "x"}])], settings)
     answer = free.rows[0]["prediction"]
     stop = _stop_inside(answer)
-    monkeypatch.setitem(tasks.STOP_STRINGS, "qa", (stop,))
+    monkeypatch.setitem(tasks.ANSWER_ENDS, "qa", lambda text: stop in text)
     cut = run_task("qa", lm, [Example(messages=[*question, {"role": "assistant", "content": "x"}])],
                    settings).rows[0]["prediction"]
     assert stop in cut and answer.startswith(cut) and len(cut) < len(answer)
@@ -166,12 +170,32 @@ def test_an_answer_cut_at_its_stop_string_is_scored_on_what_was_generated(chatty
     example = Example(messages=[*question, {"role": "assistant", "content": cut}])
     scored = run_task("qa", lm, [example], settings)
     assert scored.rows[0]["prediction"] == cut and scored.scores["exact_match"] == 1.0
-    monkeypatch.delitem(tasks.STOP_STRINGS, "qa")
+    monkeypatch.delitem(tasks.ANSWER_ENDS, "qa")
     unstopped = run_task("qa", lm, [example], settings)
     assert unstopped.rows[0]["prediction"] == answer and unstopped.scores["exact_match"] == 0.0
 
 
-def test_text2sql_stops_at_the_end_of_the_statement():
-    assert tasks.STOP_STRINGS["text2sql"] == (";",)
-    # what follows the statement's ';' is never scored: clean_sql keeps the first statement
-    assert tasks.clean_sql("SELECT name FROM books; -- and then some prose") == "SELECT name FROM books"
+SQL_ANSWERS = [
+    # what smollm2-135m answers on the built-in task: the schema echoed first, its ';' is not the end
+    "CREATE TABLE customers (customer_id INTEGER, name VARCHAR); CREATE TABLE orders (order_id INTEGER)\n"
+    "SELECT name FROM customers WHERE customer_id = 3;\n\nResult: the customer's name",
+    "SELECT COUNT(*) FROM customers WHERE country = 'Ireland';\n\nExplanation: the query counts them.",
+    "```sql\nSELECT title FROM books\nWHERE price < 10\n```\nThis lists the cheap books.",
+    "Here is the query:\nWITH t AS (SELECT 1) SELECT * FROM t\n\nand more prose",
+    "The answer is 42.",
+]
+
+
+@pytest.mark.parametrize("answer", SQL_ANSWERS)
+def test_text2sql_stops_where_the_scored_statement_is_whole(answer):
+    """Generation may stop at the first prefix where the statement is complete: clean_sql scores that prefix the
+    same as the whole answer, so stopping changes no score (a ';' that ends an echoed CREATE TABLE is no end)."""
+    assert tasks.ANSWER_ENDS["text2sql"] is tasks.sql_statement_complete
+    ends = [i for i in range(1, len(answer) + 1) if tasks.sql_statement_complete(answer[:i])]
+    if "SELECT" in answer:
+        assert ends, "a complete statement was not recognised"
+        assert tasks.clean_sql(answer[:ends[0]]) == tasks.clean_sql(answer)
+        assert all(tasks.clean_sql(answer[:i]) == tasks.clean_sql(answer) for i in ends)
+    else:
+        assert not ends
+    assert not tasks.sql_statement_complete("CREATE TABLE books (book_id INTEGER);")

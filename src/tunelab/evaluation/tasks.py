@@ -60,17 +60,11 @@ def _rows(examples, predictions, references, per_example) -> list[dict[str, Any]
             for ex, pred, ref, score in zip(examples, predictions, references, scores)]
 
 
-# Where a task's answer naturally ends, besides the end of the model's turn (its end-of-turn tokens): generation stops
-# there instead of running on to max_new_tokens. text2sql scores one statement (clean_sql keeps the text before the
-# first ';'), so whatever a model writes after its statement's ';' is never scored, only paid for.
-STOP_STRINGS: dict[str, tuple[str, ...]] = {"text2sql": (";",)}
-
-
 def _generate(lm, examples, settings, task: str):
     prompts = [ex.prompt_messages for ex in examples]
     preds, stats = inference.generate(lm, prompts, max_new_tokens=settings.max_new_tokens,
                                       batch_size=settings.batch_size, max_prompt_tokens=settings.max_seq_length,
-                                      desc=task, stop_strings=STOP_STRINGS.get(task))
+                                      desc=task, stop_when=ANSWER_ENDS.get(task))
     return preds, {"seconds": stats.seconds, "new_tokens": stats.new_tokens,
                    "tokens_per_second": stats.tokens_per_second}
 
@@ -95,18 +89,26 @@ def _generative(metric_name: str) -> Callable:
 
 
 _SQL_START = re.compile(r"\b(SELECT|WITH)\b", re.I)
+_SQL_ENDS = (";", "```", "\n\n")
 
 
 def clean_sql(text: str) -> str:
     """The first SQL statement of a generated answer: from its first SELECT/WITH to a semicolon, a blank line or
-    a code fence (models often wrap a query in prose or markdown)."""
+    a code fence (models often wrap a query in prose or markdown, or echo the schema's CREATE TABLEs first)."""
     m = _SQL_START.search(text)
     if not m:
         return text.strip().splitlines()[0].strip() if text.strip() else ""
     rest = text[m.start():]
-    for stop in (";", "```", "\n\n"):
+    for stop in _SQL_ENDS:
         rest = rest.split(stop, 1)[0]
     return " ".join(rest.split())
+
+
+def sql_statement_complete(text: str) -> bool:
+    """Whether ``clean_sql`` has its statement whole: a SELECT/WITH and one of its ends after it. Nothing a model
+    writes after that changes the statement scored, so generation can stop there."""
+    m = _SQL_START.search(text)
+    return bool(m) and any(end in text[m.end():] for end in _SQL_ENDS)
 
 
 def _text2sql(lm, examples, settings) -> TaskOutcome:
@@ -199,6 +201,11 @@ def _similarity(lm, examples, settings) -> TaskOutcome:
     return TaskOutcome("similarity", result["scores"], "spearman", [], ci,
                        _rows(examples, [f"{c:.4f}" for c in cos], [str(g) for g in gold], []))
 
+
+# Where a task's answer naturally ends, besides the end of the model's turn (its end-of-turn tokens): generation stops
+# there instead of running on to max_new_tokens. text2sql scores one statement (clean_sql), so what a model writes
+# after it is never scored, only paid for.
+ANSWER_ENDS: dict[str, Callable[[str], bool]] = {"text2sql": sql_statement_complete}
 
 TASKS: dict[str, Callable[[Any, list[Example], TaskSettings], TaskOutcome]] = {
     "summarization": _generative("summarization"),
