@@ -413,7 +413,16 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     # Count training batches only: evaluation goes through the same collator. [distributed] summed over processes
     positions, real_tokens = distributed.sum_over_processes([collator.positions, collator.real_tokens], trainer)
     padding_fraction = 1.0 - real_tokens / positions if positions else None
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    eval_loss = None
+    if eval_ds is not None:
+        # The validation loss where training stopped: when the loop evaluated at that step and kept that model
+        # (no best or in-budget checkpoint restored), it is not evaluated again.
+        kept_last = not args.load_best_model_at_end and not getattr(opts, "max_forgetting", None)
+        eval_loss = next((h["eval_loss"] for h in reversed(trainer.state.log_history)
+                          if "eval_loss" in h and h.get("step") == trainer.state.global_step), None) \
+            if kept_last else None
+        if eval_loss is None:
+            eval_loss = trainer.evaluate()["eval_loss"]
 
     if masking is not None:
         masking.remove()  # (the callback did so at train end already): no hook or parametrization is saved
