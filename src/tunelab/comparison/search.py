@@ -368,7 +368,7 @@ class Search:
                                    cost=result["trial"].get("elapsed_seconds"))
                     else:
                         self.storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-                        self.storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the comparison "
+                        self.storage.set_trial_user_attr(t._trial_id, "error", "the comparison "
                                                          "stopped while it ran; its rate is tried again")
                         ms.study.tell(t.number, state=TrialState.FAIL)
                         ms.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
@@ -382,9 +382,10 @@ class Search:
 
     # --- running ------------------------------------------------------------------------------------------------
     def pending(self) -> list[MethodStudy]:
+        """Studies that want another trial and can afford one that reaches its first evaluation."""
         return [ms for ms in self.studies
                 if len(ms.counted()) + len(ms.asked) < self.settings.trials
-                and ms.steps_spent() < ms.budget_steps]
+                and ms.budget_steps - ms.steps_spent() >= ms.eval_every]
 
     def wave(self, size: int) -> list:
         """Up to ``size`` new trials, one method after another, each with its step allowance."""
