@@ -1,7 +1,11 @@
 """Compare overhead: the wall time of `tunelab compare` against the sum of its runs' training times (the rest is
-evaluation, model loading and process start-up), measured on the built-in demo recipe.
+evaluation, model loading and process start-up), measured on the built-in demo recipe, with where each run's time
+went (the worker's per-phase timings: process start, imports, training set-up and saving, training, loading for
+evaluation, the task evaluation, each retention probe, the inference-cost measurement).
 
-    .venv/bin/python bench/compare_overhead.py [--recipe demo]
+    .venv/bin/python bench/compare_overhead.py [--recipe demo] [--methods lora]
+
+Writes bench/results/compare-<recipe>.json (compare-<recipe>-<methods>.json with --methods).
 """
 
 from __future__ import annotations
@@ -14,57 +18,82 @@ import time
 
 from common import REPO, write_result
 
+# The worker's timings (comparison/worker.py Phases, evaluation/run.py), in the order a run goes through them.
+PHASES = [
+    ("process start", "process_start_seconds"),
+    ("imports", "imports_seconds"),
+    ("training set-up and saving", "train_setup_and_save_seconds"),
+    ("training", "training_seconds"),
+    ("evaluation: loading the model", "eval_model_load_seconds"),
+    ("evaluation: loading the base for probes", "eval_base_load_seconds"),
+    ("task evaluation", "eval_task_seconds"),
+    ("inference cost", "inference_cost_seconds"),
+]
+
+
+def profile(records: list[dict], wall: float) -> dict:
+    """Per run and in total: seconds per phase (each probe its own), the rest of the run's wall time (saving,
+    writing results, what no phase covers), and the comparison's wall time against the sum of training times."""
+    runs, totals = [], {}
+    for r in records:
+        t = r.get("timings") or {}
+        phases = {name: t[key] for name, key in PHASES if t.get(key) is not None}
+        for probe, seconds in (t.get("eval_probe_seconds") or {}).items():
+            phases[f"probe: {probe}"] = seconds
+        phases["rest of the run"] = r["wall_seconds"] - sum(phases.values())
+        for name, seconds in phases.items():
+            totals[name] = totals.get(name, 0.0) + seconds
+        runs.append({"label": r["label"], "wall_seconds": r["wall_seconds"], "phases": phases,
+                     "cpu_seconds": t.get("cpu_seconds") or {}})
+    runs_wall = sum(r["wall_seconds"] for r in records)
+    totals["outside the runs (planning, data, report)"] = wall - runs_wall
+    train = sum(r.get("train_seconds") or 0 for r in records)
+    cpu_train = [r["cpu_seconds"].get("train_call_seconds") for r in runs if r["cpu_seconds"]]
+    cpu_all = [r["cpu_seconds"].get("process_seconds") for r in runs if r["cpu_seconds"]]
+    return {"runs": runs, "phase_totals_seconds": totals, "train_seconds": train, "wall_seconds": wall,
+            "wall_to_training": wall / train if train else None,
+            # the same ratio in the worker processes' CPU seconds (the work done, whatever else the machine ran);
+            # training's CPU seconds include its set-up and saving
+            "process_cpu_to_training_call_cpu": (sum(cpu_all) / sum(cpu_train))
+            if cpu_train and all(cpu_train) and all(cpu_all) else None}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="demo")
+    ap.add_argument("--methods", default=None, help="compare only these entries, e.g. lora (default: all)")
     args = ap.parse_args()
-    out = REPO / "runs" / f"bench-compare-{args.recipe}"
+    name = f"compare-{args.recipe}" + (f"-{args.methods.replace(',', '-')}" if args.methods else "")
+    out = REPO / "runs" / f"bench-{name}"
     shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "tunelab", "compare", args.recipe, "--output_dir", str(out)]
+    if args.methods:
+        cmd += ["--methods", args.methods]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tunelab", "compare", args.recipe, "--output_dir", str(out)], check=True)
+    subprocess.run(cmd, check=True)
     wall = time.perf_counter() - started
     from tunelab.comparison.report import table
     from tunelab.comparison.results import ResultsFile
 
     records = ResultsFile(out).records()
-    trials = [r for r in records if r.get("kind") == "trial"]  # a learning-rate search's (recipe demo-search)
-    records = [r for r in records if r.get("kind") != "trial"]
     train = sum(r.get("train_seconds") or 0 for r in records)
     runs = sum(r["wall_seconds"] for r in records)
     header, body = table(records)
+    prof = profile(records, wall)
     print(f"compare wall {wall:.0f}s; runs' own wall {runs:.0f}s; training {train:.0f}s "
-          f"({100 * train / wall:.0f}% of the wall time)")
+          f"({100 * train / wall:.0f}% of the wall time; wall / training = {prof['wall_to_training']:.2f})")
+    for phase, seconds in prof["phase_totals_seconds"].items():
+        print(f"  {phase:<45}{seconds:8.1f}s")
     from tunelab.comparison.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    write_result(f"compare-{args.recipe}", {"recipe": args.recipe, "wall_seconds": wall,
-                                            "budget": recipe.budget, "eval": recipe.eval,
-                                            "methods": [m.as_dict() for m in recipe.methods],
-                                            "runs_wall_seconds": runs, "train_seconds": train,
-                                            "per_run": [{k: r.get(k) for k in ("label", "wall_seconds",
-                                                                               "train_seconds")} for r in records],
-                                            "table": {"header": header, "rows": body},
-                                            **_search(records, trials)})
-
-
-def _search(records: list[dict], trials: list[dict]) -> dict:
-    """What the learning-rate search chose and cost, per method, and its trials (nothing when it was off)."""
-    if not trials:
-        return {}
-    from tunelab.comparison.report import verdicts
-
-    methods = {}
-    for r in records:
-        found = r.get("search")
-        if found:
-            methods[r["label"]] = {**found, "run_wall_seconds": r["wall_seconds"],
-                                   "cost_over_run": found["tuning_seconds"] / r["wall_seconds"]}
-    keep = ("label", "trial", "learning_rate", "status", "pruned_at_step", "stopped_by", "objective_value",
-            "validation_loss_curve", "steps", "cost_seconds", "error")
-    return {"search": {"methods": methods, "seconds": sum(t.get("cost_seconds") or 0 for t in trials),
-                       "trials": [{k: t.get(k) for k in keep} for t in trials]},
-            "verdicts": verdicts(records)}
+    write_result(name, {"recipe": args.recipe, "methods_run": args.methods, "wall_seconds": wall,
+                        "budget": recipe.budget, "eval": recipe.eval, "retention": recipe.retention,
+                        "methods": [m.as_dict() for m in recipe.methods],
+                        "runs_wall_seconds": runs, "train_seconds": train,
+                        "per_run": [{k: r.get(k) for k in ("label", "wall_seconds", "train_seconds")}
+                                    for r in records],
+                        "profile": prof, "table": {"header": header, "rows": body}})
 
 
 if __name__ == "__main__":

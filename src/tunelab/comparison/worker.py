@@ -81,18 +81,22 @@ def _bench_prompts(eval_opts) -> list[list[dict[str, str]]]:
 
 
 class Phases:
-    """Seconds spent in each phase of a run, for the comparison's overhead profile (run_result.json's "timings")."""
+    """Seconds spent in each phase of a run, for the comparison's overhead profile (run_result.json's "timings"):
+    wall-clock seconds, and under "cpu_seconds" the process's CPU seconds (all its threads), which measure the work
+    done also on a machine busy with other processes."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, Any] = {}
+        self.seconds: dict[str, Any] = {"cpu_seconds": {}}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            cpus = self.seconds["cpu_seconds"]
+            cpus[name] = cpus.get(name, 0.0) + time.process_time() - cpu
 
 
 def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
@@ -165,6 +169,7 @@ def _phase_breakdown(seconds: dict[str, Any], result: dict[str, Any]) -> None:
         seconds["train_setup_and_save_seconds"] = seconds["train_call_seconds"] - train_seconds
     inner = (result.get("eval_results") or {}).get("timings") or {}
     seconds.update({f"eval_{k}": v for k, v in inner.items()})
+    seconds["cpu_seconds"]["process_seconds"] = time.process_time()  # the whole process, start-up included
 
 
 def main(argv: list[str] | None = None) -> int:
