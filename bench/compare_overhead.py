@@ -48,14 +48,13 @@ def profile(records: list[dict], wall: float) -> dict:
     runs_wall = sum(r["wall_seconds"] for r in records)
     totals["outside the runs (planning, data, report)"] = wall - runs_wall
     train = sum(r.get("train_seconds") or 0 for r in records)
-    cpu_train = [r["cpu_seconds"].get("train_call_seconds") for r in runs if r["cpu_seconds"]]
-    cpu_all = [r["cpu_seconds"].get("process_seconds") for r in runs if r["cpu_seconds"]]
+    cpu_train = sum(r["cpu_seconds"].get("train_call_seconds") or 0.0 for r in runs)
+    cpu_all = [r["cpu_seconds"].get("process_seconds") for r in runs]
     return {"runs": runs, "phase_totals_seconds": totals, "train_seconds": train, "wall_seconds": wall,
             "wall_to_training": wall / train if train else None,
-            # the same ratio in the worker processes' CPU seconds (the work done, whatever else the machine ran);
-            # training's CPU seconds include its set-up and saving
-            "process_cpu_to_training_call_cpu": (sum(cpu_all) / sum(cpu_train))
-            if cpu_train and all(cpu_train) and all(cpu_all) else None}
+            # the same ratio in the worker processes' CPU seconds (the work done, whatever else the machine ran;
+            # the base run included); training's CPU seconds include its set-up and saving
+            "process_cpu_to_training_call_cpu": sum(cpu_all) / cpu_train if cpu_train and all(cpu_all) else None}
 
 
 def main() -> None:
