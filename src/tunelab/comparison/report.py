@@ -645,12 +645,12 @@ def search_section(records) -> SearchSection | None:
     split = (f"a validation split of {100 * f['validation_fraction']:g}% of the training rows "
              f"({f['validation_rows']} rows{', whole ' + f['grouped_by'] + ' groups' if f['grouped_by'] else ''}, "
              f"seed {f['seed']}; the trials trained on the other {f['search_train_rows']})")
-    objective = ("the validation loss" if f["objective"] == "loss" else
-                 "the task's headline metric on the validation split")
+    objective = "the validation loss" if f["objective"] == "loss" else "the task's headline metric"
     intro = (f"Each method's learning rate was searched before the comparison: {sampler}, {f['trials_asked']} "
              f"trials per method over a log-uniform range (the method family's unless the recipe gave one), judged "
              f"by {objective} on {split}; the test set was not read. Optuna's successive-halving pruner (the best "
-             f"third go on at each rung) compared the validation loss every {f['eval_every_steps']} steps and "
+             f"third go on at each rung) compared the validation loss every {f['eval_every_steps']} "
+             f"step{'s' if f['eval_every_steps'] != 1 else ''} and "
              f"stopped the trials that fell behind; a method's search trains at most {f['max_cost']:g} full "
              "budgets of steps. The comparison's runs then trained at the chosen rate, for the full budget, every "
              "seed. Cost: the trials' wall time (model loading included), against the mean wall time of the "
