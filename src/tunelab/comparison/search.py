@@ -479,8 +479,8 @@ class Search:
         record["train_seconds"] = attrs.get("train_seconds")
         self.results.put(record)
         log.info("%s trial %d: learning rate %.3g, %s%s", ms.entry.label, number, record["learning_rate"],
-                 status_text(record), f", validation {record['objective']} {value:.4g}"
-                 if state == TrialState.COMPLETE else "")
+                 status_text(record), f", validation {str(record['objective']).replace('validation_', '')} "
+                 f"{value:.4g}" if state == TrialState.COMPLETE else "")
         return record
 
     # --- outcomes -----------------------------------------------------------------------------------------------
