@@ -34,6 +34,8 @@ def title(run: PlannedRun) -> str:
 
 
 def doing(run: PlannedRun) -> str:
+    if run.spec.get("kind") == "trial":  # comparison/search.py
+        return f"learning-rate search, trial {run.spec['search']['trial_number']}"
     return "evaluating the base model" if run.method == "base" else "training and evaluating"
 
 
