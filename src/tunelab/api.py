@@ -111,12 +111,13 @@ class Comparison:
         return pd.DataFrame([run_values(r) for r in self.records])
 
     def plot(self, kind: str = "tradeoff"):
-        """A matplotlib Figure: ``tradeoff``, ``costs`` or ``loss_curves`` (the report's plots)."""
-        from tunelab.comparison.report import PLOTS
+        """A matplotlib Figure: ``tradeoff``, ``costs``, ``loss_curves`` or ``lr_sensitivity`` (the report's
+        plots; the last one where the learning rates were searched)."""
+        from tunelab.comparison.report import PLOTS, with_trials
 
         if kind not in PLOTS:
             raise TunelabError(f"plot kind {kind!r}: choose one of {', '.join(PLOTS)}")
-        fig = PLOTS[kind](self.records)
+        fig = PLOTS[kind](with_trials(self.output_dir, self.records))
         if fig is None:
             raise TunelabError(f"plot {kind!r}: the comparison has no data for it yet")
         return fig

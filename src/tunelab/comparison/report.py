@@ -776,7 +776,7 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
         records = ResultsFile(out).records()
     if not records:
         raise TunelabError(f"{out}: no results.jsonl records to report on; run `tunelab compare` first")
-    records = _with_trials(out, records)
+    records = with_trials(out, records)
     name = recipe.name if recipe is not None else _recipe_name(out)
     seed = (recipe.seeds[0] if recipe is not None and recipe.seeds else 0)
     header, body = table(records)
@@ -798,7 +798,7 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
     return page, md
 
 
-def _with_trials(out: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_trials(out: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs, and the trials of the learning-rate searches their rates came from (read from results.jsonl when
     the caller passed the runs only); trials of earlier searches (another recipe) are left out."""
     runs = [r for r in records if r.get("kind") != "trial"]
