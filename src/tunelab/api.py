@@ -89,7 +89,9 @@ class Comparison:
         from tunelab.comparison.results import ResultsFile
 
         self.output_dir = Path(output_dir)
-        self.records = records if records is not None else ResultsFile(self.output_dir).records()
+        records = records if records is not None else ResultsFile(self.output_dir).records()
+        # the runs; a learning-rate search's trials are the report's (plot('lr_sensitivity') reads them)
+        self.records = [r for r in records if r.get("kind") != "trial"]
         if not self.records:
             raise TunelabError(f"{self.output_dir}: no results.jsonl records; run tunelab.compare(...) first")
 
