@@ -153,3 +153,26 @@ def test_tracking_needs_a_causal_lm(tiny_bert, tmp_path, capsys):
                  str(out), "--max_steps", "2", "--use_cpu", "--track_retention", "drift"])
     assert code == 2 and "need a causal language model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_default_frequency_fits_the_cost_target():
+    """Without --eval_steps, as many tracked steps as fit 15% of the training compute, at most ten."""
+    from tunelab.tracking import COST_TARGET, default_every
+
+    # a long run affords the ten evaluations
+    assert default_every(1000, per_eval=5600, per_step=2000, step_zero=False) == 100
+    # a 20-step run whose evaluation costs ~3 training steps affords only the last step
+    assert default_every(20, per_eval=5600, per_step=2000, step_zero=False) == 20
+    # in between: (evaluations + references) x per_eval stays within the target
+    every = default_every(200, per_eval=5600, per_step=2000, step_zero=True)
+    evaluations = 200 // every
+    assert (evaluations + 2) * 5600 <= COST_TARGET * 200 * 2000 < (evaluations + 3) * 5600
+
+
+def test_prompt_tuning_step_zero_is_measured(tiny_llama, tmp_path):
+    """A fresh prompt-tuning adapter already changes the outputs: its step 0 is measured, not assumed 0."""
+    result = train(_options(tiny_llama, tmp_path, "pt", method="prompt_tuning", num_virtual_tokens=4,
+                            learning_rate=1e-2, max_steps=2, track_retention=["drift"]),
+                   explicit={"learning_rate"}).results
+    assert result["tracking"]["step_0"] == "measured"
+    assert result["curves"][0]["step"] == 0 and result["curves"][0]["drift"] > 0

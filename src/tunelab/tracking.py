@@ -35,7 +35,13 @@ SIGNALS = {
     "drift": "mean KL(base || tuned) on the base's own continuations of general prompts, nats/token",
     "task_kl": "mean KL(base || tuned) at the response positions of the task's examples, nats/token",
 }
-DEFAULT_EVALUATIONS = 10   # tracked steps over a run when --eval_steps is not given
+MAX_EVALUATIONS = 10       # tracked steps over a run when --eval_steps is not given, at most ...
+COST_TARGET = 0.15         # ... and as many as fit this share of the training compute (the issue allows 20%)
+# Methods whose fresh adapter already changes the outputs (virtual tokens): their step 0 is measured. Every other
+# method starts as the identity (peft initialises LoRA's B, IA3's vectors, OFT's rotation ... to it), so at step 0
+# its signals are 0 and are written as such.
+INITIAL_EFFECT = ("prompt_tuning", "prefix_tuning")
+DRIFT_NEW_TOKENS = 48      # (retention.DRIFT_NEW_TOKENS: the base's continuations' length)
 LOG_PREFIX = "eval_retention_"
 
 
@@ -87,11 +93,45 @@ def check_options(opts) -> None:
                            "track with --track_retention and pick the checkpoint from the curves instead")
 
 
-def every_steps(opts, total_steps: int) -> int | None:
-    """How often signals are computed: --eval_steps, else ten times over the run; None when nothing is tracked."""
-    if not tracked_signals(opts):
-        return None
-    return opts.eval_steps or max(1, total_steps // DEFAULT_EVALUATIONS)
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def estimate_cost(opts, data, tokenizer, signals: list[str], text_examples, *, peft: bool) -> tuple[float, float]:
+    """(token positions one tracked step runs forward, forward-equivalent positions of one training step), from
+    the run's own encoded data: what the default frequency is chosen by. A training step costs ~3 forward passes
+    (forward, backward through activations and weights), ~2 for a PEFT method (no weight gradients of the base)."""
+    n = opts.track_samples
+    per_eval = 0.0
+    if "task_kl" in signals:
+        rows = data.eval or data.train
+        per_eval += min(n, len(rows)) * _mean(len(r["input_ids"]) for r in rows)
+    own_text = "general_text" in signals and text_examples is not None
+    if "drift" in signals or ("general_text" in signals and not own_text):
+        from tunelab.evaluation.probes import ProbeContext, drift_prompts
+
+        prompts = drift_prompts(ProbeContext(None, n, opts.seed))
+        per_eval += len(prompts) * (DRIFT_NEW_TOKENS + _mean(len(tokenizer(data.template.prompt(p.messages,
+                                                                                                   tokenizer))
+                                                                     ["input_ids"]) for p in prompts))
+    if own_text:
+        texts = text_examples[:n]
+        per_eval += len(texts) * _mean(len(tokenizer(t.text or " ".join(m["content"] for m in t.messages or []))
+                                           ["input_ids"]) for t in texts)
+    if data.eval:  # the Trainer's validation loss, evaluated at the same steps
+        per_eval += len(data.eval) * _mean(len(r["input_ids"]) for r in data.eval)
+    batch = opts.per_device_train_batch_size * opts.gradient_accumulation_steps * max(1, opts.num_processes)
+    per_step = (2.0 if peft else 3.0) * batch * _mean(len(r["input_ids"]) for r in data.train)
+    return per_eval, per_step
+
+
+def default_every(total_steps: int, per_eval: float, per_step: float, *, step_zero: bool) -> int:
+    """As many tracked steps as fit COST_TARGET of the training compute (the base references, one more evaluation,
+    and step 0 where it is measured, included), at most MAX_EVALUATIONS and at least the last step."""
+    affordable = COST_TARGET * total_steps * per_step / per_eval if per_eval else MAX_EVALUATIONS
+    evaluations = max(1, min(MAX_EVALUATIONS, int(affordable) - 1 - int(step_zero)))
+    return max(1, math.ceil(total_steps / evaluations))
 
 
 @dataclass
@@ -109,6 +149,8 @@ class RetentionTracker:
     max_seq_length: int
     mixed_precision: str | None     # "bf16", "fp16" or None: the forward passes run under the training's autocast
     unmask: Any = None              # ICA masking's remove(): signals are measured on the model that is saved
+    measure_step_zero: bool = False   # else step 0 is written as 0: the method starts as the identity
+    estimated_overhead_fraction: float | None = None  # what the frequency was chosen by (tracked forward passes)
     references: dict[str, Any] = field(default_factory=dict)
     reference_seconds: float = 0.0
     signal_seconds: float = 0.0
@@ -220,7 +262,12 @@ class RetentionTracker:
                 tracker._seconds_offset = max((h.get("retention_elapsed_seconds", 0.0) for h in state.log_history),
                                               default=0.0)
                 if state.global_step == 0:  # the curves start at the base (0, or an adapter's initial effect)
-                    tracker.record(kwargs["model"])
+                    if tracker.measure_step_zero:
+                        tracker.record(kwargs["model"])
+                    else:
+                        tracker.trainer.log({**{f"{LOG_PREFIX}{k}": 0.0 for k in tracker.signals},
+                                             "retention_elapsed_seconds": tracker._seconds_offset,
+                                             "retention_seconds": 0.0})
                 return control
 
             def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -287,6 +334,8 @@ class RetentionTracker:
         result: dict[str, Any] = {
             "signals": {name: SIGNALS[name] for name in self.signals},
             "every_steps": self.every,
+            "step_0": "measured" if self.measure_step_zero else "the base: the method starts as the identity",
+            "estimated_overhead_fraction": self.estimated_overhead_fraction,
             "task_kl_examples": self.task_examples_split if "task_kl" in self.signals else None,
             "general_text_source": ("--track_text" if "general_text" in self.references
                                     else "drift prompts' base continuations") if "general_text" in self.signals
@@ -310,6 +359,7 @@ class RetentionTracker:
 def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_steps: int) -> RetentionTracker | None:
     """The run's tracker, or None when nothing is tracked. ``data`` is the PreparedData of the run."""
     from tunelab import inference
+    from tunelab.methods import get_method
 
     signals = tracked_signals(opts)
     if not signals:
@@ -325,8 +375,15 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
         from tunelab.evaluation.probes import load_task_examples
 
         text = load_task_examples("language_modeling", opts.track_text, flag="--track_text")
+    method = get_method(opts.method)
+    step_zero = method.name in INITIAL_EFFECT
+    per_eval, per_step = estimate_cost(opts, data, tokenizer, signals, text, peft=method.peft)
+    every = opts.eval_steps or default_every(total_steps, per_eval, per_step, step_zero=step_zero)
+    tracked_steps = total_steps // every + int(total_steps % every > 0)
+    estimate = (tracked_steps + 1 + int(step_zero)) * per_eval / (total_steps * per_step) if per_step else None
     return RetentionTracker(
-        signals=signals, budgets=parse_budgets(opts.max_forgetting), every=every_steps(opts, total_steps), lm=lm,
+        signals=signals, budgets=parse_budgets(opts.max_forgetting), every=every, lm=lm,
         task_examples=data.eval_examples or data.train_examples, task_examples_split=split, text_examples=text,
         samples=opts.track_samples, seed=opts.seed, batch_size=opts.per_device_eval_batch_size,
-        max_seq_length=opts.max_seq_length, mixed_precision="bf16" if opts.bf16 else "fp16" if opts.fp16 else None)
+        max_seq_length=opts.max_seq_length, mixed_precision="bf16" if opts.bf16 else "fp16" if opts.fp16 else None,
+        measure_step_zero=step_zero, estimated_overhead_fraction=estimate)
