@@ -148,7 +148,7 @@ class TrainOptions:
     max_forgetting: list[str] | None = option(
         None, "a forgetting budget, e.g. drift=0.05: stop at the first tracked step beyond it and keep the last "
               "checkpoint within it (the signal is tracked)", metavar="SIGNAL=VALUE", group="retention tracking")
-    track_samples: int = option(24, "examples per tracked signal (drift prompts; task examples, validation rows "
+    track_samples: int = option(16, "examples per tracked signal (drift prompts; task examples, validation rows "
                                     "else training rows; --track_text rows)", group="retention tracking")
     track_text: str | None = option(None, "general text for the general_text signal: a .jsonl/.json/.csv/.parquet "
                                           "file of 'text' rows or conversations (default: the base's own "
@@ -550,6 +550,7 @@ class EstimateOptions(TrainOptions):
     validate_batch_size: int = option(2, "batch size of the validation runs", group="validation")
     tolerance: float = option(0.10, "largest |predicted - measured| / measured a validation case may have",
                               group="validation")
+
 
 @dataclass(kw_only=True)
 class DiagnoseOptions:
