@@ -45,7 +45,8 @@ def test_end_to_end_table_equals_results(comparison):
     assert html.count("data:image/png;base64,") == 3 and "<table id='results'>" in html
 
     header, rows = _md_rows((out / "report.md").read_text())
-    assert header[:5] == ["Approach", "Trainable params (%)", "Training time", "Peak memory", "Checkpoint size"]
+    assert header[:6] == ["Approach", "Trainable params (%)", "Training time", "Peak memory", "Tensor peak",
+                          "Checkpoint size"]  # (the tensor peak: CPU runs)
     by_label = {row[0].replace("base (untouched)", "base"): row for row in rows}
     assert set(by_label) == set(records)
     for label, rec in records.items():
@@ -53,6 +54,9 @@ def test_end_to_end_table_equals_results(comparison):
         if label != "base":
             assert _numbers(row["Trainable params (%)"])[-1] == pytest.approx(round(rec["trainable_percent"], 3))
             assert _numbers(row["Peak memory"])[0] == pytest.approx(round(rec["peak_memory_bytes"] / 2**20, 2))
+            assert 0 < rec["peak_tensor_bytes"] < rec["peak_memory_bytes"]  # no allocator cache, no runtime
+            unit = 2**20 if "MiB" in row["Tensor peak"] else 2**10
+            assert _numbers(row["Tensor peak"])[0] == pytest.approx(round(rec["peak_tensor_bytes"] / unit, 2))
             ckpt = _numbers(row["Checkpoint size"])[0]
             unit = 2**20 if "MiB" in row["Checkpoint size"] else 2**10
             assert ckpt == pytest.approx(round(rec["checkpoint_bytes"] / unit, 2))

@@ -49,7 +49,8 @@ def record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | N
     tr = result.get("train_results") or {}
     ev = result.get("eval_results") or {}
     for key in ("trainable_params", "total_params", "trainable_percent", "train_seconds", "train_tokens",
-                "train_tokens_per_second", "peak_memory_bytes", "peak_memory_kind", "checkpoint_bytes",
+                "train_tokens_per_second", "peak_memory_bytes", "peak_memory_kind", "peak_tensor_bytes",
+                "precision", "precision_reason", "checkpoint_bytes",
                 "final_train_loss", "final_eval_loss", "loss_curve", "global_step", "effective_batch_size",
                 "device", "device_name"):
         if key in tr:

@@ -99,8 +99,8 @@ def _is_drift(records, probe: str) -> bool:
 
 
 RUN_COLUMNS = ("label", "method", "seed", "status", "trainable_params", "trainable_percent", "train_seconds",
-               "peak_memory_bytes", "checkpoint_bytes", "final_train_loss", "headline_metric", "headline_value",
-               "error")
+               "peak_memory_bytes", "peak_tensor_bytes", "checkpoint_bytes", "final_train_loss", "headline_metric",
+               "headline_value", "error")
 
 
 def run_values(rec: dict[str, Any]) -> dict[str, Any]:
@@ -218,8 +218,10 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         metric_names.remove(headline)
         metric_names.insert(0, headline)
     probes = probes_of(ok)
-    header = ["Approach", "Trainable params (%)", "Training time", "Peak memory", "Checkpoint size",
-              *metric_names]
+    # on the CPU, the live tensor bytes beside the resident set size: methods compared rather than allocators
+    tensor_peak = any(r.get("peak_tensor_bytes") for r in ok)
+    header = ["Approach", "Trainable params (%)", "Training time", "Peak memory",
+              *(["Tensor peak"] if tensor_peak else []), "Checkpoint size", *metric_names]
     for p in probes:
         header.append(f"{probe_title(p)} KL ↓" if _is_drift(ok, p) else f"{probe_title(p)} (retention)")
     body = []
@@ -236,6 +238,8 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                  "0 (0%)" if row.is_base else f"{fmt_params(params.mean)} ({pct.mean:.3f}%)",
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds),
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), format_bytes),
+                 *(["–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_tensor_bytes")), format_bytes)]
+                   if tensor_peak else []),
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("checkpoint_bytes")), format_bytes)]
         for m in metric_names:
             cells.append(fmt_stat(row.stat(lambda r, m=m: (r.get("task_metrics") or {}).get(m))))
@@ -834,6 +838,11 @@ def _notes(records) -> list[str]:
     if "cpu_peak_rss" in kinds:
         notes.append("Peak memory on the CPU is the training process's peak resident set size (weights, "
                      "optimizer, activations and the Python runtime); on a GPU it is torch's peak allocated memory.")
+    if any(r.get("peak_tensor_bytes") for r in ok):
+        notes.append("Tensor peak: the most bytes of live tensors (weights, gradients, optimizer states, "
+                     "activations) during the first 2 optimizer steps, counted as tunelab estimate --validate "
+                     "counts them: no allocator caching or Python runtime, so it compares the methods; every "
+                     "method sees the same first batches.")
     devices = sorted({f"{r.get('device')} ({r.get('device_name')})" for r in ok if r.get("device")})
     if devices:
         notes.append("Device: " + ", ".join(devices) + ".")
