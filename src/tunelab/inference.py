@@ -21,6 +21,7 @@ from tunelab.data.encode import IGNORE_INDEX, adds_bos, encode_causal
 from tunelab.data.formats import Example
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import TunelabError
+from tunelab.model_setup import label_kwargs
 from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
                             resolve_model)
 
@@ -188,8 +189,7 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     extra: dict[str, Any] = {}
     labels = read_label_names(adapter) if adapter is not None and task_kind == "seq_cls" else None
     if labels:  # the base's config does not know the head an adapter was trained with
-        extra = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                     label2id={n: i for i, n in enumerate(labels)})
+        extra = label_kwargs(labels)
     model = load_model(model_path, task_kind, dtype=dtype, quantization=quant,
                        device_map="cpu" if quant and use_cpu else None, **extra)
     if quant is None:

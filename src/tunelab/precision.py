@@ -7,7 +7,7 @@ bf16 is the default on a CUDA GPU that supports it and on a CPU with native bf16
 (``avx512_bf16``) or AMX (``amx_bf16``). A CPU without them emulates bf16 matmuls, which is slower than float32, so
 the default there stays float32. The vendor tells nothing: the flags are read, never guessed.
 
-Master weights stay float32 under autocast (as the Trainer's ``bf16=True`` does); ``training.weights_dtype`` keeps
+Master weights stay float32 under autocast (as the Trainer's ``bf16=True`` does); ``model_setup.weights_dtype`` keeps
 a PEFT method's frozen base in bf16, its trainable tensors in float32.
 """
 

@@ -27,6 +27,7 @@ from tunelab.ica import training as ica_training
 from tunelab.memory.tracker import (TENSOR_PEAK_STEPS, device_description, peak_memory, reset_peak,
                                     tensor_peak_callback)
 from tunelab.methods import ApplyContext, get_method
+from tunelab.model_setup import count_parameters, label_kwargs, prepare_model, weights_dtype
 from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
                             resolve_model)
 from tunelab.options import to_dict
@@ -122,31 +123,11 @@ def total_training_steps(opts: TrainOptions, n_rows: int, world_size: int = 1) -
     return max(1, math.ceil(per_epoch / opts.gradient_accumulation_steps * opts.num_train_epochs))
 
 
-def count_parameters(model) -> tuple[int, int]:
-    if hasattr(model, "get_nb_trainable_parameters"):
-        return tuple(int(x) for x in model.get_nb_trainable_parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return int(trainable), int(total)
-
-
 def checkpoint_bytes(directory: Path) -> int:
     """Bytes of the saved weights (model or adapter), not of tokenizer or training-argument files."""
     return sum(f.stat().st_size for f in Path(directory).iterdir()
                if f.is_file() and (f.suffix == ".safetensors" or f.name.startswith(("pytorch_model", "adapter_model"))
                                    and f.suffix == ".bin"))
-
-
-def weights_dtype(opts: TrainOptions):
-    """The dtype the base weights are loaded in. PEFT methods train few parameters, so their frozen base can live in
-    the mixed-precision dtype; full fine-tuning keeps float32 master weights (the Trainer autocasts)."""
-    import torch
-
-    if opts.torch_dtype != "auto":
-        return getattr(torch, opts.torch_dtype)
-    if get_method(opts.method).peft and (opts.bf16 or opts.fp16):
-        return torch.bfloat16 if opts.bf16 else torch.float16
-    return torch.float32
 
 
 def _compute_dtype(name: str, use_cpu: bool):
@@ -156,19 +137,6 @@ def _compute_dtype(name: str, use_cpu: bool):
         gpu = torch.cuda.is_available() and not use_cpu
         return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, name)
-
-
-def prepare_model(model, opts: TrainOptions, method, ctx: ApplyContext):
-    """After loading: k-bit preparation, input gradients for checkpointing, then the method. The memory estimator
-    prepares its fake-tensor model through here too, so that it traces what training runs."""
-    if opts.use_4bit or opts.use_8bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=opts.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif opts.gradient_checkpointing and method.peft and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
-    return method.apply(model, opts, ctx)
 
 
 def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, label_names, total_steps: int):
@@ -183,10 +151,7 @@ def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, 
                                 double_quant=opts.bnb_4bit_use_double_quant,
                                 # [distributed] QLoRA under FSDP / ZeRO-3: 4-bit weights stored as the others are
                                 quant_storage=weights_dtype(opts) if distributed.shards_weights(opts) else None)
-    extra: dict[str, Any] = {}
-    if task_kind == "seq_cls":
-        extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                     label2id={n: i for i, n in enumerate(label_names)})
+    extra = label_kwargs(label_names) if task_kind == "seq_cls" else {}
     set_seed(opts.seed)
     model = load_model(model_path, task_kind, quantization=quant, trust_remote_code=opts.trust_remote_code,
                        device_map="cpu" if (quant is not None and opts.use_cpu) else distributed.device_map(quant, opts),

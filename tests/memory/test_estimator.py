@@ -87,7 +87,8 @@ def test_parts_match_their_formulas():
 def _train_counts(o: TrainOptions) -> tuple[int, int]:
     """What `tunelab train` reports for the same flags: its own build_model and count_parameters, real weights."""
     from tunelab.models import detect_task_kind, load_config
-    from tunelab.training import build_model, count_parameters
+    from tunelab.model_setup import count_parameters
+    from tunelab.training import build_model
 
     o, _ = resolve(o, set())
     path = str(tiny_model_dir())

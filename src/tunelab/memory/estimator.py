@@ -44,6 +44,7 @@ from urllib.parse import urlparse
 from tunelab import precision
 from tunelab.errors import TunelabError
 from tunelab.memory import architectures
+from tunelab.model_setup import count_parameters, label_kwargs, prepare_model, weights_dtype
 from tunelab.memory.trace import (CUDA_BLOCK_BYTES, StepTrace, materialize_fake, new_fake_mode, quantize_on_meta,
                                   quantized_kind, resident_tensors, storage_bytes, trace_step, weight_count)
 
@@ -232,13 +233,6 @@ def _quantization(opts, spec: ModelSpec, settings: RunSettings):
                                compute_dtype=settings.compute_dtype, double_quant=opts.bnb_4bit_use_double_quant)
 
 
-def _label_kwargs(spec: ModelSpec, num_labels: int) -> dict[str, Any]:
-    if spec.task_kind != "seq_cls":
-        return {}
-    return dict(num_labels=num_labels, id2label={i: f"label_{i}" for i in range(num_labels)},
-                label2id={f"label_{i}": i for i in range(num_labels)})
-
-
 def build_model(opts, spec: ModelSpec, settings: RunSettings, *, fake_mode=None, num_labels: int = 2):
     """The model ``tunelab train`` would train: fake (``fake_mode`` given, nothing allocated) or with real weights."""
     import torch
@@ -248,7 +242,7 @@ def build_model(opts, spec: ModelSpec, settings: RunSettings, *, fake_mode=None,
 
     method = get_method(opts.method)
     quant = _quantization(opts, spec, settings)
-    extra = _label_kwargs(spec, num_labels)
+    extra = label_kwargs([f"label_{i}" for i in range(num_labels)]) if spec.task_kind == "seq_cls" else {}
     device = settings.trace_device
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -256,8 +250,6 @@ def build_model(opts, spec: ModelSpec, settings: RunSettings, *, fake_mode=None,
             if spec.path is None:
                 raise TunelabError(f"{spec.name}: measuring needs the model's weights; pass a local folder or a "
                                    "built-in model")
-            from tunelab.training import weights_dtype
-
             model = load_model(spec.path, spec.task_kind, quantization=quant, dtype=weights_dtype(opts),
                                device_map="cpu" if (quant is not None and device == "cpu") else None, **extra)
             if quant is None:
@@ -268,8 +260,6 @@ def build_model(opts, spec: ModelSpec, settings: RunSettings, *, fake_mode=None,
                 setattr(config, k, v)
             # Everything up to the method's adapters is built on the meta device (peft cannot move modules whose
             # parameters are fake tensors); then every tensor becomes a fake one at once.
-            from tunelab.training import weights_dtype
-
             dtype = weights_dtype(opts)
             with torch.device("meta"):
                 model = auto_class(spec.task_kind).from_config(config, dtype=dtype)
@@ -305,7 +295,6 @@ def prepare_like_train(model, opts, method, spec: ModelSpec):
     """What ``tunelab.training.build_model`` does after loading (through the same function), plus the Trainer's
     activation checkpointing."""
     from tunelab.methods import ApplyContext
-    from tunelab.training import prepare_model
 
     ctx = ApplyContext(task_kind=spec.task_kind, model_path=spec.path or spec.name,
                        total_steps=opts.max_steps if opts.max_steps > 0 else 1000)
@@ -466,16 +455,8 @@ class Estimate:
         return d
 
 
-def _weights_dtype(opts):
-    from tunelab.training import weights_dtype
-
-    return weights_dtype(opts)
-
-
 def _count_parameters(model) -> tuple[int, int]:
     """(trainable, total) as ``tunelab train`` reports them (peft's count; 4-bit weights count two per byte)."""
-    from tunelab.training import count_parameters
-
     trainable, _ = count_parameters(model)
     total = sum(weight_count(p) for p in _unique(model.parameters()))
     return trainable, total
@@ -636,7 +617,7 @@ def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, 
                   "use_8bit": opts.use_8bit, "bf16": opts.bf16, "fp16": opts.fp16, **prec.record(),
                   "optim": opts.optim,
                   "lora_r": opts.lora_r if method.peft else None,
-                  "weights_dtype": str(_weights_dtype(opts)).replace("torch.", ""),
+                  "weights_dtype": str(weights_dtype(opts)).replace("torch.", ""),
                   "bnb_4bit_compute_dtype": str(settings.compute_dtype).replace("torch.", "")},
         total_params=total, trainable_params=trainable, peak_bytes=best, peak_phase=best_phase,
         breakdown=breakdown, weights_detail=weights_detail, phases=phases,
