@@ -75,6 +75,8 @@ def main() -> None:
     from tunelab.comparison.results import ResultsFile
 
     records = ResultsFile(out).records()
+    trials = [r for r in records if r.get("kind") == "trial"]  # a learning-rate search's (recipe demo-search)
+    records = [r for r in records if r.get("kind") != "trial"]
     train = sum(r.get("train_seconds") or 0 for r in records)
     runs = sum(r["wall_seconds"] for r in records)
     header, body = table(records)
@@ -92,7 +94,27 @@ def main() -> None:
                         "runs_wall_seconds": runs, "train_seconds": train,
                         "per_run": [{k: r.get(k) for k in ("label", "wall_seconds", "train_seconds")}
                                     for r in records],
-                        "profile": prof, "table": {"header": header, "rows": body}})
+                        "profile": prof, "table": {"header": header, "rows": body}, **search_summary(records, trials)})
+
+
+def search_summary(records: list[dict], trials: list[dict]) -> dict:
+    """What the learning-rate search chose and cost, per method, its trials, and the verdicts with their paired
+    intervals (nothing when the search was off)."""
+    if not trials:
+        return {}
+    from tunelab.comparison.report import verdicts
+
+    methods = {}
+    for r in records:
+        found = r.get("search")
+        if found:
+            methods[r["label"]] = {**found, "run_wall_seconds": r["wall_seconds"],
+                                   "cost_over_run": found["tuning_seconds"] / r["wall_seconds"]}
+    keep = ("label", "trial", "learning_rate", "status", "pruned_at_step", "stopped_by", "objective_value",
+            "validation_loss_curve", "steps", "cost_seconds", "error")
+    return {"search": {"methods": methods, "seconds": sum(t.get("cost_seconds") or 0 for t in trials),
+                       "trials": [{k: t.get(k) for k in keep} for t in trials]},
+            "verdicts": verdicts(records)}
 
 
 if __name__ == "__main__":
