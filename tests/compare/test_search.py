@@ -382,3 +382,26 @@ def test_verdicts_claim_a_difference_only_when_its_interval_excludes_zero(tmp_pa
     header, body = table(_records_with_predictions(tmp_path / "t", {"full": list(full), "lora b": list(worse)}))
     assert header[-1] == "Δ contains_answer vs full (95% CI)"
     assert body[0][-1] == "reference" and body[1][-1].startswith("-20.0 points [")
+
+
+def test_a_study_is_kept_across_changes_its_trials_do_not_depend_on():
+    """Evaluation settings and retention probes do not touch a trial judged by validation loss: changing them keeps
+    the search; the budget, the data or the objective start a new one."""
+    import dataclasses
+
+    from tunelab.comparison.recipe import parse_recipe
+    from tunelab.comparison.search import study_name
+
+    raw = {"model": "m", "task": "qa", "data": {"train": "x.jsonl", "eval": "y.jsonl"}, "methods": ["lora"],
+           "budget": {"max_steps": 20}, "eval": {"max_eval_samples": 24}, "search": {"trials": 6}}
+    base = parse_recipe(raw, source="r")
+
+    def name(recipe, **settings):
+        s = dataclasses.replace(recipe.search, **settings)
+        return study_name(recipe, recipe.methods[0], s, 3e-5, 3e-3, 0)
+
+    other_eval = parse_recipe({**raw, "eval": {"max_eval_samples": 48}, "retention": ["drift"]}, source="r")
+    assert name(other_eval) == name(base)
+    assert name(other_eval, objective="metric") != name(base, objective="metric")
+    assert name(parse_recipe({**raw, "budget": {"max_steps": 40}}, source="r")) != name(base)
+    assert name(base, validation_fraction=0.2) != name(base)

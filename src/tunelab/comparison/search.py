@@ -207,7 +207,10 @@ def study_name(recipe: "Recipe", entry: "MethodEntry", settings: SearchSettings,
                seed: int) -> str:
     """The study of an entry under these settings: a changed recipe, entry or setting starts a new one."""
     method = {k: v for k, v in entry.as_dict().items() if k not in ("learning_rate", "learning_rate_range")}
-    blob = json.dumps({"shared": recipe.shared_content(), "method": method, "search": settings.identity(),
+    shared = recipe.shared_content()
+    if settings.objective == "loss":  # trials judged by the validation loss never evaluate the task or the probes
+        shared = {k: v for k, v in shared.items() if k not in ("eval", "retention")}
+    blob = json.dumps({"shared": shared, "method": method, "search": settings.identity(),
                        "range": [low, high], "seed": seed}, sort_keys=True, default=str)
     return f"{_slug(entry.label)}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
