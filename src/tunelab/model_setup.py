@@ -11,7 +11,8 @@ from tunelab.methods import ApplyContext, get_method
 
 def weights_dtype(opts):
     """The dtype the base weights are loaded in. PEFT methods train few parameters, so their frozen base can live in
-    the mixed-precision dtype; full fine-tuning keeps float32 master weights (the Trainer autocasts)."""
+    the mixed-precision dtype (its trainable tensors are float32: ``prepare_model``); full fine-tuning keeps float32
+    master weights (the Trainer autocasts)."""
     import torch
 
     if opts.torch_dtype != "auto":
@@ -30,6 +31,8 @@ def label_kwargs(label_names) -> dict[str, Any]:
 def prepare_model(model, opts, method, ctx: ApplyContext):
     """After loading: k-bit preparation, input gradients for checkpointing, then the method. The memory estimator
     prepares its fake-tensor model through here too, so that it traces what training runs."""
+    import torch
+
     if opts.use_4bit or opts.use_8bit:
         from peft import prepare_model_for_kbit_training
 
@@ -37,7 +40,16 @@ def prepare_model(model, opts, method, ctx: ApplyContext):
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif opts.gradient_checkpointing and method.peft and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
-    return method.apply(model, opts, ctx)
+    model = method.apply(model, opts, ctx)
+    half = weights_dtype(opts)
+    if method.peft and half in (torch.bfloat16, torch.float16) and not (opts.use_4bit or opts.use_8bit):
+        # A half-precision base: peft upcasts its adapters to float32, not the modules it trains in full (a
+        # classification head, --modules_to_save); AdamW updates in their dtype, so those become float32 too.
+        # (k-bit preparation did the same for quantized bases.)
+        from peft.utils.other import cast_mixed_precision_params
+
+        cast_mixed_precision_params(model, half)
+    return model
 
 
 def count_parameters(model) -> tuple[int, int]:
