@@ -84,12 +84,15 @@ def _key_columns(d: dict) -> tuple[list[str], dict[str, list[str]]]:
     return wanted, rows
 
 
-def _ranking(d: dict, metric: str) -> list[str]:
+def _ranking(d: dict, metric: str) -> str:
+    """The methods from best to worst by ``metric`` (as the table shows it), '=' between equal scores."""
     header = d["table"]["header"]
     rows = [r for r in d["table"]["rows"] if not r[0].startswith("base")]
     score = {r[0].split(" (n=")[0]: float(r[header.index(metric)].split(" ")[0]) for r in rows
              if r[header.index(metric)] not in ("–", "")}
-    return sorted(score, key=lambda k: -score[k])
+    order = sorted(score, key=lambda k: -score[k])
+    return "".join(("" if i == 0 else " = " if score[k] == score[order[i - 1]] else " > ") + k
+                   for i, k in enumerate(order))
 
 
 def search_section() -> str | None:
@@ -115,7 +118,7 @@ def search_section() -> str | None:
         rate = "–" if method is None else f"{fixed_rates.get(label) or get_method(method).default_learning_rate:g}"
         rows.append([label, rate, *fixed_rows.get(label, ["–"] * len(cols)),
                      "–" if not found else f"{found['chosen_learning_rate']:.2g}", *searched_rows[label]])
-    rank_fixed = _ranking(fixed, metric) if fixed else []
+    rank_fixed = _ranking(fixed, metric) if fixed else ""
     rank_searched = _ranking(d, metric)
     same = rank_fixed == rank_searched
     search_rows = [[label, f"{m['low']:.0e} – {m['high']:.0e}", f"{m['trials']} ({m['finished']} / {m['pruned']} / "
@@ -134,9 +137,14 @@ def search_section() -> str | None:
         "The demo's fixed rates (`demo`, from bench/results/compare-demo.json) beside the searched ones "
         "(`demo-search`):", "",
         _table(header, rows), "",
-        f"Ranking by {metric}: demo {' > '.join(rank_fixed) or '–'}; searched {' > '.join(rank_searched)} "
-        f"({'the same order' if same else 'a different order'}). "
-        "The two were measured on different days and machine loads; the quality columns do not depend on load.", "",
+        f"Ranking by {metric}: demo {rank_fixed or '–'}; searched {rank_searched} "
+        f"({'the same order' if same else 'a different order'}). The searched comparison evaluated "
+        f"{d['eval'].get('max_eval_samples')} test questions and {d['eval'].get('probe_samples')} examples per probe"
+        + (", as the fixed-rate one did" if fixed and fixed["eval"] == d["eval"] else
+           f"; the fixed-rate one {(fixed or {}).get('eval')}, so their columns do not compare")
+        + "; the two were measured on different days and machine loads, which the quality columns do not depend "
+        "on.",
+        "",
         "The search, per method (trials finished / pruned / failed; cost against one of the method's runs, "
         "training and evaluation; steps against one training budget):", "",
         _table(["method", "range", "trials", "chosen rate", "search cost", "× one run", "steps × budget"],
