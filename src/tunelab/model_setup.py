@@ -4,9 +4,10 @@ labels, the preparation for the method, and the parameter counts."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelab.methods import ApplyContext, get_method
+if TYPE_CHECKING:  # (imported where used: tunelab.methods imports torch, and inference needs only label_kwargs)
+    from tunelab.methods import ApplyContext
 
 
 def weights_dtype(opts):
@@ -14,6 +15,8 @@ def weights_dtype(opts):
     the mixed-precision dtype (its trainable tensors are float32: ``prepare_model``); full fine-tuning keeps float32
     master weights (the Trainer autocasts)."""
     import torch
+
+    from tunelab.methods import get_method
 
     if opts.torch_dtype != "auto":
         return getattr(torch, opts.torch_dtype)
