@@ -130,15 +130,6 @@ def checkpoint_bytes(directory: Path) -> int:
                                    and f.suffix == ".bin"))
 
 
-def _compute_dtype(name: str, use_cpu: bool):
-    import torch
-
-    if name == "auto":
-        gpu = torch.cuda.is_available() and not use_cpu
-        return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, name)
-
-
 def build_model(opts: TrainOptions, model_path: str, task_kind: str, tokenizer, label_names, total_steps: int):
     """Load the base model (quantized if asked) and wrap it with the method. Returns (model, method)."""
     from transformers import set_seed
