@@ -6,10 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tunelab.data.formats import FORMATS
+from tunelab.evaluation.tasks import TASKS
 from tunelab.options import option
 
 TASK_TYPES = ("auto", "causal_lm", "seq2seq_lm", "seq_cls")
-DATASET_FORMATS = ("auto", "alpaca", "prompt_completion", "qa", "chat", "text", "seq2seq", "classification")
+DATASET_FORMATS = ("auto", *FORMATS)  # the data formats' registry, and auto: detected from the columns
 TEMPLATES = ("auto", "chat", "alpaca", "chatml", "plain")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -245,7 +247,7 @@ def identity(opts: TrainOptions) -> dict[str, Any]:
     return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in NON_IDENTITY_FIELDS}
 
 
-EVAL_TASKS = ("summarization", "translation", "text2sql", "classification", "language_modeling", "similarity", "qa")
+EVAL_TASKS = tuple(TASKS)  # the evaluation tasks' registry
 
 
 @dataclass(kw_only=True)
