@@ -168,16 +168,16 @@ def cmd_models(argv: list[str]) -> int:
 
 
 def cmd_data(argv: list[str]) -> int:
-    from tunelab.builtin.text2sql import write_text2sql
+    from tunelab.builtin import DATASETS, write_dataset
 
     parser = command_parser("tunelab data", "Built-in datasets that tunelab writes itself.")
     sub = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
     builtin = sub.add_parser("builtin", help="write a built-in dataset to a directory")
-    builtin.add_argument("name", choices=["text2sql"])
+    builtin.add_argument("name", choices=list(DATASETS))
     builtin.add_argument("--output_dir", required=True, help="where to write it")
     builtin.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
     ns = parser.parse_args(argv)
-    paths = write_text2sql(ns.output_dir, seed=ns.seed)
+    paths = write_dataset(ns.name, ns.output_dir, seed=ns.seed)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

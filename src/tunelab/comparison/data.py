@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab import builtin
 from tunelab.comparison.recipe import Recipe
 from tunelab.data import sources
 from tunelab.errors import TunelabError
@@ -25,11 +26,10 @@ class ComparisonData:
 def resolve_path(value: str, data_dir: Path | None, *, recipe: Recipe, field: str) -> str:
     if value.startswith("builtin:"):
         name, _, rest = value[len("builtin:"):].partition("/")
-        if name != "text2sql":
-            raise TunelabError(f"recipe {recipe.name}: data.{field} {value}: the built-in datasets are builtin:text2sql")
-        from tunelab.builtin.text2sql import builtin_text2sql_dir
-
-        return str(builtin_text2sql_dir() / rest)
+        if name not in builtin.DATASETS:
+            raise TunelabError(f"recipe {recipe.name}: data.{field} {value}: the built-in datasets are "
+                               f"{', '.join('builtin:' + n for n in builtin.DATASETS)}")
+        return str(builtin.dataset_dir(name) / rest)
     if "{data_dir}" in value:
         if data_dir is None:
             raise TunelabError(f"recipe {recipe.name} reads {value.replace('{data_dir}/', '')} from the shared data "

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from tunelab import builtin
 from tunelab.data import sources
 from tunelab.data.formats import Example, normalise
 from tunelab.errors import TunelabError
@@ -24,6 +25,7 @@ class Probe:
     task: str                        # a key of evaluation.tasks.TASKS, or "drift"
     load: Callable[["ProbeContext"], list[Example]]
     max_new_tokens: int | None = None   # short answers need few tokens: a cap keeps probes cheap
+    dataset: str | None = None          # the built-in dataset (tunelab.builtin) whose test file it reads, if any
 
 
 @dataclass
@@ -108,17 +110,13 @@ def _stsb(ctx: ProbeContext) -> list[Example]:
     return sample_examples(read_stsb(_shared(ctx, "stsb", "sts-dev.csv")), ctx.samples, ctx.seed)
 
 
-def _builtin_text2sql(ctx: ProbeContext) -> list[Example]:
-    from tunelab.builtin.text2sql import builtin_text2sql_dir
+def _builtin_dataset(name: str) -> Callable[[ProbeContext], list[Example]]:
+    """A probe's examples from built-in dataset NAME's test file."""
+    def load(ctx: ProbeContext) -> list[Example]:
+        rows = sources.read_file(builtin.dataset_dir(name) / builtin.DATASETS[name].test_file)
+        return sample_examples(normalise(rows)[1], ctx.samples, ctx.seed)
 
-    rows = sources.read_file(builtin_text2sql_dir() / "test.jsonl")
-    return sample_examples(normalise(rows)[1], ctx.samples, ctx.seed)
-
-
-def _builtin_sql_database() -> str:
-    from tunelab.builtin.text2sql import DB_FILENAME, builtin_text2sql_dir
-
-    return str(builtin_text2sql_dir() / DB_FILENAME)
+    return load
 
 
 PROBES: dict[str, Probe] = {p.name: p for p in (
@@ -126,7 +124,7 @@ PROBES: dict[str, Probe] = {p.name: p for p in (
     Probe("drift", "drift", drift_prompts),
     Probe("multi30k_en_fr", "translation", _multi30k, max_new_tokens=64),
     Probe("stsb", "similarity", _stsb),
-    Probe("text2sql", "text2sql", _builtin_text2sql, max_new_tokens=96),
+    Probe("text2sql", "text2sql", _builtin_dataset("text2sql"), max_new_tokens=96, dataset="text2sql"),
 )}
 
 
@@ -138,7 +136,8 @@ def parse_probe(spec: str) -> tuple[Probe, str | None]:
 
     if spec in PROBES:
         probe = PROBES[spec]
-        return probe, (_builtin_sql_database() if spec == "text2sql" else None)
+        folder = str(builtin.dataset_dir(probe.dataset)) if probe.dataset and probe.task == "text2sql" else None
+        return probe, folder_database(folder) if folder else None
     if benchmarks.is_benchmark(spec):
         return benchmarks.benchmark_probe(spec), None
     task, sep, path = spec.partition(":")
@@ -150,10 +149,11 @@ def parse_probe(spec: str) -> tuple[Probe, str | None]:
     def load(ctx: ProbeContext) -> list[Example]:
         return sample_examples(load_task_examples(task, path, flag=f"--retention {spec}"), ctx.samples, ctx.seed)
 
-    return Probe(spec, task, load), _dir_database(path) if task == "text2sql" else None
+    return Probe(spec, task, load), folder_database(path) if task == "text2sql" else None
 
 
-def _dir_database(path: str) -> str | None:
+def folder_database(path: str) -> str | None:
+    """The SQLite database a text-to-SQL dataset ships beside its files: the one *.sqlite file in its folder."""
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     dbs = sorted(folder.glob("*.sqlite")) if folder.is_dir() else []

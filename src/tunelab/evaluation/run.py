@@ -17,7 +17,7 @@ from tunelab.config import EvalOptions
 from tunelab.errors import TunelabError
 from tunelab.evaluation import retention
 from tunelab.evaluation.benchmarks import default_benchmark_dir, no_skill_floor
-from tunelab.evaluation.probes import (ProbeContext, _dir_database, default_data_dir, load_task_examples,
+from tunelab.evaluation.probes import (ProbeContext, default_data_dir, folder_database, load_task_examples,
                                        parse_probe, sample_examples)
 from tunelab.evaluation.tasks import TaskSettings, run_task
 from tunelab.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -112,7 +112,7 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     }
     prediction_rows: list[dict[str, Any]] = []
     if opts.task:
-        settings.sql_database = opts.sql_database or (_dir_database(opts.dataset_name_or_path)
+        settings.sql_database = opts.sql_database or (folder_database(opts.dataset_name_or_path)
                                                       if opts.task == "text2sql" else None)
         started = time.perf_counter()
         outcome = run_task(opts.task, lm, task_examples, settings)
