@@ -155,6 +155,13 @@ class TrainOptions:
     track_text: str | None = option(None, "general text for the general_text signal: a .jsonl/.json/.csv/.parquet "
                                           "file of 'text' rows or conversations (default: the base's own "
                                           "continuations of the built-in drift prompts)", group="retention tracking")
+    curve_points: int = option(0, "a learning-forgetting trajectory: track the signals at this many evenly spaced "
+                                  "steps (the last is the end of training) and save the adapter, or the model, of "
+                                  "each in OUTPUT_DIR/curve/step-N for `tunelab eval` (0: off)",
+                               group="retention tracking")
+    curve_checkpoints: bool = option(True, "with --curve_points: save the model at each point (false: only the "
+                                           "tracked signals, e.g. to spare full fine-tuning's disk)",
+                                     group="retention tracking")
 
     # --- several devices and machines (tunelab.distributed; docs: examples/distributed/README.md) ---------------
     num_processes: int = option(1, "train with this many processes, one per GPU (data parallel): tunelab starts "

@@ -43,6 +43,7 @@ COST_TARGET = 0.15         # ... and as many as fit this share of the training c
 INITIAL_EFFECT = ("prompt_tuning", "prefix_tuning")
 DRIFT_NEW_TOKENS = 48      # (retention.DRIFT_NEW_TOKENS: the base's continuations' length)
 LOG_PREFIX = "eval_retention_"
+CURVE_DIR = "curve"           # OUTPUT_DIR/curve/step-N: --curve_points' saved models (adapters)
 
 
 def parse_budgets(specs: list[str] | None) -> dict[str, float]:
@@ -63,8 +64,9 @@ def parse_budgets(specs: list[str] | None) -> dict[str, float]:
 
 
 def tracked_signals(opts) -> list[str]:
-    """The signals to compute: those asked for, and those a budget needs."""
-    asked = list(opts.track_retention or [])
+    """The signals to compute: those asked for, and those a budget needs (all of them for --curve_points when
+    none is named)."""
+    asked = list(opts.track_retention or ([] if not opts.curve_points or opts.max_forgetting else SIGNALS))
     for name in asked:
         if name not in SIGNALS:
             raise TunelabError(f"--track_retention {name}: unknown signal; choose among {', '.join(SIGNALS)}")
@@ -81,6 +83,10 @@ def check_options(opts) -> None:
                            "general text (a 'text' column, or conversations)")
     if opts.track_samples < 1:
         raise TunelabError(f"--track_samples must be at least 1, got {opts.track_samples}")
+    if opts.curve_points < 0:
+        raise TunelabError(f"--curve_points must be 0 (off) or more, got {opts.curve_points}")
+    if opts.curve_points and opts.eval_steps:
+        raise TunelabError("--curve_points places the tracked steps evenly itself; drop --eval_steps")
     if opts.fsdp or opts.deepspeed:
         raise TunelabError("--track_retention / --max_forgetting compare the model with its base on one device; "
                            "they do not run with --fsdp or --deepspeed yet")
@@ -151,6 +157,7 @@ class RetentionTracker:
     unmask: Any = None              # ICA masking's remove(): signals are measured on the model that is saved
     measure_step_zero: bool = False   # else step 0 is written as 0: the method starts as the identity
     estimated_overhead_fraction: float | None = None  # what the frequency was chosen by (tracked forward passes)
+    checkpoint_dir: Path | None = None  # --curve_points: the model (adapter) of every tracked step is saved here
     references: dict[str, Any] = field(default_factory=dict)
     reference_seconds: float = 0.0
     signal_seconds: float = 0.0
@@ -247,6 +254,19 @@ class RetentionTracker:
         self.trainer.log({**logs, "retention_elapsed_seconds": elapsed, "retention_seconds": spent})
         return values
 
+    def save_point(self, step: int) -> None:
+        """The model (or adapter) as it is at ``step``, weights only, with the tokenizer and the run's options:
+        a directory `tunelab eval` loads like the run's own output."""
+        import shutil
+
+        from tunelab.inference import RUN_CONFIG
+
+        where = self.checkpoint_dir / f"step-{step}"
+        self.trainer.save_model(str(where))
+        config = Path(self.trainer.args.output_dir) / RUN_CONFIG
+        if config.is_file() and self.trainer.is_world_process_zero():
+            shutil.copy2(config, where / RUN_CONFIG)
+
     def within_budget(self, values: dict[str, float | None]) -> bool:
         return all(values.get(name) is not None and values[name] <= limit for name, limit in self.budgets.items())
 
@@ -275,6 +295,8 @@ class RetentionTracker:
                 if step % tracker.every and step < state.max_steps:
                     return control
                 values = tracker.record(model)
+                if tracker.checkpoint_dir is not None and step < state.max_steps:  # (the end is the run's output)
+                    tracker.save_point(step)
                 if tracker.budgets:
                     if tracker.within_budget(values):
                         # the Trainer records this checkpoint as the best one when it saves it just after
@@ -349,6 +371,11 @@ class RetentionTracker:
             "overhead_seconds": overhead,
             "overhead_fraction": overhead / pure if pure > 0 else None,
         }
+        if self.checkpoint_dir is not None:
+            # (from the directory: a resumed run's earlier points are there too)
+            result["curve_checkpoints"] = sorted(({"step": int(d.name.split("-")[1]), "path": str(d)}
+                                                  for d in self.checkpoint_dir.glob("step-*") if d.is_dir()),
+                                                 key=lambda c: c["step"])
         if self.budgets:
             result["max_forgetting"] = {"budgets": dict(self.budgets), "chosen_step": self.chosen_step,
                                         "stopped_at_step": self.stopped_at_step,
@@ -378,7 +405,8 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
     method = get_method(opts.method)
     step_zero = method.name in INITIAL_EFFECT
     per_eval, per_step = estimate_cost(opts, data, tokenizer, signals, text, peft=method.peft)
-    every = opts.eval_steps or default_every(total_steps, per_eval, per_step, step_zero=step_zero)
+    every = opts.eval_steps or (math.ceil(total_steps / opts.curve_points) if opts.curve_points else
+                                default_every(total_steps, per_eval, per_step, step_zero=step_zero))
     tracked_steps = total_steps // every + int(total_steps % every > 0)
     estimate = (tracked_steps + 1 + int(step_zero)) * per_eval / (total_steps * per_step) if per_step else None
     return RetentionTracker(
@@ -386,4 +414,5 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
         task_examples=data.eval_examples or data.train_examples, task_examples_split=split, text_examples=text,
         samples=opts.track_samples, seed=opts.seed, batch_size=opts.per_device_eval_batch_size,
         max_seq_length=opts.max_seq_length, mixed_precision="bf16" if opts.bf16 else "fp16" if opts.fp16 else None,
-        measure_step_zero=step_zero, estimated_overhead_fraction=estimate)
+        measure_step_zero=step_zero, estimated_overhead_fraction=estimate,
+        checkpoint_dir=Path(opts.output_dir) / CURVE_DIR if opts.curve_points and opts.curve_checkpoints else None)

@@ -71,6 +71,8 @@ def record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | N
     rec["inference"] = result.get("inference")
     rec["eval_dir"] = result.get("eval_dir")
     rec["timings"] = result.get("timings")  # seconds per phase of the run (bench/compare_overhead.py)
+    if result.get("trajectory") is not None or tr.get("curves"):  # recipe curve_points (comparison/trajectories.py)
+        rec.update(trajectory=result.get("trajectory"), curves=tr.get("curves"), tracking=tr.get("tracking"))
     return rec
 
 

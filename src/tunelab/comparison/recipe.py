@@ -24,7 +24,7 @@ from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 
 RECIPE_KEYS = {"name", "description", "model", "task", "data", "system_prompt", "retention", "budget", "eval",
-               "methods", "seeds", "template", "search"}
+               "methods", "seeds", "template", "search", "curve_points", "curve_full_checkpoints"}
 DATA_KEYS = {"train", "eval", "sql_database", "holdout", "max_train_samples", "dataset_format", "input_columns",
              "target_column"}
 BUDGET_KEYS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -65,13 +65,18 @@ class Recipe:
     description: str = ""
     source: str = ""
     search: SearchSettings | None = None  # tune each entry's learning rate first (comparison/search.py)
+    curve_points: int = 0  # trajectories: runs are also evaluated at K evenly spaced steps (trajectories.py)
+    curve_full_checkpoints: bool = True  # full fine-tuning saves its model at the points (false: cheap signals only)
 
     # --- identity ---------------------------------------------------------------------------------------------
     def shared_content(self) -> dict[str, Any]:
         """What every run shares: a change here invalidates every finished run."""
-        return {"model": self.model, "task": self.task, "data": self.data, "retention": self.retention,
-                "budget": self.budget, "eval": self.eval, "system_prompt": self.system_prompt,
-                "template": self.template}
+        shared = {"model": self.model, "task": self.task, "data": self.data, "retention": self.retention,
+                  "budget": self.budget, "eval": self.eval, "system_prompt": self.system_prompt,
+                  "template": self.template}
+        if self.curve_points:  # (only when set: recipes without curves keep their finished runs' keys)
+            shared.update(curve_points=self.curve_points, curve_full_checkpoints=self.curve_full_checkpoints)
+        return shared
 
     def run_key(self, entry: MethodEntry, seed: int) -> str:
         blob = json.dumps({"shared": self.shared_content(), "method": entry.as_dict(), "seed": seed},
@@ -87,7 +92,9 @@ class Recipe:
                 "data": self.data, "system_prompt": self.system_prompt, "template": self.template,
                 "retention": self.retention, "budget": self.budget, "eval": self.eval,
                 "methods": [m.as_dict() for m in self.methods], "seeds": self.seeds,
-                "search": dataclasses.asdict(self.search) if self.search else None}
+                "search": dataclasses.asdict(self.search) if self.search else None,
+                "curve_points": self.curve_points or None,
+                "curve_full_checkpoints": None if self.curve_full_checkpoints else False}
         return yaml.safe_dump({k: v for k, v in data.items() if v not in (None, "", [], {})}, sort_keys=False)
 
     # --- options for one run ----------------------------------------------------------------------------------
@@ -107,6 +114,9 @@ class Recipe:
         if self.template is not None:
             values["template"] = self.template
         values.update({k: v for k, v in self.budget.items() if k != "logging_steps"})
+        if self.curve_points:  # the run saves and tracks its trajectory's points
+            values.update(curve_points=self.curve_points, track_retention=["general_text", "drift", "task_kl"],
+                          curve_checkpoints=get_method(entry.method).peft or self.curve_full_checkpoints)
         values.update(entry.overrides)
         from tunelab.options import build
 
@@ -219,11 +229,19 @@ def parse_recipe(raw: Any, *, source: str) -> Recipe:
         raise TunelabError(f"recipe {source}: seeds must be a list of integers, got {seeds!r}")
     retention = raw.get("retention") or []
     search = parse_search(raw.get("search"), source=source, holdout_column=(data.get("holdout") or {}).get("column"))
+    curve_points = raw.get("curve_points") or 0
+    if not isinstance(curve_points, int) or isinstance(curve_points, bool) or curve_points < 0:
+        raise TunelabError(f"recipe {source}: curve_points must be a whole number >= 0 (0: no trajectories), got "
+                           f"{curve_points!r}")
+    full_checkpoints = raw.get("curve_full_checkpoints", True)
+    if not isinstance(full_checkpoints, bool):
+        raise TunelabError(f"recipe {source}: curve_full_checkpoints must be true or false")
     return Recipe(name=str(raw.get("name") or Path(source).stem), model=str(raw["model"]), task=raw["task"],
                   data=data, methods=methods, seeds=list(seeds), retention=list(retention),
                   budget=dict(raw.get("budget") or {}), eval=dict(raw.get("eval") or {}),
                   system_prompt=raw.get("system_prompt"), template=raw.get("template"),
-                  description=str(raw.get("description") or ""), source=source, search=search)
+                  description=str(raw.get("description") or ""), source=source, search=search,
+                  curve_points=curve_points, curve_full_checkpoints=full_checkpoints)
 
 
 def _method_entry(item: Any, index: int, source: str) -> MethodEntry:

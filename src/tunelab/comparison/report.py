@@ -368,6 +368,9 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         if hd is None and s is not None:
             parts.append("no interval: the runs left no per-example scores")
         lines.append(f"{row.label}: " + ", ".join(parts))
+    from tunelab.comparison.trajectories import matched_comparisons
+
+    lines += matched_comparisons(records)  # recipe curve_points: read off the trajectories
     for row in group_rows(records):
         for rec in row.failed:
             lines.append(f"{row.label} (seed {rec.get('seed')}): failed — {rec.get('error')}")
@@ -438,7 +441,12 @@ def _label_offsets(anchors: list[tuple[float, float]], labels: list[str],
 
 
 def plot_tradeoff(records):
-    """One point per method: the mean over its seeds, with 95% CI bars where there are several."""
+    """One point per method: the mean over its seeds, with 95% CI bars where there are several; with trajectories
+    (recipe curve_points), one line per method through its points (comparison/trajectories.py)."""
+    from tunelab.comparison import trajectories
+
+    if trajectories.has_trajectories(records):
+        return trajectories.plot_trajectories(records)
     probe, xlabel, x_higher = tradeoff_axes(records)
     ok = [r for r in records if r["status"] == "ok" and r.get("headline_value") is not None]
     if probe is None or not ok:

@@ -135,6 +135,14 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
         evaluated = evaluate(eopts, model=in_memory)
     result["eval_results"] = evaluated.results
     result["eval_dir"] = str(evaluated.output_dir)
+    curve = ((result.get("train_results") or {}).get("tracking") or {}).get("curve_checkpoints")
+    if curve:  # recipe curve_points: the run's saved points, evaluated as the run is (comparison/trajectories.py)
+        from tunelab.comparison.trajectories import evaluate_points
+
+        with phases("curve_points_seconds"):
+            result["trajectory"] = evaluate_points(result["train_results"], dict(spec["eval_options"]), run_dir,
+                                                   peft=get_method(result["train_results"]["method"]).peft,
+                                                   evaluate=evaluate)
     if eopts.task and result.get("eval_results", {}).get("task_kind") != "seq_cls" and evaluated.model is not None:
         prompts = _bench_prompts(eopts)
         if prompts:
