@@ -4,6 +4,7 @@ about a result follows from the result."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -26,51 +27,58 @@ def test_readme_is_what_bench_results_generate(make_readme):
 
 
 def _record(label, rouge1):
-    return {"label": label, "status": "ok", "task_metrics": {"rouge1": rouge1}}
+    return {"label": label, "status": "ok", "seed": 0, "task_metrics": {"rouge1": rouge1}}
 
 
-def _dialogsum(records):
-    return {"records": records, "budget": ["--max_steps", "40"]}
+def _bench_text(make_readme, tmp_path, monkeypatch, records) -> str:
+    """The README's bench section generated from a results folder holding one DialogSum quality run."""
+    run = {"records": records, "budget": ["--max_steps", "40"], "seeds": [0], "wall_seconds": 600,
+           "table": {"header": ["Approach"], "rows": [[r["label"]] for r in records]},
+           "machine": {"cores": 2, "cpu": "test", "torch": "x", "transformers": "x", "peft": "x", "date": "2026"}}
+    (tmp_path / "quality-dialogsum.json").write_text(json.dumps(run), encoding="utf-8")
+    monkeypatch.setattr(make_readme, "RESULTS", tmp_path)
+    return make_readme.bench_section()
 
 
-def test_dialogsum_shape_agrees_when_lora_is_close_to_full(make_readme):
-    lines = make_readme._dialogsum_against_seed(_dialogsum(
-        [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.29)]))
-    text = " ".join(lines)
+def test_dialogsum_shape_agrees_when_lora_is_close_to_full(make_readme, tmp_path, monkeypatch):
+    text = _bench_text(make_readme, tmp_path, monkeypatch,
+                       [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.29)])
     assert "full 0.300 (+10.0 points), LoRA r=32 0.290 (+9.0 points), LoRA 1.0 points below full" in text
     assert "The shape agrees" in text and "40 steps" in text
 
 
-def test_dialogsum_shape_differs_when_lora_falls_behind(make_readme):
-    text = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
-        [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.25), _record("lora r=32", 0.27)])))
+def test_dialogsum_shape_differs_when_lora_falls_behind(make_readme, tmp_path, monkeypatch):
+    text = _bench_text(make_readme, tmp_path, monkeypatch,
+                       [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.25),
+                        _record("lora r=32", 0.27)])
     assert "LoRA r=32 0.260" in text  # the mean over seeds
     assert "The shape differs: LoRA 4.0 points below full, not within 2" in text
 
 
-def test_dialogsum_says_above_when_lora_beats_full(make_readme):
-    text = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
-        [_record("base", 0.16), _record("full", 0.34), _record("lora r=32", 0.40)])))
+def test_dialogsum_says_above_when_lora_beats_full(make_readme, tmp_path, monkeypatch):
+    text = _bench_text(make_readme, tmp_path, monkeypatch,
+                       [_record("base", 0.16), _record("full", 0.34), _record("lora r=32", 0.40)])
     assert "LoRA 6.0 points above full" in text and "The shape differs: LoRA 6.0 points above full" in text
 
 
-def test_dialogsum_says_one_seed_is_indicative_only_when_a_method_has_one_seed(make_readme):
-    one = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
-        [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.29)])))
-    two = " ".join(make_readme._dialogsum_against_seed(_dialogsum(
-        [_record("base", 0.20), _record("full", 0.30), _record("full", 0.31), _record("lora r=32", 0.29),
-         _record("lora r=32", 0.30)])))
+def test_dialogsum_says_one_seed_is_indicative_only_when_a_method_has_one_seed(make_readme, tmp_path, monkeypatch):
+    one = _bench_text(make_readme, tmp_path, monkeypatch,
+                      [_record("base", 0.20), _record("full", 0.30), _record("lora r=32", 0.29)])
+    two = _bench_text(make_readme, tmp_path, monkeypatch,
+                      [_record("base", 0.20), _record("full", 0.30), _record("full", 0.31), _record("lora r=32", 0.29),
+                       _record("lora r=32", 0.30)])
     assert "One seed only" in one and "One seed only" not in two
 
 
-def test_dialogsum_comparison_needs_all_three_rows(make_readme):
-    assert make_readme._dialogsum_against_seed(_dialogsum([_record("base", 0.2), _record("full", 0.3)])) == []
+def test_dialogsum_comparison_needs_all_three_rows(make_readme, tmp_path, monkeypatch):
+    text = _bench_text(make_readme, tmp_path, monkeypatch, [_record("base", 0.2), _record("full", 0.3)])
+    assert "### Quality and retention: dialogsum" in text and "Against the seed's published" not in text
 
 
-def test_a_probe_without_ratios_says_why_under_its_table(make_readme):
+def test_a_probe_without_ratios_says_why_under_its_table(make_readme, tmp_path, monkeypatch):
     why = "the base model scores bleu 0.34, below 1: it shows none of this skill"
     records = [{"label": label, "status": "ok", "seed": 0,
                 "retention": {"multi30k_en_fr": {"metric": "bleu", "retention_ratio": None, "retention_note": why}}}
                for label in ("base", "lora")]
-    text = " ".join(make_readme._failures({"records": records}))
+    text = _bench_text(make_readme, tmp_path, monkeypatch, records)
     assert text.count(why) == 1 and f"multi30k_en_fr: {why}." in text
