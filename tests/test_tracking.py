@@ -176,3 +176,18 @@ def test_prompt_tuning_step_zero_is_measured(tiny_llama, tmp_path):
                    explicit={"learning_rate"}).results
     assert result["tracking"]["step_0"] == "measured"
     assert result["curves"][0]["step"] == 0 and result["curves"][0]["drift"] > 0
+
+
+def test_curve_points_save_loadable_points(tiny_llama, tmp_path):
+    """--curve_points 2 over 4 steps: steps 2 and 4 tracked; step 2's adapter saved where `tunelab eval` loads it
+    (the end is the run's own output)."""
+    from tunelab import inference
+
+    result = train(_options(tiny_llama, tmp_path, "curve", method="lora", lora_r=4, learning_rate=2e-2, max_steps=4,
+                            eval_steps=None, curve_points=2), explicit={"learning_rate"}).results
+    assert [p["step"] for p in result["curves"]] == [0, 2, 4]
+    assert set(result["tracking"]["signals"]) == {"general_text", "drift", "task_kl"}  # all, when none is named
+    [point] = result["tracking"]["curve_checkpoints"]
+    assert point["step"] == 2
+    lm = inference.load(str(tiny_llama), point["path"], use_cpu=True)
+    assert lm.is_peft and lm.run_config["method"] == "lora"
