@@ -74,6 +74,30 @@ def test_label_outside_the_training_label_set(tiny_bert, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_data_error_comes_before_the_configuration(tiny_llama, tmp_path, capsys):
+    """The effective configuration (some 80 lines) is printed once the inputs are checked, so a data error is what
+    the user sees; a good run prints it."""
+    bad = _bad(tmp_path, "bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", bad,
+                            "--output_dir", tmp_path / "out", *FAST], capsys)
+    assert code == 2 and "bad.jsonl line 2" in err
+    assert "effective configuration" not in err
+
+
+def test_jsonl_with_a_byte_order_mark_trains(tiny_llama, tmp_path, capsys):
+    """Several Windows editors save UTF-8 with a byte-order mark; it is not part of the first row."""
+    data = tmp_path / "bom.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS), encoding="utf-8-sig")
+    assert data.read_bytes().startswith(b"\xef\xbb\xbf")
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", data, "--output_dir", out,
+                            *FAST], capsys)
+    assert code == 0, err
+    results = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    assert results["data"]["format"] == "alpaca" and results["train_samples"] > 0
+    assert "effective configuration" in err  # (printed on a run that goes ahead)
+
+
 def _flags_case(tiny_llama, tiny_t5, data, out):
     base = ["--dataset_name_or_path", data, "--output_dir", out, *FAST]
     return {

@@ -271,7 +271,7 @@ def read_inputs(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TunelabError(f"--input_file {path}: file not found; pass a .jsonl file with one prompt per line")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         loc = f"{path} line {number}"

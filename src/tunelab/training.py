@@ -269,10 +269,6 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     opts, chosen = resolve(opts, set(explicit))
     opts = distributed.settle_options(opts, explicit)  # [distributed] num_processes = the launch's world size
     check_options(opts)
-    log.info("effective configuration (defaults chosen for --method %s: %s):\n%s", opts.method,
-             ", ".join(f"{k}={v}" for k, v in chosen.items()) or "none",
-             yaml.safe_dump(_plain(to_dict(opts)), sort_keys=False).rstrip())
-    log.info("precision: %s (%s)", prec.name, prec.reason)
     out = Path(opts.output_dir)
     state = _output_state(out, opts)
     if state == "same-finished" and not opts.overwrite_output_dir:
@@ -297,6 +293,12 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     tokenizer = load_tokenizer(model_path, task_kind=task_kind, trust_remote_code=opts.trust_remote_code)
     tokenizer.padding_side = "right"
     data = prepare(opts, tokenizer, task_kind)
+    # The configuration is printed once the inputs are checked (flags, output directory, model, data): an error in
+    # them is then the last line the user sees, not one below some 80 lines of configuration.
+    log.info("effective configuration (defaults chosen for --method %s: %s):\n%s", opts.method,
+             ", ".join(f"{k}={v}" for k, v in chosen.items()) or "none",
+             yaml.safe_dump(_plain(to_dict(opts)), sort_keys=False).rstrip())
+    log.info("precision: %s (%s)", prec.name, prec.reason)
     total_steps = total_training_steps(opts, len(data.train), opts.num_processes)
     from tunelab import tracking
 

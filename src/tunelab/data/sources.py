@@ -51,7 +51,8 @@ def read_file(path: Path) -> Rows:
         if suffix == ".parquet":
             rows, locs = _read_parquet(path)
         else:
-            text = path.read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (as several Windows editors write one) is not part of the first row
+            text = path.read_text(encoding="utf-8-sig")
             if suffix == ".jsonl":
                 rows, locs = _read_jsonl(path, text)
             elif suffix == ".json":

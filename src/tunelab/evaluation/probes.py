@@ -92,7 +92,7 @@ def _multi30k(ctx: ProbeContext) -> list[Example]:
 def read_stsb(path: Path) -> list[Example]:
     """STS Benchmark files: tab-separated, no header, some rows with extra columns; fields 4-6 are score and pair."""
     examples = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for lineno, fields in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if len(fields) < 7:
                 raise TunelabError(f"{path} line {lineno}: expected at least 7 tab-separated fields (STS-B form)")
@@ -186,7 +186,7 @@ def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test"
 
 
 def _looks_stsb(path: Path) -> bool:
-    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    first = path.read_text(encoding="utf-8-sig").split("\n", 1)[0]
     return first.count("\t") >= 6
 
 
