@@ -174,6 +174,10 @@ def _main(argv, monkeypatch):
     (["--model_name_or_path", "llama-2-7b", "--method", "full", "--use_4bit"], ["--method full"]),
     (["--model_name_or_path", "llama-2-7b", "--method", "no_such_method"], ["unknown method"]),
     (["--method", "lora"], ["--model_name_or_path"]),
+    (["--model_name_or_path", "llama-2-7b", "--fit", "-3"], ["--fit -3", "must be positive"]),
+    (["--model_name_or_path", "llama-2-7b", "--fit", "0"], ["--fit 0", "must be positive"]),
+    (["--table", "--gpu_memory_gb", "24", "-8"], ["--gpu_memory_gb -8", "must be positive"]),
+    (["--model_name_or_path", "llama-2-7b", "--headroom_gb", "-1"], ["--headroom_gb -1"]),
 ])
 def test_bad_input_is_a_clear_error_with_exit_code_2(argv, words, monkeypatch, capsys):
     assert _main(argv, monkeypatch) == 2

@@ -30,6 +30,7 @@ examples:
 
 def cmd_estimate(argv: list[str]) -> int:
     opts, _ = parse_options(EstimateOptions, argv, "tunelab estimate", DESCRIPTION)
+    _check_sizes(opts)
     _quiet_transformers()
     if opts.validate:
         return _validate(opts)
@@ -52,6 +53,16 @@ def cmd_estimate(argv: list[str]) -> int:
     print()
     print(format_evaluation(evaluation))
     return 0
+
+
+def _check_sizes(opts: EstimateOptions) -> None:
+    """GPU sizes are positive and the headroom is not negative: a GPU of -3 GB fits nothing, and answering "no
+    proposal" would hide the typo."""
+    for flag, value in [("--fit", opts.fit), *(("--gpu_memory_gb", g) for g in opts.gpu_memory_gb or [])]:
+        if value is not None and value <= 0:
+            raise TunelabError(f"{flag} {value:g}: a GPU's memory in GB must be positive, e.g. {flag} 24")
+    if opts.headroom_gb < 0:
+        raise TunelabError(f"--headroom_gb {opts.headroom_gb:g}: must be 0 or more (GiB kept beyond the peak)")
 
 
 def _quiet_transformers() -> None:
