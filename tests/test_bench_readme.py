@@ -82,3 +82,10 @@ def test_a_probe_without_ratios_says_why_under_its_table(make_readme, tmp_path, 
                for label in ("base", "lora")]
     text = _bench_text(make_readme, tmp_path, monkeypatch, records)
     assert text.count(why) == 1 and f"multi30k_en_fr: {why}." in text
+
+
+def test_benchmark_figures_agree_only_within_the_interval(make_readme):
+    agree = make_readme._against_published("ARC", 0.370, 0.023, 37.3)
+    assert "37.0 against 37.3 published, -0.3 points" in agree and "so they agree" in agree
+    differ = make_readme._against_published("MMLU cloze", 0.25, 0.01, 29.3)
+    assert "-4.3 points" in differ and "outside our 95% interval (±2.0), so they differ" in differ
