@@ -39,6 +39,7 @@ def base_view(lm: inference.LoadedModel) -> Iterator[inference.LoadedModel]:
 @dataclass
 class BaseReference:
     examples: list[Example]     # those with at least one target token
+    indices: list[int]          # their positions in the examples given
     log_probs: list[Any]        # per example: a [target tokens, vocab] float32 CPU tensor of the base's log-probs
     nll_sum: float
     tokens: int
@@ -50,30 +51,34 @@ class BaseReference:
 
         rows = inference.response_losses(base, examples, batch_size=batch_size, max_seq_length=max_seq_length,
                                          return_logits=True)
-        kept = [(ex, row) for ex, row in zip(examples, rows) if row["tokens"]]
-        return cls(examples=[ex for ex, _ in kept],
-                   log_probs=[torch.log_softmax(row["logits"], -1) for _, row in kept],
-                   nll_sum=sum(row["nll_sum"] for _, row in kept), tokens=sum(row["tokens"] for _, row in kept))
+        kept = [(i, ex, row) for i, (ex, row) in enumerate(zip(examples, rows)) if row["tokens"]]
+        return cls(examples=[ex for _, ex, _ in kept], indices=[i for i, _, _ in kept],
+                   log_probs=[torch.log_softmax(row["logits"], -1) for _, _, row in kept],
+                   nll_sum=sum(row["nll_sum"] for _, _, row in kept),
+                   tokens=sum(row["tokens"] for _, _, row in kept))
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.log_probs)
 
-    def compare(self, lm: inference.LoadedModel, *, batch_size: int = 8,
-                max_seq_length: int = 1024) -> dict[str, Any]:
-        """KL(base || lm) and the change in cross-entropy, per target token, on the reference's examples."""
+    def compare(self, lm: inference.LoadedModel, *, batch_size: int = 8, max_seq_length: int = 1024,
+                per_example: bool = False) -> dict[str, Any]:
+        """KL(base || lm) and the change in cross-entropy, per target token, on the reference's examples. With
+        ``per_example``, also each example's summed KL and token count (its index among the examples given)."""
         import torch
 
         if not self.tokens:
             return {"kl_divergence": None, "delta_cross_entropy": None, "num_tokens": 0, "num_examples": 0}
         rows = inference.response_losses(lm, self.examples, batch_size=batch_size, max_seq_length=max_seq_length,
                                          return_logits=True)
-        kl_sum, nll_sum = 0.0, 0.0
-        for base_logp, row in zip(self.log_probs, rows):
+        kl_sum, nll_sum, each = 0.0, 0.0, []
+        for index, base_logp, row in zip(self.indices, self.log_probs, rows):
             logp = torch.log_softmax(row["logits"], -1)
-            kl_sum += float((base_logp.exp() * (base_logp - logp)).sum())
+            kl = float((base_logp.exp() * (base_logp - logp)).sum())
+            each.append({"index": index, "kl_sum": kl, "tokens": row["tokens"]})
+            kl_sum += kl
             nll_sum += row["nll_sum"]
-        return {"kl_divergence": max(kl_sum / self.tokens, 0.0),
+        return {**({"per_example": each} if per_example else {}),"kl_divergence": max(kl_sum / self.tokens, 0.0),
                 "base_cross_entropy": self.nll_sum / self.tokens, "cross_entropy": nll_sum / self.tokens,
                 "delta_cross_entropy": (nll_sum - self.nll_sum) / self.tokens,
                 "num_tokens": self.tokens, "num_examples": len(self.examples)}

@@ -100,26 +100,10 @@ def drift(base: inference.LoadedModel, lm: inference.LoadedModel, references: li
     """Mean token-level KL(base || tuned) on the base's own continuations, and the change in cross-entropy. With
     ``per_example``, also each continuation's summed KL and token count (``per_example``: the comparison's paired
     intervals resample them)."""
-    import torch
+    from tunelab.evaluation.divergence import BaseReference
 
-    base_rows = inference.response_losses(base, references, batch_size=batch_size, return_logits=True)
-    tuned_rows = inference.response_losses(lm, references, batch_size=batch_size, return_logits=True)
-    kl_sum, tokens, ce_base, ce_tuned = 0.0, 0, 0.0, 0.0
-    rows = []
-    for i, (b, t) in enumerate(zip(base_rows, tuned_rows)):
-        if not b["tokens"]:
-            continue
-        logp_base = torch.log_softmax(b["logits"], -1)
-        logp_tuned = torch.log_softmax(t["logits"], -1)
-        kl = float((logp_base.exp() * (logp_base - logp_tuned)).sum())
-        rows.append({"index": i, "kl_sum": kl, "tokens": b["tokens"]})
-        kl_sum += kl
-        tokens += b["tokens"]
-        ce_base += b["nll_sum"]
-        ce_tuned += t["nll_sum"]
-    if tokens == 0:
+    reference = BaseReference.of(base, references, batch_size=batch_size)
+    if not reference.tokens:
         return {"metric": DRIFT_METRIC, "kl_divergence": None, "num_tokens": 0}
-    return {"metric": DRIFT_METRIC, "kl_divergence": max(kl_sum / tokens, 0.0),
-            "base_cross_entropy": ce_base / tokens, "cross_entropy": ce_tuned / tokens,
-            "delta_cross_entropy": (ce_tuned - ce_base) / tokens, "num_tokens": tokens,
-            "num_examples": len(references), **({"per_example": rows} if per_example else {})}
+    return {"metric": DRIFT_METRIC, **reference.compare(lm, batch_size=batch_size, per_example=per_example),
+            "num_examples": len(references)}
