@@ -168,14 +168,18 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     ``torch_dtype``: the dtype of the (non-quantized) weights; "auto" runs the model as its run trained
     (:func:`run_dtype`). Evaluation, generation and merging pass the user's ``--torch_dtype`` (default auto); the
     float32 default here keeps callers that compare weights exactly (diagnostics) at full precision."""
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise TunelabError(f"--adapter {adapter}: no adapter_config.json there; pass the output_dir of a PEFT run")
+    if adapter is not None:
+        check_adapter_dir(adapter)
     model_path = resolve_model(model_name_or_path)
     run_config = read_run_config(adapter) or read_run_config(model_path)
     config = load_config(model_path)
     task_kind = task_type if task_type != "auto" else run_config.get("task_type") or "auto"
     task_kind = detect_task_kind(config) if task_kind == "auto" else task_kind
-    tokenizer = load_tokenizer(adapter or model_path, task_kind=task_kind)
+    # a tunelab run saves its tokenizer beside the adapter (chat template included); an adapter folder without one
+    # (peft's save_pretrained alone) is read with its base's
+    own = adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(adapter if own else model_path, task_kind=task_kind,
+                               flag="--adapter" if own else "--model_name_or_path")
     quant = None
     if adapter is not None and quantize_like_training:
         quant = quantization_config(use_4bit=bool(run_config.get("use_4bit")),
@@ -252,15 +256,36 @@ def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_
                        run_config, dtype)
 
 
+def check_adapter_dir(adapter: str) -> None:
+    """A PEFT adapter folder, checked before anything is loaded: errors name --adapter, the flag the user gave."""
+    import json
+
+    path = Path(adapter)
+    hint = "pass the output_dir of a finished PEFT run"
+    if not (path / "adapter_config.json").is_file():
+        raise TunelabError(f"--adapter {adapter}: no adapter_config.json there; {hint}")
+    try:
+        json.loads((path / "adapter_config.json").read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TunelabError(f"--adapter {adapter}: adapter_config.json is not valid JSON ({e}); {hint}") from None
+    if not any((path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise TunelabError(f"--adapter {adapter}: no adapter weights (adapter_model.safetensors) beside "
+                           f"adapter_config.json; {hint}")
+
+
 def attach_adapter(model, adapter: str, name: str, model_path: str):
     """Load an adapter onto a base (or add one more to a PeftModel). A mismatched base is a user error."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(adapter, adapter_name=name)
             return model
         return PeftModel.from_pretrained(model, adapter, adapter_name=name)
+    except SafetensorError as e:
+        raise TunelabError(f"--adapter {adapter}: cannot read its weights (adapter_model.safetensors: {e}); the file "
+                           "is damaged or was not fully written: pass the output_dir of a finished PEFT run") from None
     except (RuntimeError, ValueError, KeyError) as e:
         text = str(e)
         trained_on = _adapter_base(adapter)

@@ -229,14 +229,15 @@ def auto_class(task_kind: str):
             "seq_cls": AutoModelForSequenceClassification}[task_kind]
 
 
-def load_tokenizer(model_path: str, *, task_kind: str, trust_remote_code: bool = False):
+def load_tokenizer(model_path: str, *, task_kind: str, trust_remote_code: bool = False,
+                   flag: str = "--model_name_or_path"):
+    """The tokenizer of a model folder (``flag``: the option that named the folder, for the error message)."""
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise TunelabError(f"--model_name_or_path {model_path}: cannot load its tokenizer ({_first_line(e)})") \
-            from None
+        raise TunelabError(f"{flag} {model_path}: cannot load its tokenizer ({_first_line(e)})") from None
     if tok.pad_token is None:
         # Causal LMs often ship without a pad token; padding positions are masked out of the loss anyway.
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token

@@ -182,6 +182,41 @@ def test_bad_input_is_one_clear_line(tiny_llama, tiny_bert, trained_adapter, qa_
         assert not out.exists()
 
 
+def test_a_broken_adapter_folder_is_named_by_its_flag(tiny_llama, trained_adapter, qa_file, tmp_path, capsys):
+    """`tunelab eval --adapter DIR` with DIR damaged: the error names --adapter DIR (not --model_name_or_path) and
+    what is wrong; an adapter folder without a tokenizer (peft's save_pretrained alone) is read with its base's."""
+    import shutil
+
+    def broken(name, damage):
+        d = tmp_path / name
+        shutil.copytree(trained_adapter, d, ignore=shutil.ignore_patterns("checkpoint-*"))
+        damage(d)
+        return d
+
+    cases = {
+        "no_weights": (lambda d: (d / "adapter_model.safetensors").unlink(), "no adapter weights"),
+        "bad_config": (lambda d: (d / "adapter_config.json").write_text("{not json", encoding="utf-8"),
+                       "adapter_config.json is not valid JSON"),
+        "bad_weights": (lambda d: (d / "adapter_model.safetensors").write_bytes(b"garbage"), "cannot read its weights"),
+        "bad_tokenizer": (lambda d: (d / "tokenizer.json").write_text("{", encoding="utf-8"),
+                          "cannot load its tokenizer"),
+    }
+    for name, (damage, needle) in cases.items():
+        d = broken(name, damage)
+        out = tmp_path / f"out-{name}"
+        code = main(["eval", "--model_name_or_path", str(tiny_llama), "--adapter", str(d), "--task", "qa",
+                     "--dataset_name_or_path", str(qa_file), "--output_dir", str(out), "--use_cpu"])
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith(f"error: --adapter {d}: ") and needle in last, (name, err[-500:])
+        assert "--model_name_or_path" not in last and "Traceback" not in err and not out.exists()
+
+    bare = broken("no_tokenizer", lambda d: [f.unlink() for f in d.iterdir() if f.name.startswith(("tokenizer",
+                                                                                                  "special_tokens"))])
+    lm = inference.load(str(tiny_llama), str(bare), use_cpu=True)
+    assert lm.is_peft and lm.tokenizer.pad_token is not None
+
+
 def test_prompt_tuned_losses_and_drift_read_the_input_positions(tiny_llama):
     """peft's prompt tuning puts its virtual tokens' positions in front of the logits; per-token losses (the drift
     probe, perplexity) must be read at the input's own positions, as peft's own loss does."""
