@@ -72,7 +72,10 @@ def cmd_eval(argv: list[str]) -> int:
         head = r["headline_metric"]
         lo_hi = r["confidence_intervals"].get(head)
         ci = f" (95% CI {lo_hi[0]:.4f}-{lo_hi[1]:.4f})" if lo_hi else ""
-        print(f"{r['task']}: {head} {r['metrics'][head]:.4f}{ci} on {r['num_examples']} examples")
+        skipped = r.get("invalid_rows_skipped")
+        left_out = f" ({skipped} invalid row{'s' if skipped > 1 else ''} left out: --skip_invalid_rows)" \
+            if skipped else ""
+        print(f"{r['task']}: {head} {r['metrics'][head]:.4f}{ci} on {r['num_examples']} examples{left_out}")
     for name, p in (r.get("retention") or {}).items():
         if is_drift(p) and p.get("kl_divergence") is not None:
             print(f"retention {name}: KL from base {p['kl_divergence']:.4f} nats/token, change in cross-entropy "

@@ -287,6 +287,9 @@ class EvalOptions:
     sql_database: str | None = option(None, "text2sql: an SQLite file to run queries on (default: databases "
                                             "generated from each row's CREATE TABLE context, or the dataset "
                                             "directory's .sqlite file)", group="task")
+    skip_invalid_rows: bool = option(False, "text2sql: leave out rows whose database schema (CREATE TABLE context) "
+                                            "does not run in SQLite, counted in the results and the report, instead "
+                                            "of stopping at the first one", group="task")
     retention: list[str] | None = option(None, "retention probes run before and after tuning: built-in names "
                                                "(general_knowledge, drift, multi30k_en_fr, stsb, text2sql), "
                                                "standard benchmarks scored by lm-eval (arc_easy, arc_challenge, "

@@ -300,3 +300,34 @@ def test_an_encoder_without_a_head_for_the_labels_has_no_accuracy(tiny_bert, tmp
     assert main(["eval", "--model_name_or_path", str(tiny_bert), "--task", "classification", "--dataset_name_or_path",
                  str(data), "--output_dir", str(tmp_path / "cli"), "--use_cpu"]) == 0
     assert "no accuracy is reported" in capsys.readouterr().out
+
+
+def test_a_text2sql_schema_that_does_not_run_is_named_or_skipped(tiny_llama, tmp_path, capsys):
+    """A text-to-SQL evaluation file in which one database's schema does not run in SQLite: the error names the
+    file, line and db_id (before the model loads); --skip_invalid_rows leaves the row out and counts it in the
+    results and in the comparison report's notes."""
+    from tunelab.comparison.processes import PlannedRun, record
+    from tunelab.comparison.report import missing_value_notes
+
+    good = "CREATE TABLE head (name TEXT, age INTEGER)"
+    rows = [{"db_id": "heads", "question": "How many heads?", "context": good, "answer": "SELECT count(*) FROM head"},
+            {"db_id": "broken_db", "question": "Names?", "context": "CREATE TABLE t (a INTEGER,, b TEXT)",
+             "answer": "SELECT a FROM t"},
+            {"db_id": "heads", "question": "Oldest?", "context": good, "answer": "SELECT max(age) FROM head"}]
+    data = write_jsonl(tmp_path / "sql.jsonl", rows)
+    args = ["eval", "--model_name_or_path", str(tiny_llama), "--task", "text2sql", "--dataset_name_or_path",
+            str(data), "--max_new_tokens", "4", "--use_cpu"]
+    code = main([*args, "--output_dir", str(tmp_path / "stopped")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: sql.jsonl line 2 (db_id broken_db): ") and "SQLite" in last
+    assert "--skip_invalid_rows" in last and not (tmp_path / "stopped").exists()
+
+    out = tmp_path / "skipped"
+    assert main([*args, "--output_dir", str(out), "--skip_invalid_rows"]) == 0
+    assert "on 2 examples (1 invalid row left out" in capsys.readouterr().out
+    results = json.loads((out / "eval_results.json").read_text(encoding="utf-8"))
+    assert results["num_examples"] == 2 and results["invalid_rows_skipped"] == 1
+    assert results["invalid_rows"][0]["row"] == "sql.jsonl line 2"
+    assert results["invalid_rows"][0]["db_id"] == "broken_db"
+    rec = record(PlannedRun("k", "base", "base", None, tmp_path, {}), "ok", 1.0, {"eval_results": results}, None)
+    assert any(n.startswith("base: 1 evaluation row left out") for n in missing_value_notes([rec]))

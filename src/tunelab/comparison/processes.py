@@ -63,6 +63,8 @@ def record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | N
     rec["headline_metric"] = ev.get("headline_metric")
     if ev.get("task_note"):  # why the task metrics are missing (an untrained head)
         rec["task_note"] = ev["task_note"]
+    if ev.get("invalid_rows_skipped"):  # evaluation rows left out (--skip_invalid_rows)
+        rec["invalid_rows_skipped"] = ev["invalid_rows_skipped"]
     if ev.get("headline_metric"):
         rec["headline_value"] = ev["metrics"][ev["headline_metric"]]
         rec["headline_ci"] = (ev.get("confidence_intervals") or {}).get(ev["headline_metric"])

@@ -830,13 +830,20 @@ def _difference_notes(header: list[str]) -> list[str]:
 
 
 def missing_value_notes(records) -> list[str]:
-    """Why numbers are missing: a row without task metrics (once per label) and a probe without retention ratios
-    (its base shows none of the skill; once per probe)."""
+    """Why numbers are missing: a row without task metrics (once per label), a probe without retention ratios
+    (its base shows none of the skill; once per probe), and evaluation rows left out (--skip_invalid_rows)."""
     ok = [r for r in records if r["status"] == "ok"]
     tasks = {r["label"]: r["task_note"] for r in ok if r.get("task_note")}
     probes = {probe_title(p): v["retention_note"] for r in ok for p, v in (r.get("retention") or {}).items()
               if v.get("retention_note")}
-    return [f"{name}: {why}." for name, why in {**tasks, **probes}.items()]
+    skipped: dict[int, list[str]] = {}
+    for r in ok:
+        if r.get("invalid_rows_skipped") and r["label"] not in skipped.get(r["invalid_rows_skipped"], []):
+            skipped.setdefault(r["invalid_rows_skipped"], []).append(r["label"])
+    rows = {", ".join(labels): f"{n} evaluation row{'s' if n > 1 else ''} left out: {'their' if n > 1 else 'its'} "
+            "database schema does not run in SQLite (--skip_invalid_rows); the scores are of the other rows"
+            for n, labels in skipped.items()}
+    return [f"{name}: {why}." for name, why in {**tasks, **probes, **rows}.items()]
 
 
 def _notes(records) -> list[str]:

@@ -19,7 +19,7 @@ from tunelab.evaluation import retention
 from tunelab.evaluation.benchmarks import default_benchmark_dir, no_skill_floor
 from tunelab.evaluation.probes import (ProbeContext, default_data_dir, folder_database, load_task_examples,
                                        parse_probe, sample_examples)
-from tunelab.evaluation.tasks import TaskSettings, run_task
+from tunelab.evaluation.tasks import TaskSettings, check_sql_schemas, run_task
 from tunelab.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.options import to_dict
 
@@ -91,12 +91,16 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     # bad probe data fails before loading; a benchmark probe's "examples" are the probe bound to its checked data
     probe_examples = {probe.name: probe.load(ctx) for probe, _ in probes}
 
-    task_examples = None
+    task_examples, invalid_rows = None, []
     if opts.task:
         task_examples = load_task_examples(opts.task, opts.dataset_name_or_path, eval_split=opts.eval_split,
                                            dataset_config=opts.dataset_config, dataset_format=opts.dataset_format,
                                            input_columns=opts.input_columns, target_column=opts.target_column)
         task_examples = sample_examples(task_examples, opts.max_eval_samples, opts.seed)
+        if opts.task == "text2sql" and not (opts.sql_database or folder_database(opts.dataset_name_or_path)):
+            # schemas that do not run in SQLite: an error naming the row before the model loads, or left out
+            task_examples, invalid_rows = check_sql_schemas(task_examples, skip_invalid=opts.skip_invalid_rows,
+                                                            seed=opts.seed)
 
     timings: dict[str, Any] = {}  # seconds per phase, for the comparison's overhead profile
     started = time.perf_counter()
@@ -125,6 +129,8 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
         })
         if outcome.note:
             results["task_note"] = outcome.note
+        if invalid_rows:  # --skip_invalid_rows: how many rows were left out, and which
+            results.update(invalid_rows_skipped=len(invalid_rows), invalid_rows=invalid_rows)
         prediction_rows += [dict(row, source=opts.task) for row in outcome.rows]
 
     if probes:

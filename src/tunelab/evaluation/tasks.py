@@ -18,7 +18,7 @@ from tunelab import inference
 from tunelab.data.formats import Example
 from tunelab.errors import TunelabError
 from tunelab.evaluation import metrics
-from tunelab.evaluation.sql_exec import execution_accuracy
+from tunelab.evaluation.sql_exec import build_database, execution_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,43 @@ def sql_statement_complete(text: str) -> bool:
     writes after that changes the statement scored, so generation can stop there."""
     m = _SQL_START.search(text)
     return bool(m) and any(end in text[m.end():] for end in _SQL_ENDS)
+
+
+def check_sql_schemas(examples: list[Example], *, skip_invalid: bool = False,
+                      seed: int = 0) -> tuple[list[Example], list[dict[str, Any]]]:
+    """Text-to-SQL examples whose database schema (the row's CREATE TABLE context) runs in SQLite, checked before a
+    model is loaded. A row whose schema does not is an error naming its file, line and db_id; with
+    ``skip_invalid`` it is left out instead. Returns (the examples kept, one {row, db_id, error} per row left out)."""
+    kept, invalid = [], []
+    verdicts: dict[str, str | None] = {}  # per schema: the error, or None (many rows share a database's schema)
+    for ex in examples:
+        context = (ex.fields or {}).get("context")
+        if not context:
+            kept.append(ex)  # (no schema to check: the task says what it needs)
+            continue
+        if context not in verdicts:
+            try:
+                build_database(str(context), seed=seed).close()
+                verdicts[context] = None
+            except TunelabError as e:
+                verdicts[context] = str(e)
+        error = verdicts[context]
+        if error is None:
+            kept.append(ex)
+            continue
+        db_id = (ex.fields or {}).get("db_id")
+        where = f"{ex.locator}" + (f" (db_id {db_id})" if db_id not in (None, "") else "")
+        if not skip_invalid:
+            raise TunelabError(f"{where}: the row's database schema does not run in SQLite: {error}; or pass "
+                               "--skip_invalid_rows to leave such rows out (they are counted in the results)")
+        invalid.append({"row": ex.locator, "db_id": db_id, "error": error})
+    if invalid:
+        log.warning("%d of %d text-to-SQL rows left out (--skip_invalid_rows): their database schema does not run "
+                    "in SQLite; first: %s", len(invalid), len(examples), invalid[0]["row"])
+        if not kept:
+            raise TunelabError(f"every one of the {len(examples)} text-to-SQL rows has a database schema that does "
+                               "not run in SQLite; nothing is left to evaluate")
+    return kept, invalid
 
 
 def _text2sql(lm, examples, settings) -> TaskOutcome:
