@@ -204,9 +204,3 @@ def _similarity_examples(rows) -> list[Example]:
         out.append(Example(texts=(str(low[pair[0]]), str(low[pair[1]])), label=str(low[score]), locator=loc))
     return out
 
-
-def describe_probes() -> list[dict[str, str]]:
-    from tunelab.evaluation.benchmarks import BUILTIN_BENCHMARKS
-
-    return [{"name": p.name, "task": p.task} for p in PROBES.values()] + [
-        {"name": name, "task": "benchmark"} for name in BUILTIN_BENCHMARKS]
