@@ -84,8 +84,20 @@ def test_a_probe_without_ratios_says_why_under_its_table(make_readme, tmp_path, 
     assert text.count(why) == 1 and f"multi30k_en_fr: {why}." in text
 
 
-def test_benchmark_figures_agree_only_within_the_interval(make_readme):
-    agree = make_readme._against_published("ARC", 0.370, 0.023, 37.3)
-    assert "37.0 against 37.3 published, -0.3 points" in agree and "so they agree" in agree
-    differ = make_readme._against_published("MMLU cloze", 0.25, 0.01, 29.3)
-    assert "-4.3 points" in differ and "outside our 95% interval (±2.0), so they differ" in differ
+def test_benchmark_figures_agree_only_within_the_interval(make_readme, tmp_path, monkeypatch):
+    def bench(acc, se):
+        scores = {"acc": acc, "acc_stderr": se, "acc_norm": acc, "acc_norm_stderr": se}
+        return {"scores": scores, "metric": "acc_norm", "num_examples": 200, "num_documents": 1000,
+                "chance_level": 0.25, "seconds": 1.0}
+
+    run = {"benchmarks": {"arc_easy": bench(0.40, 0.03), "arc_challenge": bench(0.34, 0.03), "mmlu": bench(0.25, 0.01)},
+           "published": {"arc_mean": 37.3, "mmlu_cloze": 29.3, "source": "model card"}, "command": "bench",
+           "limit": 200, "seed": 0, "machine": {"cores": 2, "cpu": "test", "date": "2026"}}
+    (tmp_path / "benchmarks-smollm2.json").write_text(json.dumps(run), encoding="utf-8")
+    monkeypatch.setattr(make_readme, "RESULTS", tmp_path)
+    text = make_readme.benchmarks_section()
+    # ARC: mean 37.0, standard error sqrt(0.03^2 + 0.03^2) / 2 -> 95% half-width 4.2: the card's 37.3 agrees
+    assert "ARC mean of Easy and Challenge, acc 37.0 against 37.3 published, -0.3 points" in text
+    assert "within our 95% interval (±4.2), so they agree" in text
+    assert "MMLU cloze, acc 25.0 against 29.3 published, -4.3 points, outside our 95% interval (±2.0), so they " \
+           "differ" in text
