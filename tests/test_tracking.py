@@ -191,3 +191,13 @@ def test_curve_points_save_loadable_points(tiny_llama, tmp_path):
     assert point["step"] == 2
     lm = inference.load(str(tiny_llama), point["path"], use_cpu=True)
     assert lm.is_peft and lm.run_config["method"] == "lora"
+
+
+def test_signals_run_in_the_trainings_precision(tiny_llama, tmp_path):
+    """Under bf16 mixed precision, the base's side (computed before the Trainer wraps the model's forward in
+    autocast) and the tracked steps run in the same precision: weights that do not move give signals of 0, not the
+    gap between float32 and bfloat16 arithmetic."""
+    result = train(_options(tiny_llama, tmp_path, "bf16", bf16=True, learning_rate=1e-30, max_steps=2,
+                            track_retention=["drift", "task_kl"]), explicit={"learning_rate"}).results
+    last = result["curves"][-1]
+    assert last["drift"] == 0.0 and last["task_kl"] == 0.0, last

@@ -153,7 +153,7 @@ class RetentionTracker:
     seed: int
     batch_size: int
     max_seq_length: int
-    mixed_precision: str | None     # "bf16", "fp16" or None: the forward passes run under the training's autocast
+    mixed_precision: str | None = None  # "bf16", "fp16" or None: forward passes run under the training's autocast
     unmask: Any = None              # ICA masking's remove(): signals are measured on the model that is saved
     measure_step_zero: bool = False   # else step 0 is written as 0: the method starts as the identity
     estimated_overhead_fraction: float | None = None  # what the frequency was chosen by (tracked forward passes)
@@ -179,6 +179,8 @@ class RetentionTracker:
         from tunelab.evaluation.probes import ProbeContext, drift_prompts, sample_examples
 
         self.trainer = trainer
+        # the training's mixed precision, as the Trainer was given it (the run's decided precision)
+        self.mixed_precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else None
         self.unmask = masking.remove if masking is not None else None
         self.lm.model = trainer.model
         started = time.perf_counter()
@@ -413,6 +415,6 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
         signals=signals, budgets=parse_budgets(opts.max_forgetting), every=every, lm=lm,
         task_examples=data.eval_examples or data.train_examples, task_examples_split=split, text_examples=text,
         samples=opts.track_samples, seed=opts.seed, batch_size=opts.per_device_eval_batch_size,
-        max_seq_length=opts.max_seq_length, mixed_precision="bf16" if opts.bf16 else "fp16" if opts.fp16 else None,
+        max_seq_length=opts.max_seq_length,
         measure_step_zero=step_zero, estimated_overhead_fraction=estimate,
         checkpoint_dir=Path(opts.output_dir) / CURVE_DIR if opts.curve_points and opts.curve_checkpoints else None)
