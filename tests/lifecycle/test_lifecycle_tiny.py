@@ -154,9 +154,20 @@ def test_merge_gives_a_plain_model_with_the_adapter_logits(runs, tmp_path, capsy
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # By default the adapter is merged into the base in the dtype the run trained it in (bf16 where bf16 is the
+    # default); --torch_dtype float32 merges at full precision, which the exact logits check below needs.
+    default = tmp_path / "merged-default"
+    code = main(["merge", "--model_name_or_path", str(runs["base"]), "--adapter", str(runs["paris"]),
+                 "--output_dir", str(default), "--use_cpu"])
+    assert code == 0, capsys.readouterr().err
+    from tunelab.inference import read_run_config
+
+    trained_bf16 = read_run_config(runs["paris"]).get("bf16") is True
+    saved = AutoModelForCausalLM.from_pretrained(default, dtype="auto")
+    assert saved.dtype == (torch.bfloat16 if trained_bf16 else torch.float32)
     out = tmp_path / "merged"
     code = main(["merge", "--model_name_or_path", str(runs["base"]), "--adapter", str(runs["paris"]),
-                 "--output_dir", str(out), "--use_cpu"])
+                 "--output_dir", str(out), "--use_cpu", "--torch_dtype", "float32"])
     assert code == 0, capsys.readouterr().err
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()
@@ -234,7 +245,8 @@ def test_train_merges_and_converts_at_the_end(runs, tmp_path):
     assert Path(exports["merged_model_dir"]) == out / "merged"
     gguf = exports["gguf"]["f32"]
     assert Path(gguf["gguf_file"]) == out / "model-f32.gguf" and gguf["gguf_tensor_types"] == {"F32": 20}
-    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    # (the merged folder holds the run's dtype, bf16 where it trained in bf16: read in float32, as the f32 GGUF is)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
     # (transformers reads a folder holding adapter_config.json as an adapter, so the file is loaded from elsewhere)
     (tmp_path / "model-f32.gguf").symlink_to(out / "model-f32.gguf")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="model-f32.gguf", dtype=torch.float32).eval()
