@@ -169,7 +169,7 @@ def test_lora_under_bf16_keeps_a_bf16_base_and_float32_trainable_tensors(tiny_be
 
 def test_qlora_trains_on_the_cpu_under_bf16(tiny_llama, alpaca_file, tmp_path):
     """bitsandbytes' CPU path: 4-bit weights dequantized to bf16 (the compute dtype of a bf16 run) for each matmul."""
-    result = _bf16_run("qlora", tiny_llama, alpaca_file, tmp_path / "out")
+    result = _bf16_run("qlora", tiny_llama, alpaca_file, tmp_path / "out", tensor_peak=True)
     r = result.results
     curve = [p["loss"] for p in r["loss_curve"]]
     assert len(curve) == 4 and all(x == x and x < 1e4 for x in curve)

@@ -135,6 +135,11 @@ class TrainOptions:
     resume_from_checkpoint: str | None = option(None, "a checkpoint directory to resume from, or 'latest' for the "
                                                       "newest in --output_dir", group="training")
     report_to: str = option("none", "where to send logs", choices=REPORT_TO, group="training")
+    tensor_peak: bool = option(False, "on the CPU, also count the live tensor bytes of the first 2 steps "
+                                      "(peak_tensor_bytes beside the resident-set peak: comparable across methods; "
+                                      "tunelab compare turns it on for its tables). Every op of those steps then "
+                                      "passes through Python (5 to 20 percent slower), so it is off unless asked",
+                               group="training")
     early_stopping_patience: int | None = option(None, "stop after this many evaluations without improvement of "
                                                        "the eval loss (needs a validation set and --eval_steps)",
                                                  group="training")
@@ -222,6 +227,7 @@ class TrainOptions:
 # Training-relevant fields: two runs differ when one of these differs (output dir identity, compare keys).
 NON_IDENTITY_FIELDS = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "config",
                                  "report_to", "logging_steps", "save_steps", "save_total_limit", "use_cpu",
+                                 "tensor_peak",  # a measurement of the run, not a change to it
                                  # exports made after training do not change what training produces
                                  "merge_adapter_with_base", "convert_to_gguf", "gguf_outtype"})
 

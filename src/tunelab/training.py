@@ -346,8 +346,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience))
     if tracker is not None:
         callbacks.append(tracker.callback())
-    # on the CPU, the live tensor bytes of the first steps beside the resident set size (memory.tracker)
-    tensor_peak = None if _on_gpu(opts) else tensor_peak_callback(model)
+    # --tensor_peak: on the CPU, the live tensor bytes of the first steps beside the resident set size
+    # (memory.tracker); asked for, since counting slows those steps (issue 22)
+    tensor_peak = tensor_peak_callback(model) if opts.tensor_peak and not _on_gpu(opts) else None
     callbacks += [tensor_peak] if tensor_peak is not None else []
     trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
     collator = _collator(tokenizer, task_kind, model, opts.packing)
