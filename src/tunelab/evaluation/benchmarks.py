@@ -312,7 +312,7 @@ class BenchmarkProbe:
         return bound
 
     def tasks(self) -> dict[str, Any]:
-        """{"top": the Task or Group to evaluate, "tasks": its leaf Tasks by name, "manager": the TaskManager}."""
+        """{"loaded": lm-eval's TaskDict to evaluate, "tasks": its leaf Tasks by name}."""
         if self._loaded is None:
             require_lm_eval(self.name)
             self._loaded = self._build_builtin() if self.builtin else self._build_stock()
@@ -326,8 +326,7 @@ class BenchmarkProbe:
         config = copy.deepcopy(manager.task_index[self.benchmark].cfg)
         config["dataset_kwargs"] = {**config.get("dataset_kwargs", {}),
                                     "data_dir": str(self.benchmark_dir.resolve())}
-        loaded = manager.load([config])
-        return {"top": loaded["tasks"][self.benchmark], "tasks": loaded["tasks"], "manager": manager}
+        return _zero_shot(manager.load([config]))
 
     def _build_stock(self) -> dict[str, Any]:
         manager = _task_manager(False)
@@ -342,15 +341,14 @@ class BenchmarkProbe:
                                f"{str(e).splitlines()[0] if str(e) else ''}); it reads the Hugging Face Hub, so it "
                                f"needs network; offline, use the built-in benchmarks "
                                f"({', '.join(BUILTIN_BENCHMARKS)}) with --benchmark_data_dir") from None
-        top = loaded["groups"].get(name) or loaded["tasks"].get(name)
-        if top is None:
+        if name not in loaded["groups"] and name not in loaded["tasks"]:
             raise TunelabError(f"--retention {self.name}: {name!r} is an lm-eval tag (a list of "
                                f"{len(loaded['tasks'])} tasks without one score); name one of its tasks or a group")
-        return {"top": top, "tasks": loaded["tasks"], "manager": manager}
+        return _zero_shot(loaded)
 
     def __call__(self, model, tokenizer, *, limit: int | None = None, batch_size: int = 8) -> BenchmarkScore:
         """Score ``model`` (a transformers or peft model, as it is: adapter on, or inside ``disable_adapter()``)."""
-        from lm_eval import simple_evaluate
+        from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 
         loaded = self.tasks()
@@ -363,17 +361,16 @@ class BenchmarkProbe:
         was_training = model.training
         try:
             wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            # No global reseeding (random, numpy, torch): the caller's generators are left as they were.
-            out = simple_evaluate(wrapped, tasks=[loaded["top"]], samples=samples, task_manager=loaded["manager"],
-                                  random_seed=None, numpy_random_seed=None, torch_random_seed=None,
-                                  log_samples=True)
+            # lm-eval's evaluate(), not simple_evaluate(): the latter reseeds the global generators (random, numpy,
+            # torch) and collects the environment (subprocesses, seconds) on every call.
+            out = evaluate(lm=wrapped, task_dict=loaded["loaded"], samples=samples, log_samples=True)
         finally:
             model.train(was_training)  # HFLM switches the model to eval mode
         return self._score(out, loaded)
 
     def _score(self, out: dict[str, Any], loaded: dict[str, Any]) -> BenchmarkScore:
         name = self.lm_eval_task
-        reported = out["results"][name]
+        reported = out["results"].get(name) or (out.get("groups") or {})[name]  # a group's aggregate, for groups
         scores: dict[str, float | None] = {}
         for key, value in reported.items():
             metric, sep, filt = key.partition(",")
@@ -398,6 +395,16 @@ class BenchmarkProbe:
                               stderr=scores.get(f"{metric}_stderr") if metric else None, scores=scores,
                               chance_level=chance_level(golds), num_examples=len(rows),
                               higher_is_better=bool(higher), rows=rows)
+
+
+def _zero_shot(loaded: dict[str, Any]) -> dict[str, Any]:
+    """Tasks as simple_evaluate would set them up: zero-shot unless the config says otherwise, and a fixed seed
+    for any few-shot sampling (a generator of the task's own, not the global one)."""
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=1234)
+    return {"loaded": loaded, "tasks": loaded["tasks"]}
 
 
 def benchmark_probe(spec: str) -> BenchmarkProbe:
