@@ -1,6 +1,6 @@
 """Recipe `curve_points`: each run is evaluated at its saved points, the trade-off plot draws one line per method
 from the base through them, every point of it a number of results.jsonl, and the verdicts read matched comparisons
-off the curves."""
+off the curves. Recipe `diagnostics`: each run's weight diagnostics recorded and plotted by layer."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _numbers(obj) -> list[float]:
 def test_compare_with_curve_points_plots_the_trajectories_from_results(tiny_llama, tmp_path):
     recipe = tiny_recipe(tmp_path, tiny_llama, [{"method": "full", "learning_rate": 1e-3},
                                                 {"method": "lora", "lora_r": 4, "learning_rate": 1e-2}],
-                         curve_points=2)
+                         curve_points=2, diagnostics=True)
     out = tmp_path / "cmp"
     done = subprocess.run([sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out),
                            "--device", "cpu"], capture_output=True, text=True)
@@ -43,6 +43,12 @@ def test_compare_with_curve_points_plots_the_trajectories_from_results(tiny_llam
         assert rec["trajectory"][0]["headline_value"] is not None
         assert [p["step"] for p in rec["curves"]] == [0, 2, 3]
     assert (out / "plots" / "tradeoff.png").stat().st_size > 5000
+    # recipe diagnostics: each run's ΔW diagnostics, by layer, in the record and the report
+    for rec in runs:
+        diag = rec["weight_diagnostics"]
+        assert diag["method"] == rec["method"] and set(diag["per_depth"]) == {"0", "1"}
+        assert sum(d["matrices"] for d in diag["per_depth"].values()) == diag["matrices"]
+    assert (out / "plots" / "weights.png").stat().st_size > 5000
 
     fig = plot_tradeoff(records)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}

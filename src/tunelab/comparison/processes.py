@@ -75,6 +75,8 @@ def record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | N
     rec["timings"] = result.get("timings")  # seconds per phase of the run (bench/compare_overhead.py)
     if result.get("trajectory") is not None or tr.get("curves"):  # recipe curve_points (comparison/trajectories.py)
         rec.update(trajectory=result.get("trajectory"), curves=tr.get("curves"), tracking=tr.get("tracking"))
+    if result.get("weight_diagnostics") is not None:  # recipe diagnostics (comparison/weights.py)
+        rec["weight_diagnostics"] = result["weight_diagnostics"]
     return rec
 
 

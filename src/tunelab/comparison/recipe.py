@@ -24,7 +24,7 @@ from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 
 RECIPE_KEYS = {"name", "description", "model", "task", "data", "system_prompt", "retention", "budget", "eval",
-               "methods", "seeds", "template", "search", "curve_points", "curve_full_checkpoints"}
+               "methods", "seeds", "template", "search", "curve_points", "curve_full_checkpoints", "diagnostics"}
 DATA_KEYS = {"train", "eval", "sql_database", "holdout", "max_train_samples", "dataset_format", "input_columns",
              "target_column"}
 BUDGET_KEYS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -67,6 +67,7 @@ class Recipe:
     search: SearchSettings | None = None  # tune each entry's learning rate first (comparison/search.py)
     curve_points: int = 0  # trajectories: runs are also evaluated at K evenly spaced steps (trajectories.py)
     curve_full_checkpoints: bool = True  # full fine-tuning saves its model at the points (false: cheap signals only)
+    diagnostics: bool = False  # each run's weight diagnostics (ΔW norms, effective rank, intruders): weights.py
 
     # --- identity ---------------------------------------------------------------------------------------------
     def shared_content(self) -> dict[str, Any]:
@@ -76,6 +77,8 @@ class Recipe:
                   "template": self.template}
         if self.curve_points:  # (only when set: recipes without curves keep their finished runs' keys)
             shared.update(curve_points=self.curve_points, curve_full_checkpoints=self.curve_full_checkpoints)
+        if self.diagnostics:
+            shared["diagnostics"] = True
         return shared
 
     def run_key(self, entry: MethodEntry, seed: int) -> str:
@@ -94,7 +97,8 @@ class Recipe:
                 "methods": [m.as_dict() for m in self.methods], "seeds": self.seeds,
                 "search": dataclasses.asdict(self.search) if self.search else None,
                 "curve_points": self.curve_points or None,
-                "curve_full_checkpoints": None if self.curve_full_checkpoints else False}
+                "curve_full_checkpoints": None if self.curve_full_checkpoints else False,
+                "diagnostics": self.diagnostics or None}
         return yaml.safe_dump({k: v for k, v in data.items() if v not in (None, "", [], {})}, sort_keys=False)
 
     # --- options for one run ----------------------------------------------------------------------------------
@@ -237,12 +241,15 @@ def parse_recipe(raw: Any, *, source: str) -> Recipe:
     full_checkpoints = raw.get("curve_full_checkpoints", True)
     if not isinstance(full_checkpoints, bool):
         raise TunelabError(f"recipe {source}: curve_full_checkpoints must be true or false")
+    if not isinstance(raw.get("diagnostics", False), bool):
+        raise TunelabError(f"recipe {source}: diagnostics must be true or false")
     return Recipe(name=str(raw.get("name") or Path(source).stem), model=str(raw["model"]), task=raw["task"],
                   data=data, methods=methods, seeds=list(seeds), retention=list(retention),
                   budget=dict(raw.get("budget") or {}), eval=dict(raw.get("eval") or {}),
                   system_prompt=raw.get("system_prompt"), template=raw.get("template"),
                   description=str(raw.get("description") or ""), source=source, search=search,
-                  curve_points=curve_points, curve_full_checkpoints=full_checkpoints)
+                  curve_points=curve_points, curve_full_checkpoints=full_checkpoints,
+                  diagnostics=raw.get("diagnostics", False))
 
 
 def _method_entry(item: Any, index: int, source: str) -> MethodEntry:

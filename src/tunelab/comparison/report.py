@@ -588,8 +588,14 @@ def png(fig) -> bytes:
 
 # Each returns a matplotlib Figure (or None when the records hold nothing to draw); the report embeds them as PNG
 # and the Python API's Comparison.plot(kind) returns them as they are.
+def plot_weights(records):
+    from tunelab.comparison.weights import plot_weights as plot
+
+    return plot(records)
+
+
 PLOTS = {"tradeoff": plot_tradeoff, "costs": plot_costs, "loss_curves": plot_loss_curves,
-         "lr_sensitivity": plot_lr_sensitivity}
+         "lr_sensitivity": plot_lr_sensitivity, "weights": plot_weights}
 
 
 def plot_pngs(records) -> dict[str, bytes]:
@@ -764,7 +770,8 @@ def render_html(recipe_name: str, header, body, verdict_lines, examples, plots: 
                 table_html(search.header, search.rows, "search"),
                 table_html(search.trial_header, search.trial_rows, "search-trials")]
     titles = {"tradeoff": "Learning against forgetting", "costs": "What each method costs",
-              "loss_curves": "Loss curves", "lr_sensitivity": "Learning-rate sensitivity"}
+              "loss_curves": "Loss curves", "lr_sensitivity": "Learning-rate sensitivity",
+              "weights": "What fine-tuning did to the weights"}
     for name, png in plots.items():
         data = base64.b64encode(png).decode()
         out.append(f"<h2>{e(titles.get(name, name))}</h2><img id='plot-{name}' alt='{e(name)}' "

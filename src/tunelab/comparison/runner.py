@@ -52,7 +52,8 @@ def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
             explicit = sorted(set(entry.overrides) | {"method"})
             runs.append(PlannedRun(key, entry.label, entry.method, seed, run_dir,
                                    {"kind": "run", "run_dir": str(run_dir), "train_options": to_dict(topts),
-                                    "eval_options": to_dict(eopts), "explicit": explicit}))
+                                    "eval_options": to_dict(eopts), "explicit": explicit,
+                                    "diagnostics": recipe.diagnostics}))
     return runs
 
 

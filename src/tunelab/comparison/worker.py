@@ -143,6 +143,11 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
             result["trajectory"] = evaluate_points(result["train_results"], dict(spec["eval_options"]), run_dir,
                                                    peft=get_method(result["train_results"]["method"]).peft,
                                                    evaluate=evaluate)
+    if spec.get("diagnostics") and spec["kind"] == "run":  # recipe diagnostics: ΔW of the run (comparison/weights.py)
+        from tunelab.comparison.weights import diagnose_run
+
+        with phases("weight_diagnostics_seconds"):
+            result["weight_diagnostics"] = diagnose_run(spec["train_options"]["output_dir"], use_cpu=eopts.use_cpu)
     if eopts.task and result.get("eval_results", {}).get("task_kind") != "seq_cls" and evaluated.model is not None:
         prompts = _bench_prompts(eopts)
         if prompts:

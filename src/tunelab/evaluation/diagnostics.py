@@ -67,17 +67,24 @@ def largest_cosines(w_base, w_tuned, top_k: int = 10):
     vector of W_base."""
     import torch
 
-    u_base = torch.linalg.svd(w_base.double(), full_matrices=False).U
-    u_tuned = torch.linalg.svd(w_tuned.double(), full_matrices=False).U[:, :top_k]
+    u_base = torch.linalg.svd(_wide(w_base), full_matrices=False).U
+    u_tuned = torch.linalg.svd(_wide(w_tuned), full_matrices=False).U[:, :top_k]
     return (u_tuned.T @ u_base).abs().max(dim=1).values
+
+
+def _wide(w):
+    """float32 at least: SVD has no half-precision kernels (a float64 matrix stays float64)."""
+    import torch
+
+    return w if w.dtype in (torch.float32, torch.float64) else w.float()
 
 
 def matrix_diagnostics(w_base, delta, settings: Settings = Settings()) -> dict[str, Any]:
     import torch
 
-    delta = delta.double()
+    delta, w_base = _wide(delta), _wide(w_base).to(_wide(delta).dtype)
     singular = torch.linalg.svdvals(delta)
-    cosines = largest_cosines(w_base, w_base.double() + delta, settings.top_k)
+    cosines = largest_cosines(w_base, w_base + delta, settings.top_k)
     return {"frobenius_norm": float(torch.linalg.matrix_norm(delta)),
             "effective_rank": effective_rank(singular, settings.energy),
             "full_rank": min(delta.shape),
