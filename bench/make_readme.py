@@ -368,35 +368,6 @@ def bench_section() -> str:
     return "\n".join(parts).rstrip() or "No benchmark results yet: see bench/README.md."
 
 
-def compare_profile_section(name: str = "compare-demo") -> str | None:
-    """Where the demo comparison's wall time went, phase by phase, from the worker's timings (compare_overhead.py)."""
-    d = _load(name)
-    prof = (d or {}).get("profile")
-    if not prof:
-        return None
-    runs = prof["runs"]
-    phases = list(dict.fromkeys(p for r in runs for p in r["phases"]))
-    rows = [[phase, *(f"{r['phases'][phase]:.1f}" if phase in r["phases"] else "–" for r in runs),
-             f"{sum(r['phases'].get(phase, 0.0) for r in runs):.1f}"] for phase in phases]
-    rows.append(["run's wall time", *(f"{r['wall_seconds']:.1f}" for r in runs),
-                 f"{sum(r['wall_seconds'] for r in runs):.1f}"])
-    outside = prof["phase_totals_seconds"].get("outside the runs (planning, data, report)")
-    ev = d["eval"]
-    cpu = prof.get("process_cpu_to_training_call_cpu")
-    return "\n".join([
-        f"`python bench/compare_overhead.py` times every phase of every run of the demo comparison (seconds; each "
-        f"run is a process of its own; {ev.get('max_eval_samples')} test questions, {ev.get('probe_samples')} "
-        f"examples per probe, probes {', '.join(d.get('retention') or [])}):", "",
-        _table(["phase", *(r["label"] for r in runs), "total"], rows), "",
-        f"The comparison's wall time is {d['wall_seconds']:.0f} s, {prof['wall_to_training']:.2f}x the "
-        f"{prof['train_seconds']:.0f} s its runs spent training (target: at most 1.3x); "
-        f"{outside:.0f} s of it is outside the runs (planning, data, report)."
-        + (f" In CPU seconds of the run processes, the whole processes took {cpu:.2f}x their training calls "
-           "(set-up and saving included): the work, whatever else the machine was running." if cpu else ""),
-        "", f"Machine: {_machine(d['machine'])}.",
-    ])
-
-
 def _pct(value: float | None, se: float | None = None) -> str:
     if value is None:
         return "–"

@@ -108,7 +108,7 @@ class Comparison:
         """A pandas DataFrame with one row per run (the base model included)."""
         import pandas as pd
 
-        from tunelab.comparison.report import run_values
+        from tunelab.comparison.rows import run_values
 
         return pd.DataFrame([run_values(r) for r in self.records])
 

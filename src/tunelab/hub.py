@@ -20,6 +20,7 @@ import yaml
 from tunelab import __version__
 from tunelab.errors import TunelabError
 from tunelab.units import format_bytes
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ PIPELINE_TAGS = {"causal_lm": "text-generation", "seq2seq_lm": "text2text-genera
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "chat_template.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model",
                     "spiece.model", "added_tokens.json")
-_RESULT_FILES = ("tunelab_config.yaml", "train_results.json", "eval_results.json", "merge_info.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -69,7 +69,7 @@ def upload_files(directory: str | Path) -> tuple[list[str], list[str]]:
         if path.is_dir():
             skipped.append(name + "/")
             continue
-        keep = (name in weights or name in _TOKENIZER_FILES or name in _RESULT_FILES
+        keep = (name in weights or name in _TOKENIZER_FILES or name in run_files.RESULT_FILES
                 or name in ("config.json", "generation_config.json", "adapter_config.json")
                 or (kind == "model" and re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?", name)))
         (chosen if keep else skipped).append(name)
@@ -93,7 +93,7 @@ def plan_upload(directory: str | Path, repo_id: str, *, eval_results: str | Path
     card = model_card(directory, repo_id=repo_id, eval_results=eval_results)
     files = {name: directory / name for name in names}
     if eval_results is not None:
-        files["eval_results.json"] = Path(eval_results)
+        files[run_files.EVAL_RESULTS] = Path(eval_results)
     return UploadPlan(directory, repo_id, folder_kind(directory), files, card, skipped)
 
 
@@ -151,15 +151,15 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
     folder's result files."""
     directory = Path(directory)
     kind = folder_kind(directory)
-    merge_info = _read_json(directory / "merge_info.json")
-    train = _read_json(directory / "train_results.json") or (merge_info or {}).get("adapter_train_results") or {}
+    merge_info = _read_json(directory / run_files.MERGE_INFO)
+    train = _read_json(directory / run_files.TRAIN_RESULTS) or (merge_info or {}).get("adapter_train_results") or {}
     run = {}
-    if (directory / "tunelab_config.yaml").is_file():
-        run = yaml.safe_load((directory / "tunelab_config.yaml").read_text(encoding="utf-8")) or {}
+    if (directory / run_files.TRAIN_CONFIG).is_file():
+        run = yaml.safe_load((directory / run_files.TRAIN_CONFIG).read_text(encoding="utf-8")) or {}
     if eval_results is not None and not Path(eval_results).is_file():
         raise TunelabError(f"--eval_results {eval_results}: file not found; pass the eval_results.json of "
                            "`tunelab eval`")
-    evals = _read_json(Path(eval_results)) if eval_results else _read_json(directory / "eval_results.json")
+    evals = _read_json(Path(eval_results)) if eval_results else _read_json(directory / run_files.EVAL_RESULTS)
     evals = evals or {}
 
     adapter_cfg = _read_json(directory / "adapter_config.json") or {}
@@ -244,7 +244,7 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
     model_cls = {"causal_lm": "AutoModelForCausalLM", "seq2seq_lm": "AutoModelForSeq2SeqLM",
                  "seq_cls": "AutoModelForSequenceClassification"}.get(task_kind, "AutoModelForCausalLM")
     if kind == "adapter":
-        lines += [f"from peft import PeftModel", f"from transformers import {model_cls}, AutoTokenizer", "",
+        lines += ["from peft import PeftModel", f"from transformers import {model_cls}, AutoTokenizer", "",
                   f"base = {model_cls}.from_pretrained(\"{base_id or '<base model>'}\")",
                   f"model = PeftModel.from_pretrained(base, \"{repo_id}\")",
                   f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")"]

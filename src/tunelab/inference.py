@@ -24,17 +24,17 @@ from tunelab.errors import TunelabError
 from tunelab.model_setup import label_kwargs
 from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
                             resolve_model)
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "tunelab_config.yaml"
 
 
 def read_run_config(directory: str | Path | None) -> dict[str, Any]:
     """The effective training options saved next to an adapter or a fully fine-tuned model (empty if none)."""
     if directory is None:
         return {}
-    path = Path(directory) / RUN_CONFIG
+    path = Path(directory) / run_files.TRAIN_CONFIG
     if not path.is_file():
         return {}
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -44,7 +44,7 @@ def read_label_names(directory: str | Path) -> list[str] | None:
     """Label names of a classification run, from its train_results.json."""
     import json
 
-    path = Path(directory) / "train_results.json"
+    path = Path(directory) / run_files.TRAIN_RESULTS
     if not path.is_file():
         return None
     return (json.loads(path.read_text(encoding="utf-8")).get("data") or {}).get("labels")

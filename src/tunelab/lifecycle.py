@@ -13,6 +13,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def run(opts, out: Path, results: dict[str, Any], results_path: Path) -> dict[st
     exports = dict(results.get("exports") or {})
     merged = out / MERGED_DIR
     if opts.merge_adapter_with_base:
-        from tunelab.merge import MERGE_INFO, merge
+        from tunelab.merge import merge
 
-        if not (merged / MERGE_INFO).is_file():
+        if not (merged / run_files.MERGE_INFO).is_file():
             log.info("merging the adapter into the base: %s", merged)
             merge(opts.model_name_or_path, str(out), merged, overwrite_output_dir=True, use_cpu=opts.use_cpu)
         exports["merged_model_dir"] = str(merged)

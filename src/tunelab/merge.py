@@ -20,10 +20,10 @@ from typing import Any
 from tunelab import __version__
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json, make_shared_dir
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
-MERGE_INFO = "merge_info.json"
 # Adapter kinds that add inputs (virtual tokens, prefixes, gated prompts) instead of changing weights.
 UNMERGEABLE_PEFT_TYPES = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT",
                           "CPT", "CARTRIDGE"}
@@ -89,7 +89,7 @@ def merge(model_name_or_path: str, adapter: str, output_dir: str | os.PathLike, 
         if not overwrite_output_dir:
             raise TunelabError(f"--output_dir {out}: exists and is not empty; choose a new directory or pass "
                                "--overwrite_output_dir")
-        if not (out / MERGE_INFO).is_file():
+        if not (out / run_files.MERGE_INFO).is_file():
             raise TunelabError(f"--output_dir {out}: holds files that are not a tunelab merge, which "
                                "--overwrite_output_dir will not delete; choose an empty or new directory")
     check_mergeable(adapter)
@@ -100,9 +100,9 @@ def merge(model_name_or_path: str, adapter: str, output_dir: str | os.PathLike, 
         lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
         info = _merge_info(model_name_or_path, lm.model_path, adapter, tmp)
-        if (Path(adapter) / "tunelab_config.yaml").is_file():  # the template and system prompt it was trained with
-            shutil.copy2(Path(adapter) / "tunelab_config.yaml", tmp / "tunelab_config.yaml")
-        atomic_write_json(tmp / MERGE_INFO, info)
+        if (Path(adapter) / run_files.TRAIN_CONFIG).is_file():  # the template and system prompt it was trained with
+            shutil.copy2(Path(adapter) / run_files.TRAIN_CONFIG, tmp / run_files.TRAIN_CONFIG)
+        atomic_write_json(tmp / run_files.MERGE_INFO, info)
         make_shared_dir(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -125,7 +125,7 @@ def _merge_info(model_name_or_path: str, model_path: str, adapter: str, director
         "peft_type": config.get("peft_type"),
         "model_bytes": sum(f.stat().st_size for f in directory.iterdir() if f.suffix == ".safetensors"),
         # the adapter run's results travel with the merged model (its model card is built from them)
-        "adapter_train_results": _read_json(Path(adapter) / "train_results.json"),
+        "adapter_train_results": _read_json(Path(adapter) / run_files.TRAIN_RESULTS),
     }
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +262,12 @@ class RetentionTracker:
         a directory `tunelab eval` loads like the run's own output."""
         import shutil
 
-        from tunelab.inference import RUN_CONFIG
 
         where = self.checkpoint_dir / f"step-{step}"
         self.trainer.save_model(str(where))
-        config = Path(self.trainer.args.output_dir) / RUN_CONFIG
+        config = Path(self.trainer.args.output_dir) / run_files.TRAIN_CONFIG
         if config.is_file() and self.trainer.is_world_process_zero():
-            shutil.copy2(config, where / RUN_CONFIG)
+            shutil.copy2(config, where / run_files.TRAIN_CONFIG)
 
     def within_budget(self, values: dict[str, float | None]) -> bool:
         return all(values.get(name) is not None and values[name] <= limit for name, limit in self.budgets.items())

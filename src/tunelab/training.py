@@ -32,11 +32,10 @@ from tunelab.model_setup import count_parameters, label_kwargs, prepare_model, w
 from tunelab.models import (detect_task_kind, load_config, load_model, load_tokenizer, quantization_config,
                             resolve_model)
 from tunelab.options import to_dict
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "tunelab_config.yaml"
-RESULTS_FILE = "train_results.json"
 
 
 @dataclass
@@ -49,7 +48,7 @@ class TrainResult:
 
     @property
     def results_path(self) -> Path:
-        return self.output_dir / RESULTS_FILE
+        return self.output_dir / run_files.TRAIN_RESULTS
 
 
 def check_options(opts: TrainOptions) -> None:
@@ -102,14 +101,14 @@ def _output_state(out: Path, opts: TrainOptions) -> str:
         return "empty"
     if not out.is_dir():
         raise TunelabError(f"--output_dir {out}: exists and is a file; pass a directory path")
-    saved = out / CONFIG_FILE
+    saved = out / run_files.TRAIN_CONFIG
     if saved.is_file():
         try:
             previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
             return "different"
         if {k: previous.get(k) for k in identity(opts)} == _plain(identity(opts)):
-            return "same-finished" if (out / RESULTS_FILE).is_file() else "same-unfinished"
+            return "same-finished" if (out / run_files.TRAIN_RESULTS).is_file() else "same-unfinished"
     return "different"
 
 
@@ -274,7 +273,6 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     """Run one training job and return where its outputs are. Raises TunelabError for user errors.
     ``extra_callbacks``: Trainer callbacks of the caller's (a comparison's learning-rate search reports each
     evaluation step's validation loss to Optuna from one, and stops a pruned trial)."""
-    import torch
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -286,15 +284,15 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     state = _output_state(out, opts)
     if state == "same-finished" and not opts.overwrite_output_dir:
         log.info("%s already holds this finished run; nothing to do (pass --overwrite_output_dir to retrain)", out)
-        finished = _read_json(out / RESULTS_FILE)
+        finished = _read_json(out / run_files.TRAIN_RESULTS)
         if distributed.is_main_process():  # [distributed]
             # exports asked for now that the finished run lacks
-            lifecycle.run(opts, out, finished, out / RESULTS_FILE)
+            lifecycle.run(opts, out, finished, out / run_files.TRAIN_RESULTS)
         return TrainResult(out, finished, skipped=True)
     if state == "different" and not opts.overwrite_output_dir:
         raise TunelabError(f"--output_dir {out}: holds a different run (or other files); choose a new directory or "
                            "pass --overwrite_output_dir to replace it")
-    if state == "different" and not (out / CONFIG_FILE).is_file():
+    if state == "different" and not (out / run_files.TRAIN_CONFIG).is_file():
         raise TunelabError(f"--output_dir {out}: holds files that are not a tunelab run, which "
                            "--overwrite_output_dir will not delete; choose an empty or new directory")
 
@@ -344,7 +342,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     if main:  # [distributed]
         out.mkdir(parents=True, exist_ok=True)
         effective = {**to_dict(opts), **prec.record()}  # (the record keys: --config takes the file back)
-        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(_plain(effective), sort_keys=False))
+        atomic_write_text(out / run_files.TRAIN_CONFIG, yaml.safe_dump(_plain(effective), sort_keys=False))
         if masking is not None:
             masking.save_templates(out)
     distributed.wait_for_everyone(args)  # [distributed]
@@ -419,9 +417,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         if tracker is not None:
             results["curves"] = tracker.curves(trainer.state.log_history)
             results["tracking"] = tracker.summary(trainer.state.log_history, train_seconds)
-        atomic_write_json(out / RESULTS_FILE, results)  # written last: its presence marks a finished run
+        atomic_write_json(out / run_files.TRAIN_RESULTS, results)  # written last: its presence marks a finished run
         # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
-        lifecycle.run(opts, out, results, out / RESULTS_FILE)
+        lifecycle.run(opts, out, results, out / run_files.TRAIN_RESULTS)
     results = distributed.broadcast(results, args)  # [distributed] every process returns the main one's results
     model = trainer.model
     if not (opts.fsdp or opts.deepspeed):

@@ -3,7 +3,6 @@ resumes without redoing finished runs, a failing method is recorded and the othe
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -254,7 +253,8 @@ def test_verdict_shares_read_as_percentages():
 
 def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():
     """Three seeds of a method are one point (their mean) with 95% CI bars, so that labels do not pile up."""
-    from tunelab.comparison.report import Stat, plot_tradeoff
+    from tunelab.comparison.report import plot_tradeoff
+    from tunelab.comparison.rows import Stat
 
     def rec(label, method, seed, score, kept):
         return {"label": label, "method": method, "seed": seed, "status": "ok", "headline_metric": "accuracy",
@@ -302,7 +302,8 @@ def test_tradeoff_labels_of_nearby_points_do_not_overprint():
 
 
 def test_a_probe_without_ratios_is_explained_and_not_plotted():
-    from tunelab.comparison.report import missing_value_notes, table, tradeoff_axes
+    from tunelab.comparison.figures import tradeoff_axes
+    from tunelab.comparison.report import missing_value_notes, table
 
     why = "the base model scores bleu 0.34, below 1: it shows none of this skill"
 
@@ -325,7 +326,7 @@ def test_a_probe_without_ratios_is_explained_and_not_plotted():
 def test_seed_statistics_are_a_t_interval_and_zero_wide_for_equal_values():
     import warnings
 
-    from tunelab.comparison.report import Stat
+    from tunelab.comparison.rows import Stat
 
     three = Stat.of([0.4, 0.5, None, 0.6])
     assert (three.mean, three.n) == (pytest.approx(0.5), 3)

@@ -16,7 +16,7 @@ import pytest
 from tunelab.cli import main
 from tunelab.config import EvalOptions, TrainOptions
 from tunelab.evaluation import benchmarks
-from tunelab.evaluation.benchmarks import BUILTIN_BENCHMARKS, BenchmarkProbe, chance_level, seeded_subset
+from tunelab.evaluation.benchmarks import BenchmarkProbe, chance_level, seeded_subset
 from tunelab.evaluation.run import evaluate
 
 from conftest import ALPACA_ROWS, builtin_model, shared_data, write_jsonl

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from tunelab.cli import main
 from tunelab.config import TrainOptions
-from tunelab.ica.templates import TEMPLATES_FILE, IcaTemplates
+from tunelab.ica.templates import IcaTemplates
+from tunelab.run_files import ICA_TEMPLATES
 from tunelab.ica.masks import zero_masks
 from tunelab.training import train
 
@@ -55,7 +56,7 @@ def test_lora_preserve_builds_templates_trains_and_saves_a_plain_adapter(tiny_ll
     r = result.results["ica_masking"]
     assert r["mask_mode"] == "preserve" and r["templates_origin"] == "built" and r["component_ids"] == [0, 1, 2]
     assert r["zeroed_channels"] == 64 * len(r["masked_layers"]) - r["selected_channels"] > 0
-    templates = IcaTemplates.load(out / TEMPLATES_FILE)       # saved in the output dir, in the one format
+    templates = IcaTemplates.load(out / ICA_TEMPLATES)       # saved in the output dir, in the one format
     assert len(templates.components) == 3 and templates.layout.num_layers == 2
     assert templates.build["samples"] == 8 and templates.build["dataset_name_or_path"] == str(data)
 
@@ -87,7 +88,7 @@ def test_full_anti_drift_keeps_non_selected_rows_bit_identical(anti_drift, tiny_
     opts = _opts(tiny_llama, data, out, method="full", mask_mode="preserve", anti_drift=anti_drift,
                  weight_decay=0.5, learning_rate=1e-2, warmup_ratio=0.0, save_steps=1)
     result = train(opts)
-    templates = IcaTemplates.load(out / TEMPLATES_FILE)
+    templates = IcaTemplates.load(out / ICA_TEMPLATES)
     zeroed = zero_masks(templates.select(), "preserve", 64)       # preserve: non-selected channels are zeroed
     assert result.results["ica_masking"]["anti_drift"] is anti_drift
 
@@ -150,7 +151,7 @@ def test_cli_build_then_train_with_every_flag_and_a_foreign_template(tiny_llama,
     assert r["component_ids"] == [1] and r["masked_layers"] == [layer] and r["anti_drift"] is True
     assert r["selected_channels"] == r["zeroed_channels"] == len(t.components[1][layer])
     assert r["templates_origin"] == "file"
-    assert IcaTemplates.load(out / TEMPLATES_FILE).components == t.components   # copied for the record
+    assert IcaTemplates.load(out / ICA_TEMPLATES).components == t.components   # copied for the record
     capsys.readouterr()
 
     gpt2_t = tmp_path / "gpt2.json"
@@ -214,7 +215,7 @@ def test_boolean_and_mode_flags_can_be_turned_off(tiny_llama, data, tmp_path):
     assert opts.ica_component_ids == [0, 2] and opts.ica_mask_layers == "0,2:5"
     # --mask_mode none trains without masks even with the build settings given (they have defaults)
     result = train(_opts(tiny_llama, data, tmp_path / "none", mask_mode="none", max_steps=1))
-    assert "ica_masking" not in result.results and not (tmp_path / "none" / TEMPLATES_FILE).exists()
+    assert "ica_masking" not in result.results and not (tmp_path / "none" / ICA_TEMPLATES).exists()
 
 
 def test_ica_command_usage_errors(capsys):

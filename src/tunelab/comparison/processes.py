@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.comparison.worker import ERROR_FILE, RESULT_FILE
 from tunelab.fileio import atomic_write_json
+from tunelab import run_files
 
 
 @dataclass
@@ -170,7 +170,7 @@ def outcome(run: PlannedRun, code: int | None, wall: float, *, timeout: float | 
     what the worker left in the run directory."""
     if code is None:
         return record(run, "failed", wall, None, f"timed out after {timeout:.0f}s")
-    result_path, error_path = run.run_dir / RESULT_FILE, run.run_dir / ERROR_FILE
+    result_path, error_path = run.run_dir / run_files.WORKER_RESULT, run.run_dir / run_files.WORKER_ERROR
     if code == 0 and result_path.is_file():
         return record(run, "ok", wall, json.loads(result_path.read_text(encoding="utf-8")), None)
     if error_path.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.comparison.search import SearchSettings, check_range, check_settings, parse_search
+from tunelab.comparison.search_settings import SearchSettings, check_range, check_settings, parse_search
 from tunelab.config import EvalOptions, TrainOptions
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method

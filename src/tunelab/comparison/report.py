@@ -9,154 +9,23 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
-import math
 import random
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.comparison.figures import figure, pareto_front, png, tradeoff_axes
 from tunelab.comparison.results import ResultsFile
+from tunelab.comparison.rows import (Row, fmt_num, fmt_params, fmt_seconds, fmt_stat, group_rows, is_drift_probe,
+                                     probe_title, probes_of, retention_ratio, retention_value)
 from tunelab.errors import TunelabError
-from tunelab.evaluation.retention import is_drift
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 from tunelab.fileio import atomic_write_text
 from tunelab.units import format_bytes
+from tunelab import run_files
 
 QUALITATIVE_EXAMPLES = 4
-
-
-# --- aggregation ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Stat:
-    mean: float | None
-    half_width: float | None = None   # 95% CI half-width over seeds (t distribution); None with one seed
-    n: int = 0
-
-    @classmethod
-    def of(cls, values: list[float | None]) -> "Stat":
-        vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        if not vals:
-            return cls(None, None, 0)
-        mean = sum(vals) / len(vals)
-        if len(vals) < 2:
-            return cls(mean, None, len(vals))
-        from scipy import stats
-
-        # statistics.stdev is exact for equal values (0.0); scipy's warns of cancellation on them
-        sd = statistics.stdev(vals)
-        return cls(mean, float(stats.t.ppf(0.975, len(vals) - 1) * sd / math.sqrt(len(vals))), len(vals))
-
-
-@dataclass
-class Row:
-    label: str
-    method: str
-    records: list[dict[str, Any]]
-    failed: list[dict[str, Any]] = field(default_factory=list)
-
-    def stat(self, getter) -> Stat:
-        return Stat.of([getter(r) for r in self.records])
-
-    @property
-    def is_base(self) -> bool:
-        return self.method == "base"
-
-
-def _retention_value(rec: dict, probe: str) -> float | None:
-    p = (rec.get("retention") or {}).get(probe) or {}
-    return p.get("kl_divergence") if is_drift(p) else p.get("after")
-
-
-def _retention_ratio(rec: dict, probe: str) -> float | None:
-    return ((rec.get("retention") or {}).get(probe) or {}).get("retention_ratio")
-
-
-def group_rows(records: list[dict[str, Any]]) -> list[Row]:
-    rows: dict[str, Row] = {}
-    for rec in records:
-        if rec.get("kind") == "trial":  # a learning-rate search's trial: the search section's, not a row
-            continue
-        row = rows.setdefault(rec["label"], Row(rec["label"], rec["method"], []))
-        (row.records if rec["status"] == "ok" else row.failed).append(rec)
-    ordered = sorted(rows.values(), key=lambda r: (not r.is_base,))
-    return ordered
-
-
-def probes_of(records: list[dict[str, Any]]) -> list[str]:
-    names: dict[str, None] = {}
-    for rec in records:
-        for name in rec.get("retention") or {}:
-            names.setdefault(name, None)
-    return list(names)
-
-
-def _is_drift(records, probe: str) -> bool:
-    return any(is_drift((r.get("retention") or {}).get(probe)) for r in records)
-
-
-RUN_COLUMNS = ("label", "method", "seed", "status", "trainable_params", "trainable_percent", "train_seconds",
-               "peak_memory_bytes", "peak_tensor_bytes", "checkpoint_bytes", "final_train_loss", "headline_metric",
-               "headline_value", "error")
-
-
-def run_values(rec: dict[str, Any]) -> dict[str, Any]:
-    """One run's values, unformatted, by column: its costs, task metrics and, per retention probe, the KL from the
-    base (``PROBE_kl``) or the score after tuning and its retention ratio (``PROBE_after``, ``PROBE_retention``):
-    the numbers the report's table shows, one run at a time (``tunelab.Comparison.table``)."""
-    values = {k: rec.get(k) for k in RUN_COLUMNS}
-    values.update(rec.get("task_metrics") or {})
-    for probe, p in (rec.get("retention") or {}).items():
-        if is_drift(p):
-            values[f"{probe}_kl"] = _retention_value(rec, probe)
-        else:
-            values[f"{probe}_after"] = _retention_value(rec, probe)
-            values[f"{probe}_retention"] = _retention_ratio(rec, probe)
-    return values
-
-
-# --- formatting ----------------------------------------------------------------------------------------------
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 60:
-        return f"{s:.1f} s"
-    return f"{int(s // 60)}m {s % 60:04.1f}s"
-
-
-def fmt_params(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def fmt_num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return "–"
-    if x != 0 and abs(x) < 10 ** -(digits - 2):  # small values (a KL of 3e-6) keep their significant digits
-        return f"{x:.{digits - 1}g}"
-    return f"{x:.{digits}f}"
-
-
-def probe_title(name: str) -> str:
-    """Built-in probe names as they are; TASK:PATH probes as TASK:filename."""
-    task, sep, path = name.partition(":")
-    return f"{task}:{Path(path).name}" if sep else name
-
-
-def fmt_stat(stat: Stat, fmt=fmt_num) -> str:
-    if stat.mean is None:
-        return "–"
-    if stat.half_width is None:
-        return fmt(stat.mean)
-    return f"{fmt(stat.mean)} ± {fmt(stat.half_width)}"
 
 
 # --- paired differences (comparison/statistics.py) ------------------------------------------------------------
@@ -223,7 +92,7 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["Approach", "Trainable params (%)", "Training time", "Peak memory",
               *(["Tensor peak"] if tensor_peak else []), "Checkpoint size", *metric_names]
     for p in probes:
-        header.append(f"{probe_title(p)} KL ↓" if _is_drift(ok, p) else f"{probe_title(p)} (retention)")
+        header.append(f"{probe_title(p)} KL ↓" if is_drift_probe(ok, p) else f"{probe_title(p)} (retention)")
     body = []
     for row in rows:
         if not row.records:
@@ -244,9 +113,9 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         for m in metric_names:
             cells.append(fmt_stat(row.stat(lambda r, m=m: (r.get("task_metrics") or {}).get(m))))
         for p in probes:
-            value = fmt_stat(row.stat(lambda r, p=p: _retention_value(r, p)))
-            ratio = row.stat(lambda r, p=p: _retention_ratio(r, p))
-            if not _is_drift(ok, p) and ratio.mean is not None and not row.is_base:
+            value = fmt_stat(row.stat(lambda r, p=p: retention_value(r, p)))
+            ratio = row.stat(lambda r, p=p: retention_ratio(r, p))
+            if not is_drift_probe(ok, p) and ratio.mean is not None and not row.is_base:
                 value += f" ({100 * ratio.mean:.0f}%)"
             cells.append(value)
         body.append(cells)
@@ -297,7 +166,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     ok = [r for row in rows for r in row.records]
     headline = next((r["headline_metric"] for r in ok if r.get("headline_metric")), None)
     higher = HIGHER_IS_BETTER.get(headline, True)
-    drift_probe = next((p for p in probes_of(ok) if _is_drift(ok, p)), None)
+    drift_probe = next((p for p in probes_of(ok) if is_drift_probe(ok, p)), None)
 
     def score(row): return row.stat(lambda r: r.get("headline_value")).mean
     ref = next((r for r in rows if r.method == "full"), None)
@@ -310,7 +179,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     ref_params = ref.stat(lambda r: r.get("trainable_params")).mean
     ref_mem = ref.stat(lambda r: r.get("peak_memory_bytes")).mean
     ref_time = ref.stat(lambda r: r.get("train_seconds")).mean
-    ref_drift = ref.stat(lambda r: _retention_value(r, drift_probe)).mean if drift_probe else None
+    ref_drift = ref.stat(lambda r: retention_value(r, drift_probe)).mean if drift_probe else None
     for row in rows:
         s = score(row)
         if row is ref:
@@ -356,7 +225,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         if drift_probe and drift_probe in diffs and not diffs[drift_probe].excludes_zero:
             parts.append(f"drift {_indistinguishable(diffs[drift_probe], ref_name)}")
         elif drift_probe:
-            d = row.stat(lambda r: _retention_value(r, drift_probe)).mean
+            d = row.stat(lambda r: retention_value(r, drift_probe)).mean
             interval = f" (KL {diffs[drift_probe].format()})" if drift_probe in diffs else ""
             if d is not None and ref_drift is not None:
                 if d > 0 and ref_drift > d:
@@ -378,45 +247,6 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
 
 
 # --- plots ---------------------------------------------------------------------------------------------------
-
-def _figure(**kwargs):
-    """A matplotlib Figure outside pyplot: no global state or backend switch, so reports can be drawn anywhere; it
-    shows itself as a PNG when it is the value of a notebook cell."""
-    from matplotlib.figure import Figure
-
-    class ReportFigure(Figure):
-        def _repr_png_(self) -> bytes:
-            return png(self)
-
-    return ReportFigure(**kwargs)
-
-
-def tradeoff_axes(records) -> tuple[str | None, str, bool]:
-    """(probe, axis label, higher-is-better) for the retention axis of the trade-off plot."""
-    ok = [r for r in records if r["status"] == "ok"]
-    probes = probes_of(ok)
-    task_probe = next((p for p in probes if not _is_drift(ok, p)
-                       and any(_retention_ratio(r, p) is not None for r in ok)), None)
-    if task_probe:
-        return task_probe, f"{probe_title(task_probe)} retention (after / before)", True
-    if probes:
-        return probes[0], f"{probe_title(probes[0])} KL from base (lower is better)", False
-    return None, "", True
-
-
-def pareto_front(points: list[tuple[float, float]], x_higher: bool, y_higher: bool) -> list[int]:
-    """Indices of points no other point beats on both axes."""
-    def better_eq(a, b, higher):
-        return a >= b if higher else a <= b
-
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(better_eq(x2, x, x_higher) and better_eq(y2, y, y_higher) and (x2, y2) != (x, y)
-                        for j, (x2, y2) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return front
-
 
 def _label_offsets(anchors: list[tuple[float, float]], labels: list[str],
                    fontsize: float = 9) -> list[tuple[int, int]]:
@@ -457,7 +287,7 @@ def plot_tradeoff(records):
     def kept(r):
         if r["method"] == "base" and x_higher:
             return 1.0
-        return _retention_ratio(r, probe) if x_higher else _retention_value(r, probe)
+        return retention_ratio(r, probe) if x_higher else retention_value(r, probe)
 
     pts, errs, labels = [], [], []
     for row in group_rows(ok):
@@ -469,7 +299,7 @@ def plot_tradeoff(records):
         labels.append(row.label + (f" ({y.n} seeds)" if y.n > 1 else ""))
     if not pts:
         return None
-    fig = _figure(figsize=(7, 4.5))
+    fig = figure(figsize=(7, 4.5))
     ax = fig.subplots()
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=50, color="#2b6cb0", zorder=3)
     if any(e != (0.0, 0.0) for e in errs):
@@ -499,7 +329,7 @@ def plot_costs(records):
     rows = [r for r in group_rows(records) if r.records and not r.is_base]
     if not rows:
         return None
-    fig = _figure(figsize=(12, 3.8))
+    fig = figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
     labels = [r.label for r in rows]
     series = [("Peak memory (GiB)", lambda r: (r.get("peak_memory_bytes") or 0) / 2**30, False),
@@ -521,7 +351,7 @@ def plot_loss_curves(records):
     ok = [r for r in records if r["status"] == "ok" and r.get("loss_curve")]
     if not ok:
         return None
-    fig = _figure(figsize=(7, 4))
+    fig = figure(figsize=(7, 4))
     ax = fig.subplots()
     for r in ok:
         curve = r["loss_curve"]
@@ -548,7 +378,7 @@ def plot_lr_sensitivity(records):
     chosen = {r["label"]: (r.get("search") or {}).get("chosen_learning_rate") for r in records
               if r.get("kind") != "trial" and r.get("search")}
     on_loss = all(t.get("objective") in (None, "validation_loss") for t in trials)
-    fig = _figure(figsize=(7, 4.5))
+    fig = figure(figsize=(7, 4.5))
     ax = fig.subplots()
     colours = {}
     for label in dict.fromkeys(t["label"] for t in trials):
@@ -580,12 +410,6 @@ def plot_lr_sensitivity(records):
     return fig
 
 
-def png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 # Each returns a matplotlib Figure (or None when the records hold nothing to draw); the report embeds them as PNG
 # and the Python API's Comparison.plot(kind) returns them as they are.
 def plot_weights(records):
@@ -611,7 +435,7 @@ def plot_pngs(records) -> dict[str, bytes]:
 
 def _task_predictions(rec: dict[str, Any]) -> list[dict[str, Any]]:
     eval_dir = rec.get("eval_dir")
-    path = Path(eval_dir) / "predictions.jsonl" if eval_dir else None
+    path = Path(eval_dir) / run_files.EVAL_PREDICTIONS if eval_dir else None
     if not path or not path.is_file():
         return []
     task = rec.get("task")
@@ -651,7 +475,7 @@ class SearchSection:
 def search_section(records) -> SearchSection | None:
     """What was searched, how and on what split (from the runs' search summaries), each method's outcome and
     cost, and every trial."""
-    from tunelab.comparison.search import status_text
+    from tunelab.comparison.search_settings import status_text
 
     rows = [row for row in group_rows(records) if any(r.get("search") for r in row.records + row.failed)]
     if not rows:
@@ -659,7 +483,7 @@ def search_section(records) -> SearchSection | None:
     found = [next(r["search"] for r in row.records + row.failed if r.get("search")) for row in rows]
     f = found[0]
     sampler = (f"Optuna's TPE sampler (seed {f['seed']}; its first {max(1, f['trials_asked'] // 2)} trials "
-               "random)" if f["sampler"] == "tpe" else f"Optuna's grid sampler (log-spaced, seeded order)")
+               "random)" if f["sampler"] == "tpe" else "Optuna's grid sampler (log-spaced, seeded order)")
     split = (f"a validation split of {100 * f['validation_fraction']:g}% of the training rows "
              f"({f['validation_rows']} rows{', whole ' + f['grouped_by'] + ' groups' if f['grouped_by'] else ''}, "
              f"seed {f['seed']}; the trials trained on the other {f['search_train_rows']})")
@@ -772,8 +596,8 @@ def render_html(recipe_name: str, header, body, verdict_lines, examples, plots: 
     titles = {"tradeoff": "Learning against forgetting", "costs": "What each method costs",
               "loss_curves": "Loss curves", "lr_sensitivity": "Learning-rate sensitivity",
               "weights": "What fine-tuning did to the weights"}
-    for name, png in plots.items():
-        data = base64.b64encode(png).decode()
+    for name, image in plots.items():
+        data = base64.b64encode(image).decode()
         out.append(f"<h2>{e(titles.get(name, name))}</h2><img id='plot-{name}' alt='{e(name)}' "
                    f"src='data:image/png;base64,{data}'>")
     if examples:
@@ -805,8 +629,8 @@ def write_report(out: Path, *, records: list[dict[str, Any]] | None = None, reci
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
     files = {}
-    for k, png in plots.items():
-        (plot_dir / f"{k}.png").write_bytes(png)
+    for k, image in plots.items():
+        (plot_dir / f"{k}.png").write_bytes(image)
         files[k] = f"plots/{k}.png"
     notes = _notes(records) + _difference_notes(header)
     search = search_section(records)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.fileio import atomic_write_text
+from tunelab import run_files
 
-RESULTS_FILE = "results.jsonl"
 
 
 class ResultsFile:
     def __init__(self, directory: Path):
-        self.path = Path(directory) / RESULTS_FILE
+        self.path = Path(directory) / run_files.COMPARISON_RESULTS
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

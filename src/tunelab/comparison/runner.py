@@ -11,13 +11,14 @@ from typing import Any
 
 from tunelab.comparison.data import prepare_data
 from tunelab.comparison.processes import PlannedRun
-from tunelab.comparison.recipe import MethodEntry, Recipe
+from tunelab.comparison.recipe import Recipe
 from tunelab.comparison.results import ResultsFile
 from tunelab.errors import TunelabError
 from tunelab.evaluation.probes import default_data_dir
 from tunelab.fileio import atomic_write_text
 from tunelab.methods import get_method
 from tunelab.options import to_dict
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
                                     sql_database=data.sql_database, device=device)
     runs.append(PlannedRun(recipe.base_key(), "base", "base", None, base_dir,
                            {"kind": "base", "run_dir": str(base_dir), "eval_options": to_dict(base_eval)}))
-    baseline = str(base_dir / "eval" / "eval_results.json")
+    baseline = str(base_dir / "eval" / run_files.EVAL_RESULTS)
     for entry in recipe.methods:
         for seed in recipe.seeds:
             key = recipe.run_key(entry, seed)

@@ -24,13 +24,13 @@ import json
 import logging
 import math
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from tunelab.errors import TunelabError
+from tunelab.comparison.search_settings import SearchSettings, status_text
+from tunelab.comparison.search_trial import open_storage, pruner
+from tunelab import run_files
 
 if TYPE_CHECKING:
     from tunelab.comparison.data import ComparisonData, SearchData
@@ -39,79 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STUDY_FILE = "search.db"
 PARAMETERS = ("learning_rate",)
 SAMPLERS = ("tpe", "grid")
 OBJECTIVES = ("loss", "metric")
-REDUCTION_FACTOR = 3  # successive halving keeps the best third of the trials at each rung
 SEARCH_KEYS = {"parameter", "trials", "sampler", "objective", "validation_fraction", "group_by", "seed",
                "evaluations", "max_cost"}
-
-
-@dataclass
-class SearchSettings:
-    """A recipe's ``search:`` section (or ``--search learning_rate`` with these defaults)."""
-
-    parameter: str = "learning_rate"
-    trials: int = 6                   # per method entry
-    sampler: str = "tpe"              # tpe (seeded; its first half of the trials are random) or grid (log-spaced)
-    objective: str = "loss"           # validation loss, or the task's headline metric on the validation split
-    validation_fraction: float = 0.1  # of the training rows (whole groups of group_by)
-    group_by: str | None = None       # a column whose groups stay whole (default: data.holdout's column)
-    seed: int = 0                     # sampler and split
-    evaluations: int = 4              # validation evaluations per trial: where the pruner may stop it
-    max_cost: float = 3.0             # full training budgets (in steps) the search of one method may spend
-
-    def identity(self) -> dict[str, Any]:
-        """What a study's trials depend on (max_cost only limits how many run)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_cost"}
-
-
-def parse_search(raw: Any, *, source: str, holdout_column: str | None = None) -> SearchSettings | None:
-    """The recipe's ``search:`` value: a mapping of settings, ``learning_rate`` (every default), or nothing."""
-    if raw in (None, False, "none"):
-        return None
-    if raw in (True, "learning_rate"):
-        raw = {}
-    if not isinstance(raw, dict):
-        raise TunelabError(f"recipe {source}: search must be a mapping of settings (e.g. trials: 6) or "
-                           f"'learning_rate', got {raw!r}")
-    extra = set(raw) - SEARCH_KEYS
-    if extra:
-        raise TunelabError(f"recipe {source}: search has unknown key(s) {', '.join(sorted(extra))}; allowed: "
-                           f"{', '.join(sorted(SEARCH_KEYS))}")
-    values = {"group_by": holdout_column, **raw}
-    try:
-        settings = SearchSettings(**values)
-    except TypeError as e:
-        raise TunelabError(f"recipe {source}: search: {e}") from None
-    check_settings(settings, where=f"recipe {source}: search")
-    return settings
-
-
-def check_settings(s: SearchSettings, *, where: str) -> None:
-    for name, allowed in (("parameter", PARAMETERS), ("sampler", SAMPLERS), ("objective", OBJECTIVES)):
-        if getattr(s, name) not in allowed:
-            raise TunelabError(f"{where}: {name} {getattr(s, name)!r} is not one of {', '.join(allowed)}")
-    for name in ("trials", "evaluations", "seed"):
-        if not isinstance(getattr(s, name), int) or getattr(s, name) < (0 if name == "seed" else 1):
-            raise TunelabError(f"{where}: {name} must be a positive integer, got {getattr(s, name)!r}")
-    if not 0 < float(s.validation_fraction) < 1:
-        raise TunelabError(f"{where}: validation_fraction {s.validation_fraction!r} must be a fraction in (0, 1), "
-                           "e.g. 0.1")
-    if not float(s.max_cost) >= 1:
-        raise TunelabError(f"{where}: max_cost {s.max_cost!r} must be at least 1 (full training budgets)")
-
-
-def check_range(value: Any, *, where: str) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TunelabError(f"{where}: learning_rate_range must be two numbers [low, high], e.g. [1.0e-4, 1.0e-2]; "
-                           f"got {value!r}") from None
-    if not 0 < low < high:
-        raise TunelabError(f"{where}: learning_rate_range [{low:g}, {high:g}] must have 0 < low < high")
-    return low, high
 
 
 def search_range(entry: "MethodEntry") -> tuple[float, float]:
@@ -134,21 +66,7 @@ def family_ranges() -> dict[tuple[float, float], list[str]]:
 # --- one study per method entry ----------------------------------------------------------------------------------
 
 def storage_url(out: Path) -> str:
-    return f"sqlite:///{Path(out).resolve() / STUDY_FILE}"
-
-
-def open_storage(url: str):
-    import optuna
-
-    # SQLite serialises writers; parallel trials report at the same moments, so wait for the lock instead of
-    # failing ("database is locked").
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-
-
-def pruner(min_resource: int):
-    import optuna
-
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=REDUCTION_FACTOR)
+    return f"sqlite:///{Path(out).resolve() / run_files.SEARCH_STUDY}"
 
 
 def direction(recipe: "Recipe", settings: SearchSettings) -> str:
@@ -251,16 +169,6 @@ def trial_record(ms: MethodStudy, trial, settings: SearchSettings, seed: int) ->
         "train_seconds": None, "error": attrs.get("error"), "run_dir": attrs.get("run_dir"),
         "retry_of": attrs.get("retry_of"), "range": [ms.low, ms.high],
     }
-
-
-def status_text(rec: dict[str, Any]) -> str:
-    """finished / pruned at step N / failed (why), as the report and the logs say it."""
-    if rec["status"] == "pruned":
-        why = " (search budget spent)" if rec.get("stopped_by") == "budget" else ""
-        return f"pruned at step {rec.get('pruned_at_step')}{why}"
-    if rec["status"] in ("failed", "interrupted"):
-        return f"{rec['status']} ({rec.get('error')})"
-    return rec["status"]
 
 
 # --- the search --------------------------------------------------------------------------------------------------
@@ -531,97 +439,11 @@ def run_search(recipe: "Recipe", out: Path, *, data: "ComparisonData", launch, d
 
 
 def _read_result(run_dir: Path) -> dict[str, Any] | None:
-    from tunelab.comparison.worker import RESULT_FILE
-
-    path = Path(run_dir) / RESULT_FILE
+    path = Path(run_dir) / run_files.WORKER_RESULT
     if not path.is_file():
         return None
     result = json.loads(path.read_text(encoding="utf-8"))
     return result if result.get("kind") == "trial" else None
-
-
-# --- inside the trial's worker process ---------------------------------------------------------------------------
-
-def reporting_callback(trial, *, negate: bool, stop_at_step: int | None):
-    """A Trainer callback that reports each evaluation's validation loss to the Optuna trial (negated in a study
-    that maximizes a metric, so the pruner compares in the study's direction) and stops training when the pruner
-    says so, or where the search's step allowance ends."""
-    from transformers import TrainerCallback
-
-    class ReportToOptuna(TrainerCallback):
-        def __init__(self):
-            self.pruned_at_step: int | None = None
-            self.stopped_by: str | None = None
-            self.reported: set[int] = set()
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            loss = (metrics or {}).get("eval_loss")
-            step = state.global_step
-            # (train() evaluates once more after the loop: the step it stopped at is reported already)
-            if loss is None or self.pruned_at_step is not None or step in self.reported:
-                return control
-            self.reported.add(step)
-            trial.report(-loss if negate else loss, step=step)
-            # The run's last evaluation is its objective, not a rung to be pruned at.
-            if step < state.max_steps and trial.should_prune():
-                self.pruned_at_step, self.stopped_by = state.global_step, "pruner"
-                control.should_training_stop = True
-            return control
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if stop_at_step is not None and state.global_step >= stop_at_step and self.pruned_at_step is None:
-                self.pruned_at_step, self.stopped_by = state.global_step, "budget"
-                control.should_training_stop = True
-            return control
-
-    return ReportToOptuna()
-
-
-def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
-    """One trial, in its worker: train on the search's training split with the trial's rate, report to the study,
-    and return the objective (validation loss, or the headline metric on the validation split)."""
-    import optuna
-
-    from tunelab.config import EvalOptions, TrainOptions
-    from tunelab.methods import get_method
-    from tunelab.training import train
-
-    started = time.perf_counter()
-    s = spec["search"]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The sampler is the driver's business: this process only reports, through the study's pruner.
-    study = optuna.load_study(study_name=s["study_name"], storage=open_storage(s["storage"]),
-                              sampler=optuna.samplers.RandomSampler(), pruner=pruner(s["min_resource"]))
-    trial = optuna.trial.Trial(study, s["trial_id"])
-    negate = s["objective"] == "metric" and s["direction"] == "maximize"
-    callback = reporting_callback(trial, negate=negate, stop_at_step=s.get("stop_at_step"))
-    topts = TrainOptions(**spec["train_options"])
-    trained = train(topts, set(spec.get("explicit", [])), extra_callbacks=(callback,))
-    results = trained.results
-    # The last logged step: train() evaluates again after a stop, which is the loss at the step it stopped at.
-    outcome: dict[str, Any] = {"status": "pruned" if callback.pruned_at_step is not None else "finished",
-                               "pruned_at_step": callback.pruned_at_step, "stopped_by": callback.stopped_by,
-                               "global_step": results["global_step"], "train_seconds": results["train_seconds"],
-                               "final_eval_loss": results.get("final_eval_loss")}
-    if outcome["status"] == "finished":
-        if s["objective"] == "loss":
-            outcome["value"] = results.get("final_eval_loss")
-        else:
-            from tunelab.evaluation.run import evaluate
-
-            values = dict(spec["eval_options"])
-            if get_method(results["method"]).peft:
-                values.update(model_name_or_path=topts.model_name_or_path, adapter=str(trained.output_dir))
-            else:
-                values.update(model_name_or_path=str(trained.output_dir), adapter=None)
-            del trained
-            evaluated = evaluate(EvalOptions(**values)).results
-            outcome["metric"] = evaluated.get("headline_metric")
-            outcome["value"] = (evaluated.get("metrics") or {}).get(outcome["metric"])
-    # The trial's weights have served their purpose; a full model is hundreds of MB per trial.
-    shutil.rmtree(topts.output_dir, ignore_errors=True)
-    outcome["elapsed_seconds"] = time.perf_counter() - started
-    return {"kind": "trial", "train_results": {k: v for k, v in results.items() if k != "data"}, "trial": outcome}
 
 
 def chosen_rates(outcomes: dict[str, SearchOutcome]) -> Iterator[tuple[str, float]]:

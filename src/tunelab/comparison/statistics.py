@@ -15,6 +15,8 @@ weighted by tokens, Spearman's rho over the resampled pairs).
 
 from __future__ import annotations
 
+from tunelab import run_files
+
 import json
 import math
 import warnings
@@ -197,7 +199,7 @@ def _read_rows(path: str, mtime_ns: int) -> tuple[dict, ...]:
 def prediction_rows(record: dict[str, Any]) -> list[dict]:
     """The rows of a run's predictions.jsonl (task and retention probes), or [] when it has none."""
     eval_dir = record.get("eval_dir")
-    path = Path(eval_dir) / "predictions.jsonl" if eval_dir else None
+    path = Path(eval_dir) / run_files.EVAL_PREDICTIONS if eval_dir else None
     if path is None or not path.is_file():
         return []
     return list(_read_rows(str(path), path.stat().st_mtime_ns))

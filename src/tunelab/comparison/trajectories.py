@@ -65,7 +65,7 @@ def has_trajectories(records: list[dict[str, Any]]) -> bool:
 def method_curves(records: list[dict[str, Any]], x_of: Callable[[dict], float | None]) -> dict[str, list[dict]]:
     """Per method label: [{"step", "x", "y"}, ...] from the base through its points to its end, each the mean over
     the method's seeds at that step (the same steps for every seed of a method)."""
-    from tunelab.comparison.report import group_rows
+    from tunelab.comparison.rows import group_rows
 
     rows = group_rows([r for r in records if r.get("status") == "ok"])
     base = next((row for row in rows if row.is_base), None)
@@ -110,7 +110,8 @@ def interpolate(curve: list[dict], along: str, target: float) -> tuple[float, in
 
 def matched_comparisons(records: list[dict[str, Any]]) -> list[str]:
     """Verdict lines read off the trajectories, against full fine-tuning (or, without it, the first method)."""
-    from tunelab.comparison.report import fmt_num, probe_title, tradeoff_axes
+    from tunelab.comparison.figures import tradeoff_axes
+    from tunelab.comparison.rows import fmt_num, probe_title
 
     if not has_trajectories(records):
         return []
@@ -168,7 +169,7 @@ def trajectory_x(probe: str, x_higher: bool) -> Callable[[dict], float | None]:
 def plot_trajectories(records):
     """One line per method from the base through its curve points to its end, and the Pareto front over every
     point."""
-    from tunelab.comparison.report import _figure, pareto_front, tradeoff_axes
+    from tunelab.comparison.figures import figure, pareto_front, tradeoff_axes
     from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 
     probe, xlabel, x_higher = tradeoff_axes(records)
@@ -180,7 +181,7 @@ def plot_trajectories(records):
     curves = method_curves(records, trajectory_x(probe, x_higher))
     if not any(curves.values()):
         return None
-    fig = _figure(figsize=(7, 4.5))
+    fig = figure(figsize=(7, 4.5))
     ax = fig.subplots()
     everything = []
     for label, curve in curves.items():

@@ -37,13 +37,14 @@ def diagnose_run(output_dir: str | Path, *, use_cpu: bool) -> dict[str, Any]:
 
 def plot_weights(records):
     """Per method (its first seed), by layer depth: ‖ΔW‖_F² share, median effective rank, intruder dimensions."""
-    from tunelab.comparison.report import _figure, group_rows
+    from tunelab.comparison.figures import figure
+    from tunelab.comparison.rows import group_rows
 
     rows = [(row.label, rec["weight_diagnostics"]) for row in group_rows(records) if not row.is_base
             for rec in row.records[:1] if (rec.get("weight_diagnostics") or {}).get("per_depth")]
     if not rows:
         return None
-    fig = _figure(figsize=(12, 3.8))
+    fig = figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
     panels = [("Share of ||ΔW||²", lambda d, s: s["by_depth"].get(d, {}).get("energy_share")),
               ("Effective rank (median, 90% energy)", lambda d, s: s["per_depth"][d]["effective_rank_median"]),

@@ -19,11 +19,10 @@ from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
+from tunelab import run_files
 
 log = logging.getLogger("tunelab.comparison.worker")
 
-RESULT_FILE = "run_result.json"
-ERROR_FILE = "run_error.json"
 # The inference-cost measurement: every figure is the median of BENCH_REPEATS timed generations of BENCH_PROMPTS
 # answers forced to BENCH_NEW_TOKENS tokens each (256 new tokens a repeat), reported with the slowest and fastest
 # repeat. (96 tokens measured once put 4-bit LoRA ahead of merged float32 generation: noise.)
@@ -109,10 +108,10 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
 
     run_dir = Path(spec["run_dir"])
     if spec["kind"] == "trial":  # a trial of the learning-rate search (comparison/search.py)
-        from tunelab.comparison.search import run_trial
+        from tunelab.comparison.search_trial import run_trial
 
         result = run_trial(spec)
-        atomic_write_json(run_dir / RESULT_FILE, result)
+        atomic_write_json(run_dir / run_files.WORKER_RESULT, result)
         return result
     eval_values = dict(spec["eval_options"])
     result: dict[str, Any] = {"kind": spec["kind"], "timings": phases.seconds}
@@ -156,7 +155,7 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
             with phases("inference_cost_seconds"):
                 result["inference"] = inference_cost(evaluated.model, prompts, mergeable=mergeable)
     _phase_breakdown(phases.seconds, result)
-    atomic_write_json(run_dir / RESULT_FILE, result)
+    atomic_write_json(run_dir / run_files.WORKER_RESULT, result)
     return result
 
 
@@ -198,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         run(spec, phases)
         return 0
     except TunelabError as e:
-        atomic_write_json(run_dir / ERROR_FILE, {"error": str(e), "kind": "user"})
+        atomic_write_json(run_dir / run_files.WORKER_ERROR, {"error": str(e), "kind": "user"})
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a crash of one run is recorded; the comparison goes on (Ctrl-C is not a crash)
-        atomic_write_json(run_dir / ERROR_FILE, {"error": f"{type(e).__name__}: {e}".strip(),
+        atomic_write_json(run_dir / run_files.WORKER_ERROR, {"error": f"{type(e).__name__}: {e}".strip(),
                                                  "traceback": traceback.format_exc()})
         traceback.print_exc()
         return 1

@@ -30,10 +30,10 @@ from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "diagnostics.json"
 MITIGATED_DIR = "intruder_reduced"
 _ATTENTION = re.compile(r"attn|attention|q_proj|k_proj|v_proj|o_proj|qkv|query|key|value|out_proj|c_proj_attn")
 _MLP = re.compile(r"mlp|ffn|feed_forward|gate_proj|up_proj|down_proj|fc\d|c_fc|intermediate|w[123]\b|dense_h")
@@ -235,7 +235,7 @@ def diagnose(run_dir: str | Path, *, base_model: str | None = None, settings: Se
     result = {**info, "settings": settings.__dict__, **summarise(per_matrix, settings), "per_matrix": per_matrix,
               "seconds": time.perf_counter() - started}
     if write:
-        atomic_write_json(run_dir / RESULTS_FILE, result)
+        atomic_write_json(run_dir / run_files.DIAGNOSTICS, result)
     return result
 
 
@@ -271,7 +271,7 @@ def mitigate(run_dir: str | Path, *, output_dir: str | Path | None = None, base_
         f.replace(staging / f.name)
     saved.rmdir()
     lm.tokenizer.save_pretrained(str(staging))
-    shutil.copy2(run_dir / inference.RUN_CONFIG, staging / inference.RUN_CONFIG)
+    shutil.copy2(run_dir / run_files.TRAIN_CONFIG, staging / run_files.TRAIN_CONFIG)
     atomic_write_json(staging / "mitigation.json", {"source_adapter": str(run_dir), "method":
                                                      "peft reduce_intruder_dimension",
                                                      "mitigation_lambda": mitigation_lambda,

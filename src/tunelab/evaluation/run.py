@@ -22,12 +22,10 @@ from tunelab.evaluation.probes import (ProbeContext, default_data_dir, folder_da
 from tunelab.evaluation.tasks import TaskSettings, check_sql_schemas, run_task
 from tunelab.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.options import to_dict
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "eval_results.json"
-PREDICTIONS_FILE = "predictions.jsonl"
-OPTIONS_FILE = "eval_options.yaml"
 # where the benchmarks' files live does not change what is measured (like the output folder)
 _NON_IDENTITY = {"output_dir", "overwrite_output_dir", "config", "baseline", "use_cpu", "benchmark_data_dir"}
 
@@ -41,7 +39,7 @@ class EvalResult:
 
     @property
     def results_path(self) -> Path:
-        return self.output_dir / RESULTS_FILE
+        return self.output_dir / run_files.EVAL_RESULTS
 
 
 def _identity(opts: EvalOptions) -> dict[str, Any]:
@@ -77,11 +75,11 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     just returned, ``inference.from_trained``), which then is not loaded again. The numbers are the same."""
     _check(opts)
     out = Path(opts.output_dir)
-    saved = out / OPTIONS_FILE
-    if (out / RESULTS_FILE).is_file() and not opts.overwrite_output_dir:
+    saved = out / run_files.EVAL_OPTIONS
+    if (out / run_files.EVAL_RESULTS).is_file() and not opts.overwrite_output_dir:
         if saved.is_file() and yaml.safe_load(saved.read_text(encoding="utf-8")) == _identity(opts):
             log.info("%s already holds this finished evaluation; nothing to do", out)
-            return EvalResult(out, json.loads((out / RESULTS_FILE).read_text(encoding="utf-8")), skipped=True)
+            return EvalResult(out, json.loads((out / run_files.EVAL_RESULTS).read_text(encoding="utf-8")), skipped=True)
         raise TunelabError(f"--output_dir {out}: holds a different evaluation; choose a new directory or pass "
                            "--overwrite_output_dir")
     probes = [parse_probe(spec) for spec in opts.retention or []]
@@ -162,9 +160,9 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     timings["probe_seconds"] = {name: r["seconds"] for name, r in (results.get("retention") or {}).items()}
     results["timings"] = timings
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out / PREDICTIONS_FILE, prediction_rows)
+    atomic_write_jsonl(out / run_files.EVAL_PREDICTIONS, prediction_rows)
     atomic_write_text(saved, yaml.safe_dump(_identity(opts), sort_keys=False))
-    atomic_write_json(out / RESULTS_FILE, results)
+    atomic_write_json(out / run_files.EVAL_RESULTS, results)
     return EvalResult(out, results, model=lm)
 
 

@@ -31,7 +31,6 @@ from tunelab.fileio import atomic_write_json
 
 FORMAT = "tunelab-ica-templates"
 VERSION = 1
-TEMPLATES_FILE = "ica_templates.json"  # the name a training run saves its templates under
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.ica.build import BuildSettings, build_templates
 from tunelab.ica.masks import AntiDrift, ChannelMasks, anti_drift_targets, decoder_blocks, model_layout, zero_masks
-from tunelab.ica.templates import TEMPLATES_FILE, IcaTemplates, parse_layers
+from tunelab.ica.templates import IcaTemplates, parse_layers
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Masking:
         self.bake()
 
     def save_templates(self, out: Path) -> Path:
-        return self.templates.save(Path(out) / TEMPLATES_FILE)
+        return self.templates.save(Path(out) / run_files.ICA_TEMPLATES)
 
     def summary(self) -> dict[str, Any]:
         zeroed = sum(int(m.sum()) for m in self.masks.zeroed.values())
@@ -142,7 +143,7 @@ def setup(model, opts, *, task_kind: str, sequences: list[list[int]], pad_token_
         raise TunelabError(f"--mask_mode {opts.mask_mode}: ICA masking works on decoder-only (causal LM) models; "
                            f"{opts.model_name_or_path} is a {task_kind} model")
     layout = model_layout(model)
-    saved = Path(out) / TEMPLATES_FILE
+    saved = Path(out) / run_files.ICA_TEMPLATES
     if opts.ica_templates is not None:
         templates = IcaTemplates.load(opts.ica_templates)
         origin, source = "file", str(opts.ica_templates)

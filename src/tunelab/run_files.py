@@ -1,0 +1,36 @@
+"""The names of the files tunelab writes into a run's directories, declared once: every writer and every reader
+(training, evaluation, merging, the hub card, the lifecycle checks, a comparison's workers) takes them from here,
+so a file cannot be renamed on one side only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# a training run's output directory
+TRAIN_CONFIG = "tunelab_config.yaml"     # the effective options; also copied beside merged models and checkpoints
+TRAIN_RESULTS = "train_results.json"     # written last: its presence marks a finished run
+ICA_TEMPLATES = "ica_templates.json"
+DIAGNOSTICS = "diagnostics.json"         # tunelab diagnose
+MERGE_INFO = "merge_info.json"           # in a merged model's folder
+# an evaluation's output directory
+EVAL_RESULTS = "eval_results.json"
+EVAL_PREDICTIONS = "predictions.jsonl"
+EVAL_OPTIONS = "eval_options.yaml"
+# a comparison's directory and its runs' directories
+COMPARISON_RESULTS = "results.jsonl"
+SEARCH_STUDY = "search.db"
+WORKER_RESULT = "run_result.json"
+WORKER_ERROR = "run_error.json"
+
+# what a model card's folder keeps of a run beside the weights (hub.py)
+RESULT_FILES = (TRAIN_CONFIG, TRAIN_RESULTS, EVAL_RESULTS, MERGE_INFO)
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A result file's contents, or None where it does not exist (a run not finished, a file not written)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
