@@ -386,8 +386,8 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
         if stop_strings:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=tok)
         if stop_when is not None:
-            start = enc["input_ids"].shape[1] if lm.task_kind == "causal_lm" else 0
-            kwargs["stopping_criteria"] = [answer_end(tok, start, stop_when)]
+            answer_start = enc["input_ids"].shape[1] if lm.task_kind == "causal_lm" else 0
+            kwargs["stopping_criteria"] = [answer_end(tok, answer_start, stop_when)]
         chunk_names = names[start:start + batch_size]
         if any(n is not None for n in chunk_names):
             kwargs["adapter_names"] = [n or "__base__" for n in chunk_names]

@@ -270,3 +270,15 @@ def test_smollm2_is_well_above_chance_on_arc_easy():
     floor, _ = benchmarks.no_skill_floor(score)
     assert score.value > floor, "the headline's 95% interval must clear chance"
     assert score.scores["acc"] - 1.96 * score.scores["acc_stderr"] > score.chance_level + 0.1
+
+
+def test_shared_data_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """A notebook or script run outside the checkout still finds ../shared/data beside it (the demo's arc_easy)."""
+    from tunelab.evaluation.probes import CHECKOUT_DATA_DIR, default_data_dir
+
+    if not CHECKOUT_DATA_DIR.is_dir():
+        pytest.skip(f"no shared data folder beside this checkout ({CHECKOUT_DATA_DIR})")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNELAB_DATA_DIR", raising=False)
+    assert default_data_dir(None) == CHECKOUT_DATA_DIR
+    assert default_data_dir(str(tmp_path)) == tmp_path   # an explicit folder wins

@@ -81,6 +81,12 @@ def test_adapter_eval_reports_before_after_and_disabled_equals_base(tiny_llama, 
 def test_batched_generation_answers_in_the_callers_order(tiny_llama, trained_adapter):
     """Prompts are batched by length; each answer must still be the one its prompt gets on its own."""
     lm = inference.load(str(tiny_llama), str(trained_adapter), use_cpu=True)
+    # Weights drawn wider than the checkpoint's: a random model at the default scale answers every prompt with the
+    # same run of newlines, and equal answers would hide a reordering.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in lm.model.parameters():
+            param.normal_(0.0, 0.5)
     prompts = [[{"role": "user", "content": text}] for text in
                ["a long question " * 12, "short", "a middling question here", "x", "b long question " * 9]]
     alone = [inference.generate(lm, [p], max_new_tokens=6, batch_size=1)[0][0] for p in prompts]

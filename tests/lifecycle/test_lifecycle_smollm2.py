@@ -28,6 +28,7 @@ Q8_MAX_ABS, Q8_MEAN_ABS, Q8_TOP1 = 2.5, 0.3, 0.9
 def smol(tmp_path_factory):
     builtin_model("smollm2-135m")
     tmp = tmp_path_factory.mktemp("smol-lifecycle")
+    # float32 training: the merged model and its f32 GGUF are then float32 too, and compared with the adapter exactly
     runs = {}
     for name, answer, extra in [("sql", "SELECT count(*) FROM books",
                                  ["--merge_adapter_with_base", "--convert_to_gguf", "--gguf_outtype", "f32"]),
@@ -36,7 +37,7 @@ def smol(tmp_path_factory):
         code = main(["train", "--model_name_or_path", "smollm2-135m", "--dataset_name_or_path", str(data),
                      "--output_dir", str(tmp / name), "--max_steps", "5", "--per_device_train_batch_size", "2",
                      "--max_seq_length", "64", "--lora_r", "8", "--learning_rate", "5e-3", "--save_steps", "100",
-                     "--logging_steps", "5", "--use_cpu", *extra])
+                     "--logging_steps", "5", "--use_cpu", "--no_bf16", *extra])
         assert code == 0
         runs[name] = tmp / name
     return tmp, runs
@@ -79,7 +80,9 @@ def test_smollm2_merged_and_gguf_logits(smol):
                                         out).eval()
     with torch.no_grad():
         reference = merged(input_ids=ids).logits
-        assert torch.allclose(reference, adapter(input_ids=ids).logits, atol=1e-4)
+        # W + BA summed once against x@W + (x@A)@B at every step: float32 re-association, measured up to 1.5e-4 on
+        # logits of magnitude up to 40
+        assert torch.allclose(reference, adapter(input_ids=ids).logits, atol=5e-4)
     del adapter
 
     # f32, written at the end of training: exact

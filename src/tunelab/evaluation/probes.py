@@ -36,8 +36,15 @@ class ProbeContext:
     benchmark_dir: Path | None = None   # local copies of the standard benchmarks (evaluation.benchmarks)
 
 
+# The shared data folder beside a source checkout of tunelab (<checkout>/../shared/data), for a notebook or a
+# script run from another directory; an installed package has no such neighbour and the candidate does not exist.
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[4] / "shared" / "data"
+
+
 def default_data_dir(explicit: str | None) -> Path | None:
-    for candidate in (explicit, os.environ.get("TUNELAB_DATA_DIR"), "../shared/data"):
+    """--data_dir as given, else $TUNELAB_DATA_DIR, else ../shared/data from the working directory, else the shared
+    folder beside tunelab's own checkout."""
+    for candidate in (explicit, os.environ.get("TUNELAB_DATA_DIR"), "../shared/data", CHECKOUT_DATA_DIR):
         if candidate and Path(candidate).expanduser().is_dir():
             return Path(candidate).expanduser()
     return Path(explicit).expanduser() if explicit else None
