@@ -360,6 +360,12 @@ class CompareOptions:
     max_eval_samples: int | None = option(None, "evaluation examples", group="overrides")
     probe_samples: int | None = option(None, "examples per retention probe", group="overrides")
     max_new_tokens: int | None = option(None, "tokens generated per answer", group="overrides")
+    curve_points: int | None = option(None, "learning-forgetting trajectories: evaluate each run also at K evenly "
+                                            "spaced steps of its training (the recipe's curve_points; 0 turns them "
+                                            "off)", group="overrides")
+    diagnostics: bool | None = option(None, "record each run's weight diagnostics (ΔW norm shares, effective rank, "
+                                            "intruder dimensions, by layer) as the recipe's diagnostics: true does",
+                                      group="overrides")
     data_dir: str | None = option(None, "folder of the shared real datasets that recipes read "
                                         "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="data")
     device: str = option("auto", "where runs train: auto uses a GPU when there is one (bf16 where supported)",

@@ -84,3 +84,19 @@ def test_curve_points_change_the_run_keys_only_when_set(tiny_llama, tmp_path):
     assert yaml.safe_load(curved.to_yaml())["curve_points"] == 3
     with pytest.raises(Exception, match="curve_points must be a whole number"):
         load_recipe(str(tiny_recipe(tmp_path, tiny_llama, ["lora"], curve_points=-1)))
+
+
+def test_curve_points_and_diagnostics_from_the_command_line():
+    """`tunelab compare --recipe demo --curve_points 4 --diagnostics` turns trajectories and weight diagnostics on
+    for a recipe that has neither; --curve_points 0 turns them off; a negative count is one clear line."""
+    from tunelab.cli import main
+    from tunelab.comparison.api import recipe_from_options
+    from tunelab.config import CompareOptions
+
+    demo = recipe_from_options(CompareOptions(recipe="demo"))
+    assert demo.curve_points == 0 and not demo.diagnostics
+    on = recipe_from_options(CompareOptions(recipe="demo", curve_points=4, diagnostics=True))
+    assert on.curve_points == 4 and on.diagnostics
+    assert on.train_options(on.methods[1], 0, train_file="t.jsonl", output_dir="o").curve_points == 4
+    assert recipe_from_options(CompareOptions(recipe="demo", curve_points=0)).curve_points == 0
+    assert main(["compare", "--recipe", "demo", "--curve_points", "-1", "--output_dir", "/nonexistent/x"]) == 2

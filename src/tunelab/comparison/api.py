@@ -32,4 +32,5 @@ def recipe_from_options(opts: CompareOptions) -> Recipe:
     return apply_overrides(recipe, methods=opts.methods, seeds=opts.seeds, budget=budget,
                            eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES}, model=opts.model_name_or_path,
                            search=opts.search, search_settings={k: getattr(opts, f"search_{k}")
-                                                                for k in SEARCH_OVERRIDES})
+                                                                for k in SEARCH_OVERRIDES},
+                           curve_points=opts.curve_points, diagnostics=opts.diagnostics)

@@ -295,7 +295,8 @@ def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
 def apply_overrides(recipe: Recipe, *, methods: list[str] | None = None, seeds: list[int] | None = None,
                     budget: dict[str, Any] | None = None, eval_settings: dict[str, Any] | None = None,
                     model: str | None = None, search: str | None = None,
-                    search_settings: dict[str, Any] | None = None) -> Recipe:
+                    search_settings: dict[str, Any] | None = None, curve_points: int | None = None,
+                    diagnostics: bool | None = None) -> Recipe:
     """Command-line overrides. --methods picks entries by label or method name (unknown ones become new entries).
     ``search``: learning_rate turns the learning-rate search on (the recipe's settings, else the defaults), none
     turns it off; ``search_settings`` (--search_trials, ...) change its settings."""
@@ -328,4 +329,10 @@ def apply_overrides(recipe: Recipe, *, methods: list[str] | None = None, seeds: 
         recipe.eval.update({k: v for k, v in eval_settings.items() if v is not None})
     if model:
         recipe.model = model
+    if curve_points is not None:
+        if curve_points < 0:
+            raise TunelabError(f"--curve_points {curve_points}: must be a whole number >= 0 (0: no trajectories)")
+        recipe.curve_points = curve_points
+    if diagnostics is not None:
+        recipe.diagnostics = diagnostics
     return recipe
