@@ -24,11 +24,6 @@ from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
-# Adapter kinds that add inputs (virtual tokens, prefixes, gated prompts) instead of changing weights.
-UNMERGEABLE_PEFT_TYPES = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT",
-                          "CPT", "CARTRIDGE"}
-
-
 @dataclass
 class MergeResult:
     output_dir: Path
@@ -46,18 +41,31 @@ def adapter_config(adapter: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_mergeable(adapter: str | os.PathLike, method: str | None = None) -> str:
-    """The adapter's peft type; a clear error when its method cannot be folded into the weights."""
+    """The adapter's peft type; a clear error when its method cannot be folded into the weights: the method's
+    declaration (``Method.mergeable``), or for a peft type no tunelab method makes, peft's own (prompt-learning
+    adapters add inputs, not weight updates)."""
     from tunelab.inference import read_run_config
-    from tunelab.methods import get_method, method_names
+    from tunelab.methods import method_of_adapter
 
-    peft_type = str(adapter_config(adapter).get("peft_type", "")).upper()
+    config = adapter_config(adapter)
+    peft_type = str(config.get("peft_type", "")).upper()
     method = method or read_run_config(adapter).get("method")
-    if peft_type in UNMERGEABLE_PEFT_TYPES or (method in method_names() and not get_method(method).mergeable):
+    known = method_of_adapter(config, method)
+    mergeable = known.mergeable if known is not None else not _prompt_learning(peft_type)
+    if not mergeable:
         what = method or peft_type.lower()
         raise TunelabError(f"--adapter {adapter}: {what} adapters cannot be merged: they add learned prompt or "
                            "prefix inputs rather than weight updates, so there is nothing to fold into the base; "
                            "serve them with `tunelab generate --adapter` (or plain PeftModel) instead")
     return peft_type
+
+
+def _prompt_learning(peft_type: str) -> bool:
+    from peft.config import PromptLearningConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
+    return config_class is not None and issubclass(config_class, PromptLearningConfig)
 
 
 def load_merged(model_name_or_path: str, adapter: str, *, use_cpu: bool = True, torch_dtype: str = "float32"):

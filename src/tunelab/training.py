@@ -61,9 +61,9 @@ def check_options(opts: TrainOptions) -> None:
         raise TunelabError("--fp16 needs a CUDA GPU; on the CPU use --bf16 or neither")
     if opts.use_4bit and opts.use_8bit:
         raise TunelabError("--use_4bit and --use_8bit cannot be combined; choose one")
-    if opts.method == "full" and (opts.use_4bit or opts.use_8bit):
-        raise TunelabError("--method full cannot train quantized weights; drop --use_4bit/--use_8bit or use a PEFT "
-                           "method such as qlora")
+    if not get_method(opts.method).peft and (opts.use_4bit or opts.use_8bit):
+        raise TunelabError(f"--method {opts.method} cannot train quantized weights; drop --use_4bit/--use_8bit or "
+                           "use a PEFT method such as qlora")
     if opts.max_steps == 0 or (opts.max_steps < 0 and opts.num_train_epochs <= 0):
         raise TunelabError("nothing to train: set --max_steps > 0 or --num_train_epochs > 0")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -78,9 +78,10 @@ def check_options(opts: TrainOptions) -> None:
         raise TunelabError(f"--learning_rate {opts.learning_rate}: must be positive")
     if opts.packing and opts.group_by_length:
         raise TunelabError("--packing leaves no padding to save; drop --group_by_length")
-    if opts.packing and get_method(opts.method).name in ("prompt_tuning", "prefix_tuning", "llama_adapter"):
-        raise TunelabError(f"--packing cannot be used with --method {opts.method}: its virtual tokens would be "
-                           "shared across the packed examples; drop --packing")
+    if opts.packing and not get_method(opts.method).supports_packing:
+        why = ": its virtual tokens would be shared across the packed examples" \
+            if get_method(opts.method).virtual_tokens else ""
+        raise TunelabError(f"--packing cannot be used with --method {opts.method}{why}; drop --packing")
     if opts.early_stopping_patience is not None and not opts.eval_steps:
         raise TunelabError("--early_stopping_patience needs --eval_steps (and a validation set) to measure progress")
     from tunelab import tracking

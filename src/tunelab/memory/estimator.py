@@ -215,12 +215,8 @@ def check_estimate_options(opts, spec: ModelSpec) -> Any:
     # The run is not started: its data need not exist yet, nor a checkpoint to resume from.
     check_options(dataclasses.replace(opts, fp16=False, resume_from_checkpoint=None, dataset_name_or_path=None))
     method = get_method(opts.method)
+    # (the method's own check refuses what it cannot train: prefix tuning with --gradient_checkpointing, say)
     method.check(opts, spec.config, ApplyContext(task_kind=spec.task_kind, model_path=spec.path or spec.name))
-    if opts.method == "prefix_tuning" and opts.gradient_checkpointing:
-        # transformers drops the cache (where peft puts the prefix) inside checkpointed layers, and the attention
-        # mask then no longer matches the keys: the first step fails.
-        raise TunelabError("--method prefix_tuning cannot train with --gradient_checkpointing (transformers drops "
-                           "the prefix inside checkpointed layers and the step fails); drop one of them")
     return method
 
 
@@ -616,7 +612,8 @@ def _assemble(opts, spec, method, settings, model, trace: StepTrace, trainable, 
                   "gradient_checkpointing": opts.gradient_checkpointing, "use_4bit": opts.use_4bit,
                   "use_8bit": opts.use_8bit, "bf16": opts.bf16, "fp16": opts.fp16, **prec.record(),
                   "optim": opts.optim,
-                  "lora_r": opts.lora_r if method.peft else None,
+                  # (the key says lora_r for compatibility: the rank of whichever method has one)
+                  "lora_r": getattr(opts, method.rank_option) if method.rank_option else None,
                   "weights_dtype": str(weights_dtype(opts)).replace("torch.", ""),
                   "bnb_4bit_compute_dtype": str(settings.compute_dtype).replace("torch.", "")},
         total_params=total, trainable_params=trainable, peak_bytes=best, peak_phase=best_phase,

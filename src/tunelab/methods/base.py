@@ -28,10 +28,16 @@ class ApplyContext:
 
 @dataclass
 class Method:
+    """A fine-tuning method and everything tunelab knows about it: code outside the registry asks the method (its
+    capabilities below) instead of testing its name."""
+
     name: str
     summary: str
     peft: bool = True
+    # The peft_type its adapters save in adapter_config.json (peft.PeftType): maps a saved adapter back to a method.
+    peft_type: str | None = None
     default_learning_rate: float = 2e-4
+    default_learning_rate_why: str = ""  # where the default comes from (a paper, peft's guides), for --help
     # The log-uniform range `tunelab compare --search learning_rate` searches (its family's: the LoRA family's by
     # default). Biderman et al. 2024 found LoRA's best rate about 10x full fine-tuning's; vectors and soft prompts
     # (IA3, VeRA, prompt/prefix tuning) need 10x more again.
@@ -41,6 +47,15 @@ class Method:
     task_kinds_why: str = ""            # why the others are missing, where a user would expect them
     mergeable: bool = True              # can merge_and_unload fold the adapter into the base weights?
     implied_options: dict[str, Any] = field(default_factory=dict)  # e.g. qlora implies --use_4bit
+    # Adds learned inputs (soft prompt, prefixes, adaption prompts) instead of changing weights: nothing to merge,
+    # and with --packing the virtual tokens would be shared across the packed examples.
+    virtual_tokens: bool = False
+    supports_packing: bool = True
+    rank_option: str | None = None      # the TrainOptions field that holds its rank (lora_r), if it has one
+    # (label, adapter_config.json key) of the hyper-parameters a model card shows: what peft actually used
+    hyperparameters: tuple[tuple[str, str], ...] = ()
+    # The TrainOptions fields its peft_config reads (the method's own options, shown under its name in --help)
+    options: tuple[str, ...] = ()
 
     def peft_config(self, opts, model, ctx: ApplyContext):
         raise NotImplementedError
@@ -67,6 +82,11 @@ class Method:
                                    f"its linear layers are {', '.join(linear_layer_names(model)) or 'none'}") \
                     from None
             raise
+
+    def describe(self, adapter_config: dict[str, Any]) -> dict[str, Any]:
+        """The hyper-parameters the saved adapter was built with (its adapter_config.json), by label."""
+        return {label: adapter_config[key] for label, key in self.hyperparameters
+                if adapter_config.get(key) is not None}
 
     def callbacks(self, model) -> list:
         """Trainer callbacks the method needs (AdaLoRA's rank allocation, say)."""

@@ -20,7 +20,8 @@ class IA3(Method):
         return IA3Config(task_type=task_type(ctx), modules_to_save=opts.modules_to_save)
 
 
-# (IA)^3 rescales from 1.0 and needs larger steps than LoRA: T-Few (Liu et al. 2022) trains it at 3e-3.
 register(IA3(name="ia3", summary="learned rescaling vectors on keys, values and MLP activations "
-                                 "(Liu et al. 2022)", default_learning_rate=3e-3,
-                 learning_rate_range=(1e-3, 1e-1)))
+                                 "(Liu et al. 2022)", peft_type="IA3", default_learning_rate=3e-3,
+                 default_learning_rate_why="(IA)^3 rescales from 1.0 and needs larger steps than LoRA: T-Few "
+                                           "(Liu et al. 2022) trains it at 3e-3",
+                 learning_rate_range=(1e-3, 1e-1), options=("lora_target_modules", "modules_to_save")))

@@ -6,6 +6,10 @@ from tunelab.errors import TunelabError
 from tunelab.methods import register
 from tunelab.methods.base import Method, target_modules, task_type
 
+# What the LoRA family reads and what its model card shows.
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save")
+LORA_HYPERPARAMETERS = (("rank", "r"), ("alpha", "lora_alpha"), ("dropout", "lora_dropout"))
+
 
 class LoRA(Method):
     use_dora = False
@@ -56,9 +60,15 @@ class AdaLoRA(LoRA):
         return [RankAllocation()]
 
 
-register(LoRA(name="lora", summary="low-rank adapters on the linear layers (Hu et al. 2021)"))
+_FAMILY = dict(peft_type="LORA", rank_option="lora_r", options=LORA_OPTIONS, hyperparameters=LORA_HYPERPARAMETERS,
+               default_learning_rate_why="peft's LoRA guides; Biderman et al. 2024 found about 10x full "
+                                         "fine-tuning's rate best")
+register(LoRA(name="lora", summary="low-rank adapters on the linear layers (Hu et al. 2021)", **_FAMILY))
 register(QLoRA(name="qlora", summary="LoRA on a 4-bit NF4 base loaded through bitsandbytes (Dettmers et al. 2023)",
-               implied_options={"use_4bit": True}))
-register(DoRA(name="dora", summary="weight-decomposed LoRA: magnitude and direction (Liu et al. 2024)"))
+               implied_options={"use_4bit": True}, **_FAMILY))
+register(DoRA(name="dora", summary="weight-decomposed LoRA: magnitude and direction (Liu et al. 2024)", **_FAMILY))
 register(AdaLoRA(name="adalora", summary="LoRA with ranks re-allocated by importance during training "
-                                         "(Zhang et al. 2023)"))
+                                         "(Zhang et al. 2023)",
+                 **{**_FAMILY, "peft_type": "ADALORA",
+                    "hyperparameters": (("initial rank", "init_r"), ("target rank", "target_r"),
+                                        ("alpha", "lora_alpha"), ("dropout", "lora_dropout"))}))

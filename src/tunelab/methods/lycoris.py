@@ -2,6 +2,7 @@
 
 from tunelab.methods import register
 from tunelab.methods.base import Method, target_modules, task_type
+from tunelab.methods.lora import LORA_OPTIONS
 
 
 class LoHa(Method):
@@ -22,5 +23,10 @@ class LoKr(Method):
                           modules_to_save=opts.modules_to_save)
 
 
-register(LoHa(name="loha", summary="low-rank Hadamard product updates (Hyeon-Woo et al. 2022)"))
-register(LoKr(name="lokr", summary="low-rank Kronecker product updates (Yeh et al. 2023)"))
+_FAMILY = dict(rank_option="lora_r", options=LORA_OPTIONS,
+               hyperparameters=(("rank", "r"), ("alpha", "alpha"), ("module dropout", "module_dropout")),
+               default_learning_rate_why="the LoRA family's")
+register(LoHa(name="loha", summary="low-rank Hadamard product updates (Hyeon-Woo et al. 2022)", peft_type="LOHA",
+              **_FAMILY))
+register(LoKr(name="lokr", summary="low-rank Kronecker product updates (Yeh et al. 2023)", peft_type="LOKR",
+              **_FAMILY))

@@ -14,5 +14,9 @@ class OFT(Method):
                          target_modules=target_modules(opts, model), modules_to_save=opts.modules_to_save)
 
 
+# No rank option: --lora_r does not size OFT (its card shows the block size peft used).
 register(OFT(name="oft", summary="orthogonal fine-tuning: block-diagonal rotations of the weights "
-                                 "(Qiu et al. 2023)"))
+                                 "(Qiu et al. 2023)", peft_type="OFT",
+             default_learning_rate_why="the LoRA family's",
+             options=("lora_dropout", "lora_target_modules", "modules_to_save"),
+             hyperparameters=(("block size", "oft_block_size"), ("module dropout", "module_dropout"))))

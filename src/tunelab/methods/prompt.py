@@ -57,19 +57,26 @@ class LlamaAdapter(Method):
                                     adapter_layers=max(1, min(layers, (layers * 30) // 32)))
 
 
-# Soft prompts need much larger steps than LoRA: peft's guides train prompt tuning at 3e-2 and prefix tuning at
-# 1e-2; LLaMA-Adapter (Zhang et al. 2023) uses 9e-3.
+# Soft prompts need much larger steps than LoRA; they add inputs, so nothing merges and nothing packs.
+_PROMPTS = dict(learning_rate_range=(1e-3, 1e-1), virtual_tokens=True, mergeable=False, supports_packing=False)
 register(PromptTuning(name="prompt_tuning", summary="trained soft-prompt embeddings prepended to the input "
-                                                    "(Lester et al. 2021)", default_learning_rate=3e-2,
-                      learning_rate_range=(1e-3, 1e-1),
-                      mergeable=False))
+                                                    "(Lester et al. 2021)", peft_type="PROMPT_TUNING",
+                      default_learning_rate=3e-2, default_learning_rate_why="peft's prompt-tuning guides",
+                      options=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text",
+                               "modules_to_save"),
+                      hyperparameters=(("virtual tokens", "num_virtual_tokens"),), **_PROMPTS))
 register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes in every layer (Li & Liang 2021)",
-                      default_learning_rate=1e-2, learning_rate_range=(1e-3, 1e-1),
+                      peft_type="PREFIX_TUNING",
+                      default_learning_rate=1e-2, default_learning_rate_why="peft's prefix-tuning guides",
                       task_kinds=("causal_lm", "seq2seq_lm"),
                       task_kinds_why="peft feeds the prefixes to the model as past_key_values, which transformers 5 "
                                      "encoders with a classification head (BERT, RoBERTa...) no longer accept",
-                      mergeable=False))
+                      options=("num_virtual_tokens", "modules_to_save"),
+                      hyperparameters=(("virtual tokens", "num_virtual_tokens"),), **_PROMPTS))
 register(LlamaAdapter(name="llama_adapter", summary="zero-init gated adaption prompts in the top layers "
                                                     "(peft adaption_prompt; Zhang et al. 2023)",
-                      default_learning_rate=9e-3, learning_rate_range=(1e-3, 1e-1), task_kinds=("causal_lm",),
-                      mergeable=False))
+                      peft_type="ADAPTION_PROMPT",
+                      default_learning_rate=9e-3, default_learning_rate_why="LLaMA-Adapter (Zhang et al. 2023)",
+                      task_kinds=("causal_lm",), options=("num_virtual_tokens",),
+                      hyperparameters=(("adapter length", "adapter_len"), ("adapter layers", "adapter_layers")),
+                      **_PROMPTS))

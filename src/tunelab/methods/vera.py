@@ -12,7 +12,10 @@ class VeRA(Method):
                           target_modules=target_modules(opts, model), modules_to_save=opts.modules_to_save)
 
 
-# peft's method-comparison suite trains VeRA at 1e-3: the scaling vectors need larger steps than LoRA's matrices.
 register(VeRA(name="vera", summary="shared frozen random projections with trained scaling vectors "
-                                   "(Kopiczko et al. 2024)", default_learning_rate=1e-3,
-                   learning_rate_range=(1e-3, 1e-1)))
+                                   "(Kopiczko et al. 2024)", peft_type="VERA", default_learning_rate=1e-3,
+              default_learning_rate_why="peft's method-comparison suite: the scaling vectors need larger steps "
+                                        "than LoRA's matrices",
+              learning_rate_range=(1e-3, 1e-1), rank_option="lora_r",
+              options=("lora_r", "lora_dropout", "lora_target_modules", "modules_to_save"),
+              hyperparameters=(("rank", "r"), ("dropout", "vera_dropout"))))

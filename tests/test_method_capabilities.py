@@ -1,0 +1,98 @@
+"""Methods declare their capabilities and options; code outside the registry reads the declarations.
+
+Nothing here names a method where a declaration can be asked instead: a new method is checked by being registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from tunelab.config import TrainOptions
+from tunelab.errors import TunelabError
+from tunelab.methods import ApplyContext, get_method, method_names, method_of_adapter
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainOptions)}
+PEFT_METHODS = [m for m in method_names() if get_method(m).peft]
+
+
+class _Recorder:
+    """TrainOptions that remember which fields were read."""
+
+    def __init__(self, opts):
+        self._opts, self.read = opts, set()
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._opts, name)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_declared_options_are_train_options_and_cover_what_peft_config_reads(name, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    method = get_method(name)
+    assert set(method.options) <= TRAIN_FIELDS, f"{name} declares options TrainOptions does not have"
+    assert method.rank_option is None or method.rank_option in method.options
+    if not method.peft or "causal_lm" not in method.task_kinds:
+        return
+    opts = _Recorder(TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path="x.jsonl",
+                                  output_dir="out", method=name, prompt_tuning_init="text",
+                                  prompt_tuning_init_text="answer the question"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    method.peft_config(opts, model, ApplyContext(task_kind="causal_lm", model_path=str(tiny_llama), total_steps=10))
+    assert opts.read <= set(method.options), f"{name}.peft_config reads undeclared {opts.read - set(method.options)}"
+
+
+def test_a_saved_adapter_maps_back_to_its_method():
+    assert method_of_adapter({"peft_type": "LORA"}, "dora").name == "dora"    # the run's method wins
+    assert method_of_adapter({"peft_type": "LORA"}).name == "lora"           # a plain peft LoRA adapter
+    assert method_of_adapter({"peft_type": "PREFIX_TUNING"}).name == "prefix_tuning"
+    assert method_of_adapter({"peft_type": "P_TUNING"}) is None              # no tunelab method makes it
+    for name in PEFT_METHODS:
+        assert get_method(name).peft_type, f"{name} declares no peft_type"
+        assert method_of_adapter({"peft_type": get_method(name).peft_type}).peft_type == get_method(name).peft_type
+
+
+def test_packing_is_refused_by_declaration(tiny_llama, tmp_path):
+    from tunelab.training import check_options
+
+    data = tmp_path / "x.jsonl"
+    data.write_text("")
+    base = dict(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data), output_dir="out",
+                max_steps=1, packing=True)
+    for name in method_names():
+        opts = TrainOptions(method=name, **base)
+        if get_method(name).supports_packing:
+            check_options(opts)
+        else:
+            with pytest.raises(TunelabError, match=f"--packing cannot be used with --method {name}"):
+                check_options(opts)
+
+
+def _adapter_dir(tmp_path, method, adapter_config):
+    d = tmp_path / method
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps(adapter_config))
+    (d / "tunelab_config.yaml").write_text(yaml.safe_dump({"method": method, "lora_r": 16, "lora_alpha": 32}))
+    return d
+
+
+def test_mergeability_comes_from_the_methods_declaration_then_from_peft(tmp_path):
+    from tunelab.merge import check_mergeable
+
+    for name in PEFT_METHODS:
+        d = _adapter_dir(tmp_path, name, {"peft_type": get_method(name).peft_type})
+        if get_method(name).mergeable:
+            assert check_mergeable(d) == get_method(name).peft_type
+        else:
+            with pytest.raises(TunelabError, match=f"{name} adapters cannot be merged"):
+                check_mergeable(d)
+    foreign = tmp_path / "p_tuning"
+    foreign.mkdir()
+    (foreign / "adapter_config.json").write_text(json.dumps({"peft_type": "P_TUNING"}))
+    with pytest.raises(TunelabError, match="p_tuning adapters cannot be merged"):
+        check_mergeable(foreign)
