@@ -209,9 +209,12 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
                  ("checkpoint size", format_bytes(train.get("checkpoint_bytes"), "n/a")),
                  ("final train loss", _num(train.get("final_train_loss"))),
                  ("final eval loss", _num(train.get("final_eval_loss")))]
-        if kind == "adapter" and method in ("lora", "qlora", "dora", "adalora", "loha", "lokr", "vera", "oft"):
-            rows.insert(2, ("rank / alpha", f"{_num(adapter_cfg.get('r') or run.get('lora_r'))} / "
-                                            f"{_num(adapter_cfg.get('lora_alpha') or run.get('lora_alpha'))}"))
+        if kind == "adapter":  # the hyper-parameters peft used, as the method names them (OFT: its block size)
+            from tunelab.methods import method_of_adapter
+
+            made_by = method_of_adapter(adapter_cfg, method)
+            rows[2:2] = [(label, _num(value)) for label, value in (made_by.describe(adapter_cfg) if made_by
+                                                                   else {}).items()]
         lines += ["## Training", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
     if evals.get("metrics"):

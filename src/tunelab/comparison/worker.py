@@ -57,7 +57,7 @@ def inference_cost(lm, prompts: list[list[dict[str, str]]], *, mergeable: bool) 
         return result
     result["adapter_tokens_per_second"] = result.pop("tokens_per_second")
     result["adapter_tokens_per_second_range"] = result.pop("tokens_per_second_range")
-    quantized = bool(lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"))
+    quantized = getattr(lm.model, "hf_quantizer", None) is not None  # (transformers' own test; peft forwards it)
     if mergeable and not quantized:
         lm.model = lm.model.merge_and_unload()
         lm.adapters = {}
@@ -151,7 +151,7 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
         prompts = _bench_prompts(eopts)
         if prompts:
             tr = result.get("train_results") or {}
-            mergeable = bool(tr) and get_method(tr["method"]).mergeable and tr.get("peft", False)
+            mergeable = bool(tr) and get_method(tr["method"]).mergeable  # (full fine-tuning: not mergeable)
             with phases("inference_cost_seconds"):
                 result["inference"] = inference_cost(evaluated.model, prompts, mergeable=mergeable)
     _phase_breakdown(phases.seconds, result)
