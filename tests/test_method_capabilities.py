@@ -96,3 +96,18 @@ def test_mergeability_comes_from_the_methods_declaration_then_from_peft(tmp_path
     (foreign / "adapter_config.json").write_text(json.dumps({"peft_type": "P_TUNING"}))
     with pytest.raises(TunelabError, match="p_tuning adapters cannot be merged"):
         check_mergeable(foreign)
+
+
+def test_help_and_method_table_are_generated_from_the_declarations():
+    from tunelab.methods import method_table
+    from tunelab.options import fields_of
+
+    helps = {f.name: f.metadata["help"] for f in fields_of(TrainOptions)}
+    for name in method_names():
+        method = get_method(name)
+        for option in method.options:  # --help names, beside each method option, the methods that read it
+            assert name in helps[option].split("]")[0], f"--{option}'s help does not name {name}"
+        if name != "full":
+            assert name in helps["method"]
+        assert name in helps["learning_rate"]
+        assert f"| `{name}` | {method.summary} |" in method_table()

@@ -256,5 +256,5 @@ def test_help_documents_every_flag_and_default():
     text = " ".join(done.stdout.split())
     for f in fields_of(TrainOptions):
         assert f"--{f.name}" in text
-    assert "default by method: 5e-5 for full; 2e-4 for LoRA-family" in text
+    assert "default by method: 5e-5 for full; 2e-4 for lora, qlora, dora" in text  # from the methods
     assert "0.1 for full, 0.03 for PEFT methods" in text

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from tunelab.data.formats import FORMATS
 from tunelab.evaluation.tasks import TASKS
+from tunelab.methods import default_learning_rates, method_names, option_help
 from tunelab.options import option
 
 TASK_TYPES = ("auto", "causal_lm", "seq2seq_lm", "seq_cls")
@@ -65,27 +66,33 @@ class TrainOptions:
                                   "per example (causal LMs; the attention never crosses examples)", group="data")
 
     # --- method ------------------------------------------------------------------------------------------------
-    method: str = option("lora", "full, or a PEFT method: lora, qlora, dora, ia3, prompt_tuning, prefix_tuning, "
-                                 "llama_adapter, loha, lokr, vera, adalora, oft", aliases=(), group="method")
+    # The method options' help is generated from the methods' declarations (tunelab.methods: which method reads
+    # which option, each one's default learning rate), so a new method shows up here without an edit.
+    method: str = option("lora", f"full, or a PEFT method: {', '.join(m for m in method_names() if m != 'full')}",
+                         aliases=(), group="method")
     no_peft: bool = option(False, "alias of --method full", group="method")
-    lora_r: int = option(16, "rank of LoRA-family adapters (lora, qlora, dora, loha, lokr, vera, adalora, oft)",
-                         group="method")
-    lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r scales the update)", group="method")
-    lora_dropout: float = option(0.0, "dropout on the adapter input (default: 0, as in peft and unsloth: dropout "
-                                      "keeps a dropped-out copy of every adapted layer's input for the backward "
-                                      "pass, more activation memory; at 0.05 LoRA's activations exceed full "
-                                      "fine-tuning's)", group="method")
+    lora_r: int = option(16, option_help("lora_r", "rank of the adapter's low-rank update"), group="method")
+    lora_alpha: int = option(32, option_help("lora_alpha", "LoRA scaling numerator (alpha / r scales the update)"),
+                             group="method")
+    lora_dropout: float = option(0.0, option_help(
+        "lora_dropout", "dropout on the adapter input (default: 0, as in peft and unsloth: dropout keeps a "
+                        "dropped-out copy of every adapted layer's input for the backward pass, more activation "
+                        "memory; at 0.05 LoRA's activations exceed full fine-tuning's)"), group="method")
     lora_target_modules: list[str] | None = option(
-        None, "module names to adapt (default: chosen by architecture: the linear layers of attention and MLP); "
-              "'all-linear' targets every linear layer but the output head", group="method")
-    modules_to_save: list[str] | None = option(None, "extra modules trained in full and saved with the adapter "
-                                                     "(a classification head is added automatically)",
-                                               group="method")
-    num_virtual_tokens: int = option(20, "virtual tokens for prompt_tuning / prefix_tuning (adapter length for "
-                                         "llama_adapter)", group="method")
-    prompt_tuning_init: str = option("random", "initialise the soft prompt randomly or from text",
+        None, option_help("lora_target_modules", "module names to adapt (default: chosen by architecture: the "
+                                                 "linear layers of attention and MLP); 'all-linear' targets every "
+                                                 "linear layer but the output head"), group="method")
+    modules_to_save: list[str] | None = option(None, option_help("modules_to_save", "extra modules trained in full "
+                                                     "and saved with the adapter (a classification head is added "
+                                                     "automatically)"), group="method")
+    num_virtual_tokens: int = option(20, option_help("num_virtual_tokens", "virtual tokens of the soft prompt or "
+                                                     "prefix (llama_adapter: the adapter length)"), group="method")
+    prompt_tuning_init: str = option("random", option_help("prompt_tuning_init", "initialise the soft prompt "
+                                                           "randomly or from text"),
                                      choices=("random", "text"), group="method")
-    prompt_tuning_init_text: str | None = option(None, "the text for --prompt_tuning_init text", group="method")
+    prompt_tuning_init_text: str | None = option(None, option_help("prompt_tuning_init_text",
+                                                                   "the text for --prompt_tuning_init text"),
+                                                 group="method")
     use_4bit: bool = option(False, "load the base model in 4-bit through bitsandbytes (qlora sets it)",
                             group="quantization")
     use_8bit: bool = option(False, "load the base model in 8-bit through bitsandbytes", group="quantization")
@@ -106,9 +113,8 @@ class TrainOptions:
     per_device_train_batch_size: int = option(8, "batch size per device", group="training")
     per_device_eval_batch_size: int = option(8, "evaluation batch size per device", group="training")
     gradient_accumulation_steps: int = option(1, "batches accumulated per optimizer step", group="training")
-    learning_rate: float | None = option(None, "peak learning rate (default by method: 5e-5 for full; 2e-4 for "
-                                               "LoRA-family methods; 3e-3 ia3; 1e-3 vera; 3e-2 prompt_tuning; "
-                                               "1e-2 prefix_tuning; 9e-3 llama_adapter)", group="training")
+    learning_rate: float | None = option(None, f"peak learning rate (default by method: {default_learning_rates()})",
+                                         group="training")
     lr_scheduler_type: str = option("linear", "learning-rate schedule", choices=SCHEDULERS, group="training")
     warmup_ratio: float | None = option(None, "share of steps spent warming up (default: 0.1 for full, 0.03 for "
                                               "PEFT methods)", group="training")

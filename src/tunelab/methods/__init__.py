@@ -40,6 +40,46 @@ def method_of_adapter(adapter_config: dict, method: str | None = None) -> Method
     return next((m for m in _REGISTRY.values() if m.peft_type and m.peft_type == peft_type), None)
 
 
+# --- text generated from the declarations: --help, the API's docstrings, the README's method table -----------------
+
+def used_by(option: str) -> tuple[str, ...]:
+    """The methods that read a TrainOptions field (their declared ``options``)."""
+    return tuple(name for name, m in _REGISTRY.items() if option in m.options)
+
+
+def option_help(option: str, text: str) -> str:
+    """A method option's help text, naming the methods that read it (so --help groups them by method)."""
+    users = used_by(option)
+    return f"[{', '.join(users)}] {text}" if users else text
+
+
+def _rate(x: float) -> str:
+    """2e-4, not 0.0002 (how papers and peft's guides write learning rates)."""
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def default_learning_rates() -> str:
+    """'5e-05 for full; 0.0002 for lora, qlora, ...': each method's default, methods that share one together."""
+    by_rate: dict[float, list[str]] = {}
+    for name, m in _REGISTRY.items():
+        by_rate.setdefault(m.default_learning_rate, []).append(name)
+    return "; ".join(f"{_rate(rate)} for {', '.join(names)}" for rate, names in by_rate.items())
+
+
+def method_table() -> str:
+    """The README's table of methods (markdown), from each method's declaration."""
+    rows = ["| method | what it trains | its options | default learning rate | merges | packs | model kinds |",
+            "|---|---|---|---|---|---|---|"]
+    for name, m in _REGISTRY.items():
+        why = f": {m.default_learning_rate_why}" if m.default_learning_rate_why else ""
+        options = ", ".join(f"`--{o}`" for o in m.options) or "none"
+        rows.append(f"| `{name}` | {m.summary} | {options} | {_rate(m.default_learning_rate)}{why} | "
+                    f"{'yes' if m.mergeable else 'no'} | {'yes' if m.supports_packing else 'no'} | "
+                    f"{', '.join(m.task_kinds)} |")
+    return "\n".join(rows)
+
+
 # Registration order is the order users see in --help and `tunelab compare` listings.
 from tunelab.methods import full, lora, ia3, prompt, lycoris, vera, oft  # noqa: E402,F401
 

@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from tunelab.errors import TunelabError
 from tunelab.models import HEAD_MODULES
 
@@ -97,7 +95,8 @@ def task_type(ctx: ApplyContext) -> str:
     return PEFT_TASK_TYPES[ctx.task_kind]
 
 
-def _is_linear(module: torch.nn.Module) -> bool:
+def _is_linear(module) -> bool:
+    import torch  # (here, not at import: the options' help text reads the registry without loading torch)
     from transformers.pytorch_utils import Conv1D
 
     return isinstance(module, (torch.nn.Linear, Conv1D))
