@@ -205,7 +205,7 @@ def settle_precision(opts, device: str = "auto"):
 def check_estimate_options(opts, spec: ModelSpec) -> Any:
     """The checks ``tunelab train`` makes before loading anything, then the method's own; returns the method."""
     from tunelab.methods import ApplyContext, get_method
-    from tunelab.training import check_options
+    from tunelab.train_checks import check_options
 
     if opts.bf16 and opts.fp16:
         raise TunelabError("--bf16 and --fp16 cannot be combined; choose one")
