@@ -38,10 +38,6 @@ SIGNALS = {
 }
 MAX_EVALUATIONS = 10       # tracked steps over a run when --eval_steps is not given, at most ...
 COST_TARGET = 0.15         # ... and as many as fit this share of the training compute (the issue allows 20%)
-# Methods whose fresh adapter already changes the outputs (virtual tokens): their step 0 is measured. Every other
-# method starts as the identity (peft initialises LoRA's B, IA3's vectors, OFT's rotation ... to it), so at step 0
-# its signals are 0 and are written as such.
-INITIAL_EFFECT = ("prompt_tuning", "prefix_tuning")
 DRIFT_NEW_TOKENS = 48      # (retention.DRIFT_NEW_TOKENS: the base's continuations' length)
 LOG_PREFIX = "eval_retention_"
 CURVE_DIR = "curve"           # OUTPUT_DIR/curve/step-N: --curve_points' saved models (adapters)
@@ -94,7 +90,9 @@ def check_options(opts) -> None:
     if opts.max_forgetting and opts.early_stopping_patience is not None:
         raise TunelabError("--max_forgetting and --early_stopping_patience both choose the checkpoint to keep; "
                            "use one of them")
-    if opts.max_forgetting and opts.method in ("prompt_tuning", "prefix_tuning", "llama_adapter"):
+    from tunelab.methods import get_method
+
+    if opts.max_forgetting and get_method(opts.method).virtual_tokens:
         # the Trainer's best-checkpoint loader cannot reload prompt-learning adapters (peft issue 2256)
         raise TunelabError(f"--max_forgetting cannot reload a --method {opts.method} checkpoint during training; "
                            "track with --track_retention and pick the checkpoint from the curves instead")
@@ -405,7 +403,9 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
 
         text = load_task_examples("language_modeling", opts.track_text, flag="--track_text")
     method = get_method(opts.method)
-    step_zero = method.name in INITIAL_EFFECT
+    # A method whose fresh adapter already changes the outputs has its step 0 measured; every other starts as the
+    # identity, so at step 0 its signals are 0 and are written as such (Method.identity_at_start).
+    step_zero = not method.identity_at_start
     per_eval, per_step = estimate_cost(opts, data, tokenizer, signals, text, peft=method.peft)
     every = opts.eval_steps or (math.ceil(total_steps / opts.curve_points) if opts.curve_points else
                                 default_every(total_steps, per_eval, per_step, step_zero=step_zero))

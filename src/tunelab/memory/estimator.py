@@ -533,7 +533,9 @@ def _analytic(opts, spec: ModelSpec, trainable: int, trace: StepTrace) -> dict[s
                          "attention scores (SDPA/flash attention drops the 5as/h term, fp32 training doubles the "
                          "rest); logits: one fp32 copy of the output layer",
     }
-    if opts.method == "full" and state_bytes_per_param is not None:
+    from tunelab.methods import get_method
+
+    if not get_method(opts.method).peft and state_bytes_per_param is not None:
         out["weights_gradients_states_formula_bytes"] = (8 + state_bytes_per_param) * trainable
     return out
 

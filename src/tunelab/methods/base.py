@@ -49,6 +49,9 @@ class Method:
     # and with --packing the virtual tokens would be shared across the packed examples.
     virtual_tokens: bool = False
     supports_packing: bool = True
+    # A fresh adapter leaves the outputs unchanged (LoRA's zero B, IA3's ones, OFT's identity rotation, LLaMA-Adapter's
+    # zero gate); a soft prompt or prefix changes them from step 0, so retention tracking measures its step 0.
+    identity_at_start: bool = True
     rank_option: str | None = None      # the TrainOptions field that holds its rank (lora_r), if it has one
     # (label, adapter_config.json key) of the hyper-parameters a model card shows: what peft actually used
     hyperparameters: tuple[tuple[str, str], ...] = ()

@@ -64,7 +64,8 @@ register(PromptTuning(name="prompt_tuning", summary="trained soft-prompt embeddi
                       default_learning_rate=3e-2, default_learning_rate_why="peft's prompt-tuning guides",
                       options=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text",
                                "modules_to_save"),
-                      hyperparameters=(("virtual tokens", "num_virtual_tokens"),), **_PROMPTS))
+                      hyperparameters=(("virtual tokens", "num_virtual_tokens"),), identity_at_start=False,
+                      **_PROMPTS))
 register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes in every layer (Li & Liang 2021)",
                       peft_type="PREFIX_TUNING",
                       default_learning_rate=1e-2, default_learning_rate_why="peft's prefix-tuning guides",
@@ -72,7 +73,8 @@ register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes 
                       task_kinds_why="peft feeds the prefixes to the model as past_key_values, which transformers 5 "
                                      "encoders with a classification head (BERT, RoBERTa...) no longer accept",
                       options=("num_virtual_tokens", "modules_to_save"),
-                      hyperparameters=(("virtual tokens", "num_virtual_tokens"),), **_PROMPTS))
+                      hyperparameters=(("virtual tokens", "num_virtual_tokens"),), identity_at_start=False,
+                      **_PROMPTS))
 register(LlamaAdapter(name="llama_adapter", summary="zero-init gated adaption prompts in the top layers "
                                                     "(peft adaption_prompt; Zhang et al. 2023)",
                       peft_type="ADAPTION_PROMPT",
