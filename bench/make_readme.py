@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from tunelab.comparison.report import missing_value_notes
+from tunelab.records import ComparisonRecord
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -169,8 +170,13 @@ def _runs_minutes(q: dict) -> float:
     return (q.get("runs_wall_seconds") or q["wall_seconds"]) / 60
 
 
+def _runs(q: dict) -> list[ComparisonRecord]:
+    """A quality result's comparison records (results.jsonl's runs), read through their declaration."""
+    return [ComparisonRecord.from_json(r, source="bench/results: records") for r in q["records"]]
+
+
 def _failures(q: dict) -> list[str]:
-    failed = [f"{r['label']} (seed {r['seed']}): {r['error']}" for r in q["records"] if r["status"] != "ok"]
+    failed = [f"{r.label} (seed {r.seed}): {r.error}" for r in _runs(q) if r.status != "ok"]
     lines = [f"Failed: {'; '.join(failed)}." if failed else "", *missing_value_notes(q["records"]),
              q.get("note") or ""]
     return [" ".join(x for x in lines if x), ""] if any(lines) else []
@@ -195,12 +201,12 @@ def _memory_table(q: dict) -> list[str]:
             _table(["method", "predicted", "measured", "measured as", "measured / predicted"], rows), ""]
 
 
-def _metric_values(records: list[dict], label_prefix: str, metric: str) -> list[float]:
-    return [r["task_metrics"][metric] for r in records if r["status"] == "ok" and r.get("task_metrics")
-            and (r["label"] == label_prefix or r["label"].startswith(label_prefix + " "))]
+def _metric_values(records: list[ComparisonRecord], label_prefix: str, metric: str) -> list[float]:
+    return [r.task_metrics[metric] for r in records if r.status == "ok" and r.task_metrics
+            and (r.label == label_prefix or r.label.startswith(label_prefix + " "))]
 
 
-def _mean_metric(records: list[dict], label_prefix: str, metric: str) -> float | None:
+def _mean_metric(records: list[ComparisonRecord], label_prefix: str, metric: str) -> float | None:
     values = _metric_values(records, label_prefix, metric)
     return sum(values) / len(values) if values else None
 
@@ -210,7 +216,7 @@ SEED_DIALOGSUM = {"base": 0.23, "full": 0.42, "lora": 0.41}
 
 
 def _dialogsum_against_seed(q: dict) -> list[str]:
-    ours = {name: _mean_metric(q["records"], name, "rouge1") for name in SEED_DIALOGSUM}
+    ours = {name: _mean_metric(_runs(q), name, "rouge1") for name in SEED_DIALOGSUM}
     if any(v is None for v in ours.values()):
         return []
     gap, seed_gap = 100 * (ours["full"] - ours["lora"]), 100 * (SEED_DIALOGSUM["full"] - SEED_DIALOGSUM["lora"])
@@ -223,7 +229,7 @@ def _dialogsum_against_seed(q: dict) -> list[str]:
     else:
         shape = "agrees: both methods gain on the base and LoRA is within 2 points of full"
     # Two runs of this budget that differed only in batch order (--group_by_length) moved LoRA's ROUGE-1 by 5 points.
-    seeds = min(len(_metric_values(q["records"], k, "rouge1")) for k in ("full", "lora"))
+    seeds = min(len(_metric_values(_runs(q), k, "rouge1")) for k in ("full", "lora"))
     one_seed = (" One seed only: at this budget the batch order alone moves these scores by several points, so the "
                 "shape is indicative.") if seeds < 2 else ""
     return [f"Against the seed's published Flan-T5-base figures (ROUGE-1: base {SEED_DIALOGSUM['base']}, full "

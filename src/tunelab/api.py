@@ -54,7 +54,8 @@ def train(model: str | None = None, dataset: str | None = None, **options: Any):
 
 
 train.__doc__ = _doc("Fine-tune a model fully or with a PEFT method (``tunelab train``).", TrainOptions,
-                     returns="TrainResult\n    ``output_dir``, ``results`` (the train_results.json dict), "
+                     returns="TrainResult\n    ``output_dir``, ``record`` (train_results.json as a "
+                             "``tunelab.records.TrainRecord``), ``results`` (the same as a dict), "
                              "``results_path``, and the trained ``model`` and ``tokenizer`` in memory.",
                      aliases={"model": "model_name_or_path", "dataset": "dataset_name_or_path"}, skip={"config"})
 
@@ -74,7 +75,8 @@ def evaluate(model: str | None = None, dataset: str | None = None, **options: An
 
 
 evaluate.__doc__ = _doc("Task metrics and knowledge retention (``tunelab eval``).", EvalOptions,
-                        returns="EvalResult\n    ``output_dir``, ``results`` (the eval_results.json dict), "
+                        returns="EvalResult\n    ``output_dir``, ``record`` (eval_results.json as a "
+                                "``tunelab.records.EvalRecord``), ``results`` (the same as a dict), "
                                 "``results_path``.",
                         aliases={"model": "model_name_or_path", "dataset": "dataset_name_or_path"},
                         skip={"config"})
@@ -310,5 +312,10 @@ def __getattr__(name: str):
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
-    """A train_results.json or eval_results.json as a dict."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A train_results.json or eval_results.json as a dict, checked against its declared record
+    (``tunelab.records.TrainRecord`` / ``EvalRecord``; files of older tunelab versions are read too)."""
+    from tunelab.records import EvalRecord, TrainRecord
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    kind = TrainRecord if isinstance(data, dict) and "global_step" in data else EvalRecord
+    return kind.from_json(data, source=path).to_json()

@@ -38,15 +38,15 @@ def cmd_train(argv: list[str]) -> int:
     result = train(opts, explicit)
     if not distributed.is_main_process():  # [distributed] the main process reports
         return 0
-    r = result.results
+    r = result.record
     if result.skipped:
         print(f"{result.output_dir} already holds this finished run (pass --overwrite_output_dir to retrain)")
-    print(f"method {r['method']}: {r['trainable_params']:,} of {r['total_params']:,} parameters trained "
-          f"({r['trainable_percent']:.3f}%) in {r['train_seconds']:.1f}s, final train loss "
-          f"{_fmt(r['final_train_loss'])}, eval loss {_fmt(r['final_eval_loss'])}")
+    print(f"method {r.method}: {r.trainable_params:,} of {r.total_params:,} parameters trained "
+          f"({r.trainable_percent:.3f}%) in {r.train_seconds:.1f}s, final train loss "
+          f"{_fmt(r.final_train_loss)}, eval loss {_fmt(r.final_eval_loss)}")
     print(f"output: {result.output_dir}")
     print(f"results: {result.results_path}")
-    exports = r.get("exports") or {}
+    exports = r.exports or {}
     if exports.get("merged_model_dir"):
         print(f"merged model: {exports['merged_model_dir']}")
     for outtype, gguf in (exports.get("gguf") or {}).items():
@@ -63,20 +63,19 @@ def cmd_eval(argv: list[str]) -> int:
                             "Evaluate a base model, a PEFT adapter or a fully fine-tuned model on a task, and what it "
                             "retained (retention probes run on the base and on the tuned model).")
     result = evaluate(opts)
-    r = result.results
+    r = result.record
     if result.skipped:
         print(f"{result.output_dir} already holds this finished evaluation")
-    if r.get("task_note"):
-        print(f"{r['task']}: {r['task_note']}")
-    elif "metrics" in r:
-        head = r["headline_metric"]
-        lo_hi = r["confidence_intervals"].get(head)
+    if r.task_note:
+        print(f"{r.task}: {r.task_note}")
+    elif r.metrics is not None:
+        head, lo_hi = r.headline_metric, r.headline_ci
         ci = f" (95% CI {lo_hi[0]:.4f}-{lo_hi[1]:.4f})" if lo_hi else ""
-        skipped = r.get("invalid_rows_skipped")
+        skipped = r.invalid_rows_skipped
         left_out = f" ({skipped} invalid row{'s' if skipped > 1 else ''} left out: --skip_invalid_rows)" \
             if skipped else ""
-        print(f"{r['task']}: {head} {r['metrics'][head]:.4f}{ci} on {r['num_examples']} examples{left_out}")
-    for name, p in (r.get("retention") or {}).items():
+        print(f"{r.task}: {head} {r.headline_value:.4f}{ci} on {r.num_examples} examples{left_out}")
+    for name, p in (r.retention or {}).items():
         if is_drift(p) and p.get("kl_divergence") is not None:
             print(f"retention {name}: KL from base {p['kl_divergence']:.4f} nats/token, change in cross-entropy "
                   f"{p['delta_cross_entropy']:+.4f}")

@@ -21,6 +21,7 @@ from tunelab import __version__
 from tunelab.errors import TunelabError
 from tunelab.units import format_bytes
 from tunelab import run_files
+from tunelab.records import EvalRecord, TrainRecord
 
 log = logging.getLogger(__name__)
 
@@ -152,25 +153,28 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
     directory = Path(directory)
     kind = folder_kind(directory)
     merge_info = _read_json(directory / run_files.MERGE_INFO)
-    train = _read_json(directory / run_files.TRAIN_RESULTS) or (merge_info or {}).get("adapter_train_results") or {}
+    train = TrainRecord.read(directory / run_files.TRAIN_RESULTS)
+    if train is None and (merge_info or {}).get("adapter_train_results"):  # a merged model: its adapter's run
+        train = TrainRecord.from_json(merge_info["adapter_train_results"], source=directory / run_files.MERGE_INFO)
+    has_train = train is not None
+    train = train or TrainRecord.from_json({})  # (no run: every field None)
     run = {}
     if (directory / run_files.TRAIN_CONFIG).is_file():
         run = yaml.safe_load((directory / run_files.TRAIN_CONFIG).read_text(encoding="utf-8")) or {}
     if eval_results is not None and not Path(eval_results).is_file():
         raise TunelabError(f"--eval_results {eval_results}: file not found; pass the eval_results.json of "
                            "`tunelab eval`")
-    evals = _read_json(Path(eval_results)) if eval_results else _read_json(directory / run_files.EVAL_RESULTS)
-    evals = evals or {}
+    evals = EvalRecord.read(Path(eval_results) if eval_results else directory / run_files.EVAL_RESULTS)
 
     adapter_cfg = _read_json(directory / "adapter_config.json") or {}
-    method = train.get("method") or run.get("method") or (merge_info or {}).get("method") or (
+    method = train.method or run.get("method") or (merge_info or {}).get("method") or (
         str(adapter_cfg.get("peft_type", "")).lower() or None)
     if kind == "model" and merge_info is None and method not in (None, "full"):
         method = None  # a model folder that is neither a full fine-tune nor a tunelab merge
-    base = (merge_info or {}).get("base_model_name_or_path") or train.get("model_name_or_path") \
+    base = (merge_info or {}).get("base_model_name_or_path") or train.model_name_or_path \
         or run.get("model_name_or_path") or adapter_cfg.get("base_model_name_or_path")
     base_id = _hub_id(base)
-    task_kind = train.get("task_kind") or evals.get("task_kind") or "causal_lm"
+    task_kind = train.task_kind or (evals.task_kind if evals else None) or "causal_lm"
 
     tags = ["tunelab"]
     if kind == "adapter":
@@ -190,25 +194,25 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
     base_ref = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"the base model `{_shown(base)}`"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {repo_id.split('/')[-1]}", "",
              f"This is {what} for {base_ref}, trained with tunelab "
-             f"{train.get('tunelab_version') or __version__}.", ""]
+             f"{train.tunelab_version or __version__}.", ""]
 
-    if train or run:
-        trainable, total = train.get("trainable_params"), train.get("total_params")
+    if has_train or run:
+        trainable, total = train.trainable_params, train.total_params
         rows = [("base model", f"`{base_id or _shown(base)}`"), ("method", method or "n/a")]
         if trainable is not None:
             rows.append(("trainable parameters", f"{_num(trainable)} of {_num(total)} "
-                                                 f"({_num(train.get('trainable_percent'), 3)}%)"))
-        rows += [("data", f"`{_shown(train.get('dataset_name_or_path') or run.get('dataset_name_or_path'))}`"
-                          f" ({_num(train.get('train_samples'))} training examples)"),
-                 ("steps / epochs", f"{_num(train.get('global_step'))} / {_num(train.get('epochs'), 2)}"),
-                 ("effective batch size", _num(train.get("effective_batch_size"))),
+                                                 f"({_num(train.trainable_percent, 3)}%)"))
+        rows += [("data", f"`{_shown(train.dataset_name_or_path or run.get('dataset_name_or_path'))}`"
+                          f" ({_num(train.train_samples)} training examples)"),
+                 ("steps / epochs", f"{_num(train.global_step)} / {_num(train.epochs, 2)}"),
+                 ("effective batch size", _num(train.effective_batch_size)),
                  ("learning rate", f"{run['learning_rate']:g}" if run.get("learning_rate") else "n/a"),
                  ("max sequence length", _num(run.get("max_seq_length"))),
-                 ("training time", f"{_num(train.get('train_seconds'), 1)} s on {train.get('device') or 'n/a'}"),
-                 ("peak memory", format_bytes(train.get("peak_memory_bytes"), "n/a")),
-                 ("checkpoint size", format_bytes(train.get("checkpoint_bytes"), "n/a")),
-                 ("final train loss", _num(train.get("final_train_loss"))),
-                 ("final eval loss", _num(train.get("final_eval_loss")))]
+                 ("training time", f"{_num(train.train_seconds, 1)} s on {train.device or 'n/a'}"),
+                 ("peak memory", format_bytes(train.peak_memory_bytes, "n/a")),
+                 ("checkpoint size", format_bytes(train.checkpoint_bytes, "n/a")),
+                 ("final train loss", _num(train.final_train_loss)),
+                 ("final eval loss", _num(train.final_eval_loss))]
         if kind == "adapter":  # the hyper-parameters peft used, as the method names them (OFT: its block size)
             from tunelab.methods import method_of_adapter
 
@@ -217,16 +221,15 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
                                                                    else {}).items()]
         lines += ["## Training", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
-    if evals.get("metrics"):
-        head = evals.get("headline_metric")
-        ci = (evals.get("confidence_intervals") or {}).get(head)
-        lines += [f"## Evaluation: {evals.get('task')}", "",
-                  f"On `{_shown(evals.get('dataset_name_or_path'))}` ({_num(evals.get('num_examples'))} examples"
+    if evals is not None and evals.metrics:
+        head, ci = evals.headline_metric, evals.headline_ci
+        lines += [f"## Evaluation: {evals.task}", "",
+                  f"On `{_shown(evals.dataset_name_or_path)}` ({_num(evals.num_examples)} examples"
                   f"{'; 95% bootstrap interval for ' + head + ': ' + _num(ci[0]) + '-' + _num(ci[1]) if ci else ''}).",
                   "", "| metric | value |", "|---|---|"]
-        lines += [f"| {'**' + k + '**' if k == head else k} | {_num(v)} |" for k, v in evals["metrics"].items()]
+        lines += [f"| {'**' + k + '**' if k == head else k} | {_num(v)} |" for k, v in evals.metrics.items()]
         lines.append("")
-    retention = evals.get("retention") or {}
+    retention = (evals.retention if evals else None) or {}
     if retention:
         from tunelab.evaluation.retention import is_drift
 

@@ -42,12 +42,10 @@ def read_run_config(directory: str | Path | None) -> dict[str, Any]:
 
 def read_label_names(directory: str | Path) -> list[str] | None:
     """Label names of a classification run, from its train_results.json."""
-    import json
+    from tunelab.records import TrainRecord
 
-    path = Path(directory) / run_files.TRAIN_RESULTS
-    if not path.is_file():
-        return None
-    return (json.loads(path.read_text(encoding="utf-8")).get("data") or {}).get("labels")
+    record = TrainRecord.read(Path(directory) / run_files.TRAIN_RESULTS)
+    return record.label_names if record is not None else None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
 from tunelab import run_files
+from tunelab.records import TrainRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,17 @@ def check(opts) -> None:
                          "--convert_to_gguf")
 
 
-def run(opts, out: Path, results: dict[str, Any], results_path: Path) -> dict[str, Any] | None:
-    """Make the exports the flags ask for that OUT does not hold yet; record them under ``exports`` in RESULTS_PATH
-    (the run's train_results.json)."""
+def run(opts, out: Path, results: TrainRecord, results_path: Path) -> dict[str, Any] | None:
+    """Make the exports the flags ask for that OUT does not hold yet; record them under ``exports`` in RESULTS
+    and in RESULTS_PATH (the run's train_results.json)."""
     if not (getattr(opts, "merge_adapter_with_base", False) or getattr(opts, "convert_to_gguf", False)):
         return None
     from tunelab.methods import get_method
 
     check(opts)
     out = Path(out)
-    peft = get_method(results.get("method", opts.method)).peft
-    exports = dict(results.get("exports") or {})
+    peft = get_method(results.method or opts.method).peft
+    exports = dict(results.exports or {})
     merged = out / MERGED_DIR
     if opts.merge_adapter_with_base:
         from tunelab.merge import merge
@@ -88,7 +89,7 @@ def run(opts, out: Path, results: dict[str, Any], results_path: Path) -> dict[st
         elif opts.gguf_outtype not in exports.get("gguf", {}):
             exports.setdefault("gguf", {})[opts.gguf_outtype] = {"gguf_file": str(path),
                                                                  "gguf_file_bytes": path.stat().st_size}
-    if exports != results.get("exports"):
-        results["exports"] = exports
-        atomic_write_json(results_path, results)
+    if exports != results.exports:
+        results.exports = exports
+        atomic_write_json(results_path, results.to_json())
     return exports

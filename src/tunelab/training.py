@@ -33,6 +33,7 @@ from tunelab.models import (detect_task_kind, load_config, load_model, load_toke
 from tunelab.options import to_dict
 from tunelab import run_files
 from tunelab.train_checks import check_options  # noqa: F401  (callers import it from here too)
+from tunelab.records import TrainRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     output_dir: Path
-    results: dict[str, Any]
+    record: TrainRecord     # what train_results.json holds
     skipped: bool = False   # True when the output dir already held this finished run
     model: Any = dataclasses.field(default=None, repr=False)      # the trained model, in memory (not when skipped)
     tokenizer: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """train_results.json's contents, as a dict (the API's long-standing view of ``record``)."""
+        return self.record.to_json()
 
     @property
     def results_path(self) -> Path:
@@ -240,7 +246,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     state = _output_state(out, opts)
     if state == "same-finished" and not opts.overwrite_output_dir:
         log.info("%s already holds this finished run; nothing to do (pass --overwrite_output_dir to retrain)", out)
-        finished = _read_json(out / run_files.TRAIN_RESULTS)
+        finished = TrainRecord.read(out / run_files.TRAIN_RESULTS)
         if distributed.is_main_process():  # [distributed]
             # exports asked for now that the finished run lacks
             lifecycle.run(opts, out, finished, out / run_files.TRAIN_RESULTS)
@@ -363,17 +369,17 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     if main:  # [distributed]
         tokenizer.save_pretrained(str(out))
         results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
-                           train_seconds, peak_bytes, peak_kind, eval_loss, out)
-        results.update(padding_fraction=padding_fraction, processed_token_positions=positions)
-        # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs; else None)
-        results.update(prec.record(), peak_tensor_bytes=peak_tensor_bytes,
-                       peak_tensor_steps=TENSOR_PEAK_STEPS if peak_tensor_bytes is not None else None)
-        if masking is not None:
-            results["ica_masking"] = masking.summary()
-        if tracker is not None:
-            results["curves"] = tracker.curves(trainer.state.log_history)
-            results["tracking"] = tracker.summary(trainer.state.log_history, train_seconds)
-        atomic_write_json(out / run_files.TRAIN_RESULTS, results)  # written last: its presence marks a finished run
+                           train_seconds, peak_bytes, peak_kind, eval_loss, out,
+                           padding_fraction=padding_fraction, processed_token_positions=positions,
+                           # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs)
+                           **prec.record(), peak_tensor_bytes=peak_tensor_bytes,
+                           peak_tensor_steps=TENSOR_PEAK_STEPS if peak_tensor_bytes is not None else None,
+                           ica_masking=masking.summary() if masking is not None else None,
+                           curves=tracker.curves(trainer.state.log_history) if tracker is not None else None,
+                           tracking=tracker.summary(trainer.state.log_history, train_seconds)
+                           if tracker is not None else None)
+        # written last: its presence marks a finished run
+        atomic_write_json(out / run_files.TRAIN_RESULTS, results.to_json())
         # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
         lifecycle.run(opts, out, results, out / run_files.TRAIN_RESULTS)
     results = distributed.broadcast(results, args)  # [distributed] every process returns the main one's results
@@ -387,46 +393,44 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
 
 
 def _results(opts, chosen, data: PreparedData, trainer, output, model_path, task_kind, method, trainable, total,
-             train_seconds, peak_bytes, peak_kind, eval_loss, out: Path) -> dict[str, Any]:
+             train_seconds, peak_bytes, peak_kind, eval_loss, out: Path, **measured) -> TrainRecord:
+    """The run's train_results.json; ``measured``: the record's fields measured around the loop (padding, precision,
+    tensor peak, ICA masking, retention tracking)."""
     history = trainer.state.log_history
     curve = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     eval_curve = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     world = trainer.args.world_size
-    return {
-        "tunelab_version": __version__,
-        "method": opts.method,
-        "peft": method.peft,
-        "model_name_or_path": opts.model_name_or_path,
-        "base_model_path": model_path,
-        "task_kind": task_kind,
-        "dataset_name_or_path": opts.dataset_name_or_path,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100.0 * trainable / total if total else 0.0,
-        "train_seconds": train_seconds,
-        "train_tokens": tokens,
-        "train_tokens_per_second": tokens / train_seconds if train_seconds > 0 else None,
-        "train_samples": len(data.train),
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "effective_batch_size": opts.per_device_train_batch_size * opts.gradient_accumulation_steps * world,
-        "world_size": world,
-        "peak_memory_bytes": peak_bytes,
-        "peak_memory_kind": peak_kind,
+    return TrainRecord(
+        tunelab_version=__version__,
+        method=opts.method,
+        peft=method.peft,
+        model_name_or_path=opts.model_name_or_path,
+        base_model_path=model_path,
+        task_kind=task_kind,
+        dataset_name_or_path=opts.dataset_name_or_path,
+        trainable_params=trainable,
+        total_params=total,
+        trainable_percent=100.0 * trainable / total if total else 0.0,
+        train_seconds=train_seconds,
+        train_tokens=tokens,
+        train_tokens_per_second=tokens / train_seconds if train_seconds > 0 else None,
+        train_samples=len(data.train),
+        global_step=trainer.state.global_step,
+        epochs=trainer.state.epoch,
+        effective_batch_size=opts.per_device_train_batch_size * opts.gradient_accumulation_steps * world,
+        world_size=world,
+        peak_memory_bytes=peak_bytes,
+        peak_memory_kind=peak_kind,
         **device_description(),
-        "checkpoint_bytes": checkpoint_bytes(out),
-        "final_train_loss": curve[-1]["loss"] if curve else None,
-        "mean_train_loss": output.training_loss,
-        "final_eval_loss": eval_loss,
-        "loss_curve": curve,
-        "eval_curve": eval_curve,
-        "data": data.report(),
-        "defaults_chosen": chosen,
-    }
+        checkpoint_bytes=checkpoint_bytes(out),
+        final_train_loss=curve[-1]["loss"] if curve else None,
+        mean_train_loss=output.training_loss,
+        final_eval_loss=eval_loss,
+        loss_curve=curve,
+        eval_curve=eval_curve,
+        data=data.report(),
+        defaults_chosen=chosen,
+        **measured,
+    )
 
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -349,6 +349,6 @@ def test_a_run_without_task_metrics_says_why_in_the_record_and_the_report(tmp_pa
     run = PlannedRun("k", "base", "base", None, tmp_path / "runs" / "base", {})
     atomic_write_json(run.run_dir / "run_result.json", {"kind": "base", "eval_results": ev})
     rec = outcome(run, 0, 1.0)  # what the runner records once the run's worker has ended
-    assert rec["status"] == "ok" and rec["task_note"] == why and rec["headline_value"] is None
-    _, md = write_report(tmp_path, records=[rec])
+    assert rec.status == "ok" and rec.task_note == why and rec.headline_value is None
+    _, md = write_report(tmp_path, records=[rec.to_json()])
     assert f"- base: {why}." in md.read_text(encoding="utf-8")

@@ -336,4 +336,4 @@ def test_a_text2sql_schema_that_does_not_run_is_named_or_skipped(tiny_llama, tmp
     assert results["invalid_rows"][0]["row"] == "sql.jsonl line 2"
     assert results["invalid_rows"][0]["db_id"] == "broken_db"
     rec = record(PlannedRun("k", "base", "base", None, tmp_path, {}), "ok", 1.0, {"eval_results": results}, None)
-    assert any(n.startswith("base: 1 evaluation row left out") for n in missing_value_notes([rec]))
+    assert any(n.startswith("base: 1 evaluation row left out") for n in missing_value_notes([rec.to_json()]))

@@ -17,6 +17,7 @@ from typing import Any
 
 from tunelab.fileio import atomic_write_json
 from tunelab import run_files
+from tunelab.records import TRAIN_FIELDS_IN_COMPARISON, ComparisonRecord, EvalRecord, TrainRecord
 
 
 @dataclass
@@ -40,43 +41,37 @@ def doing(run: PlannedRun) -> str:
 
 
 def record(run: PlannedRun, status: str, wall: float, result: dict[str, Any] | None,
-           error: str | None) -> dict[str, Any]:
+           error: str | None) -> ComparisonRecord:
     """The results.jsonl record of a run: what its worker's run_result.json holds (``result``), or why it failed."""
-    rec: dict[str, Any] = {"key": run.key, "label": run.label, "method": run.method, "seed": run.seed,
-                           "status": status, "error": error, "wall_seconds": wall, "run_dir": str(run.run_dir)}
-    if not result:
+    rec = ComparisonRecord(key=run.key, label=run.label, method=run.method, seed=run.seed, status=status,
+                           error=error, wall_seconds=wall, run_dir=str(run.run_dir))
+    if not result or result.get("kind") == "trial":  # a search trial's result is the search's to read (search.py)
         return rec
-    tr = result.get("train_results") or {}
-    ev = result.get("eval_results") or {}
-    for key in ("trainable_params", "total_params", "trainable_percent", "train_seconds", "train_tokens",
-                "train_tokens_per_second", "peak_memory_bytes", "peak_memory_kind", "peak_tensor_bytes",
-                "precision", "precision_reason", "checkpoint_bytes",
-                "final_train_loss", "final_eval_loss", "loss_curve", "global_step", "effective_batch_size",
-                "device", "device_name"):
-        if key in tr:
-            rec[key] = tr[key]
+    where = run.run_dir / run_files.WORKER_RESULT
+    tr = TrainRecord.from_json(result["train_results"], source=where) if result.get("train_results") else None
+    ev = EvalRecord.from_json(result["eval_results"], source=where) if result.get("eval_results") else None
+    if tr is not None:
+        for name in TRAIN_FIELDS_IN_COMPARISON:
+            setattr(rec, name, getattr(tr, name))
     if run.method == "base":
-        rec.update(trainable_params=0, trainable_percent=0.0, train_seconds=0.0, checkpoint_bytes=0)
-    rec["peft"] = tr.get("peft", False)
-    rec["task"] = ev.get("task")
-    rec["task_metrics"] = ev.get("metrics")
-    rec["headline_metric"] = ev.get("headline_metric")
-    if ev.get("task_note"):  # why the task metrics are missing (an untrained head)
-        rec["task_note"] = ev["task_note"]
-    if ev.get("invalid_rows_skipped"):  # evaluation rows left out (--skip_invalid_rows)
-        rec["invalid_rows_skipped"] = ev["invalid_rows_skipped"]
-    if ev.get("headline_metric"):
-        rec["headline_value"] = ev["metrics"][ev["headline_metric"]]
-        rec["headline_ci"] = (ev.get("confidence_intervals") or {}).get(ev["headline_metric"])
-    rec["retention"] = ev.get("retention") or {}
-    rec["generation"] = ev.get("generation")
-    rec["inference"] = result.get("inference")
-    rec["eval_dir"] = result.get("eval_dir")
-    rec["timings"] = result.get("timings")  # seconds per phase of the run (bench/compare_overhead.py)
-    if result.get("trajectory") is not None or tr.get("curves"):  # recipe curve_points (comparison/trajectories.py)
-        rec.update(trajectory=result.get("trajectory"), curves=tr.get("curves"), tracking=tr.get("tracking"))
-    if result.get("weight_diagnostics") is not None:  # recipe diagnostics (comparison/weights.py)
-        rec["weight_diagnostics"] = result["weight_diagnostics"]
+        rec.trainable_params, rec.trainable_percent, rec.train_seconds, rec.checkpoint_bytes = 0, 0.0, 0.0, 0
+    rec.peft = tr.peft if tr is not None else False
+    if ev is not None:
+        rec.task, rec.task_metrics, rec.headline_metric = ev.task, ev.metrics, ev.headline_metric
+        rec.task_note = ev.task_note or None  # why the task metrics are missing (an untrained head)
+        rec.invalid_rows_skipped = ev.invalid_rows_skipped or None  # evaluation rows left out (--skip_invalid_rows)
+        if ev.headline_metric:
+            rec.headline_value, rec.headline_ci = ev.headline_value, ev.headline_ci
+        rec.retention, rec.generation = ev.retention or {}, ev.generation
+    else:
+        rec.retention = {}
+    rec.inference = result.get("inference")
+    rec.eval_dir = result.get("eval_dir")
+    rec.timings = result.get("timings")  # seconds per phase of the run (bench/compare_overhead.py)
+    if tr is not None:  # recipe curve_points (comparison/trajectories.py)
+        rec.curves, rec.tracking = tr.curves, tr.tracking
+    rec.trajectory = result.get("trajectory")
+    rec.weight_diagnostics = result.get("weight_diagnostics")  # recipe diagnostics (comparison/weights.py)
     return rec
 
 
@@ -165,7 +160,7 @@ def run_worker(run: PlannedRun, *, timeout: float | None = None, env: dict[str, 
         raise
 
 
-def outcome(run: PlannedRun, code: int | None, wall: float, *, timeout: float | None = None) -> dict[str, Any]:
+def outcome(run: PlannedRun, code: int | None, wall: float, *, timeout: float | None = None) -> ComparisonRecord:
     """The results record of a run whose worker has ended with ``code`` (None: stopped at ``timeout``), read from
     what the worker left in the run directory."""
     if code is None:
@@ -187,13 +182,13 @@ def outcome(run: PlannedRun, code: int | None, wall: float, *, timeout: float | 
 
 
 def execute(run: PlannedRun, *, timeout: float | None = None, env: dict[str, str] | None = None,
-            echo: bool = True) -> dict[str, Any]:
+            echo: bool = True) -> ComparisonRecord:
     """Run one planned run in a subprocess and turn its outcome (or failure) into a results record."""
     started = time.perf_counter()
     code = run_worker(run, timeout=timeout, env=env, echo=echo)
     return outcome(run, code, time.perf_counter() - started, timeout=timeout)
 
 
-def failed(run: PlannedRun, wall: float, error: str) -> dict[str, Any]:
+def failed(run: PlannedRun, wall: float, error: str) -> ComparisonRecord:
     """The record of a run that failed before its worker could say why (a lost Ray task)."""
     return record(run, "failed", wall, None, error)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.comparison.processes import PlannedRun, doing, failed, outcome, run_worker, title
+from tunelab.records import ComparisonRecord
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_text
 
@@ -226,7 +227,7 @@ class RayLauncher:
             shutil.rmtree(run.run_dir)
         run.run_dir.mkdir(parents=True)
 
-    def _record(self, run: PlannedRun, ref, waited: float, timeout: float | None) -> dict[str, Any]:
+    def _record(self, run: PlannedRun, ref, waited: float, timeout: float | None) -> ComparisonRecord:
         ray = self.ray
         try:
             result = ray.get(ref)
@@ -237,7 +238,7 @@ class RayLauncher:
         if "archive" in result:
             unpack(result["archive"], run.run_dir, old=Path(result["scratch"]), new=self.out)
         record = outcome(run, result["code"], result["wall_seconds"], timeout=timeout)
-        record["node"] = result["node"]
+        record.node = result["node"]
         return record
 
     def close(self) -> None:

@@ -1,5 +1,7 @@
 """results.jsonl: one line per finished run (base, or method x seed), rewritten atomically on every addition so
-that an interrupted comparison never leaves a partial line, and a re-run can tell what is already done."""
+that an interrupted comparison never leaves a partial line, and a re-run can tell what is already done. Every line
+is a declared record (tunelab/records.py: a run's ComparisonRecord or a search trial's TrialRecord), checked as it
+is written and as it is read."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 from tunelab.fileio import atomic_write_text
 from tunelab import run_files
-
+from tunelab.records import ComparisonRecord, TrialRecord, comparison_record
 
 
 class ResultsFile:
@@ -17,19 +19,25 @@ class ResultsFile:
         self.path = Path(directory) / run_files.COMPARISON_RESULTS
 
     def records(self) -> list[dict[str, Any]]:
+        """Every record, as the dict its declaration writes (the report reads them by key): a line with a key no
+        record declares, or without one it needs, is an error naming the file and line."""
         if not self.path.is_file():
             return []
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                out.append(json.loads(line))
+                out.append(comparison_record(json.loads(line), source=f"{self.path} line {number}").to_json())
         return out
 
     def by_key(self) -> dict[str, dict[str, Any]]:
         return {r["key"]: r for r in self.records()}
 
-    def put(self, record: dict[str, Any]) -> None:
-        """Add a record, replacing an earlier one with the same key (a re-run of a failed or forced run)."""
-        kept = [r for r in self.records() if r["key"] != record["key"]]
-        kept.append(record)
+    def put(self, record: ComparisonRecord | TrialRecord | dict[str, Any]) -> None:
+        """Add a record, replacing an earlier one with the same key (a re-run of a failed or forced run). A dict is
+        checked against the declared records first."""
+        if isinstance(record, dict):
+            record = comparison_record(record, source=self.path)
+        line = record.to_json()
+        kept = [r for r in self.records() if r["key"] != line["key"]]
+        kept.append(line)
         atomic_write_text(self.path, "".join(json.dumps(r, default=str) + "\n" for r in kept))

@@ -19,6 +19,7 @@ from tunelab.fileio import atomic_write_text
 from tunelab.methods import get_method
 from tunelab.options import to_dict
 from tunelab import run_files
+from tunelab.records import ComparisonRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,9 @@ def _at_chosen_rates(recipe: Recipe, searched: dict, results: ResultsFile) -> tu
         if outcome.chosen_learning_rate is None:
             for seed in recipe.seeds:
                 key = recipe.run_key(entry, seed)
-                results.put({"key": key, "label": entry.label, "method": entry.method, "seed": seed,
-                             "status": "failed", "error": outcome.error, "wall_seconds": 0.0, "run_dir": None,
-                             "search": outcome.summary()})
+                results.put(ComparisonRecord(key=key, label=entry.label, method=entry.method, seed=seed,
+                                             status="failed", error=outcome.error, wall_seconds=0.0, run_dir=None,
+                                             search=outcome.summary()))
                 failed.append(key)
             log.warning("%s: %s; its runs are recorded as failed", entry.label, outcome.error)
             continue
@@ -146,16 +147,16 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
             # Each record is written the moment its run ends, so an interrupted comparison keeps every finished run.
             for run, record in launch.run(batch, timeout=run_timeout):
                 if run.method != "base":
-                    record["learning_rate"] = run.spec["train_options"].get("learning_rate") \
+                    record.learning_rate = run.spec["train_options"].get("learning_rate") \
                         or get_method(run.method).default_learning_rate
                 if run.label in searched:
-                    record["search"] = searched[run.label].summary()
+                    record.search = searched[run.label].summary()
                 results.put(record)
                 ran.append(run.label)
-                if record["status"] != "ok":
-                    log.warning("%s failed: %s (recorded; the comparison goes on)", run.label, record["error"])
-                if run.method == "base" and record["status"] != "ok":
-                    raise TunelabError(f"the base model's evaluation failed ({record['error']}); every run depends "
+                if record.status != "ok":
+                    log.warning("%s failed: %s (recorded; the comparison goes on)", run.label, record.error)
+                if run.method == "base" and record.status != "ok":
+                    raise TunelabError(f"the base model's evaluation failed ({record.error}); every run depends "
                                        f"on it; see {run.run_dir / 'log.txt'}")
     finally:
         launch.close()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from tunelab.comparison.search_settings import SearchSettings, status_text
 from tunelab.comparison.search_trial import open_storage, pruner
 from tunelab import run_files
+from tunelab.records import ComparisonRecord, TrialRecord
 
 if TYPE_CHECKING:
     from tunelab.comparison.data import ComparisonData, SearchData
@@ -151,24 +152,24 @@ def trial_key(study: str, number: int) -> str:
     return f"trial:{study}:{number}"
 
 
-def trial_record(ms: MethodStudy, trial, settings: SearchSettings, seed: int) -> dict[str, Any]:
+def trial_record(ms: MethodStudy, trial, settings: SearchSettings, seed: int) -> TrialRecord:
     """The results.jsonl record of a finished trial, built from the study alone."""
     attrs = trial.user_attrs
     status = attrs.get("status") or {"COMPLETE": "finished", "PRUNED": "pruned"}.get(trial.state.name, "failed")
     intermediate = sorted(trial.intermediate_values.items())
     sign = -1.0 if settings.objective == "metric" and ms.study.direction.name == "MAXIMIZE" else 1.0
-    return {
-        "key": trial_key(ms.name, trial.number), "kind": "trial", "label": ms.entry.label, "method": ms.entry.method,
-        "seed": seed, "study": ms.name, "trial": trial.number, "learning_rate": trial.params.get("learning_rate"),
-        "status": status, "pruned_at_step": attrs.get("pruned_at_step"), "stopped_by": attrs.get("stopped_by"),
-        "objective": "validation_loss" if settings.objective == "loss" else attrs.get("metric"),
-        "objective_value": trial.value if trial.state.name == "COMPLETE" else None,
+    return TrialRecord(
+        key=trial_key(ms.name, trial.number), label=ms.entry.label, method=ms.entry.method,
+        seed=seed, study=ms.name, trial=trial.number, learning_rate=trial.params.get("learning_rate"),
+        status=status, pruned_at_step=attrs.get("pruned_at_step"), stopped_by=attrs.get("stopped_by"),
+        objective="validation_loss" if settings.objective == "loss" else attrs.get("metric"),
+        objective_value=trial.value if trial.state.name == "COMPLETE" else None,
         # the validation loss at each evaluation step, as the pruner saw it (un-negated)
-        "validation_loss_curve": [{"step": s, "eval_loss": sign * v} for s, v in intermediate],
-        "steps": attrs.get("steps"), "total_steps": ms.total_steps, "cost_seconds": attrs.get("cost_seconds"),
-        "train_seconds": None, "error": attrs.get("error"), "run_dir": attrs.get("run_dir"),
-        "retry_of": attrs.get("retry_of"), "range": [ms.low, ms.high],
-    }
+        validation_loss_curve=[{"step": s, "eval_loss": sign * v} for s, v in intermediate],
+        steps=attrs.get("steps"), total_steps=ms.total_steps, cost_seconds=attrs.get("cost_seconds"),
+        train_seconds=None, error=attrs.get("error"), run_dir=attrs.get("run_dir"),
+        retry_of=attrs.get("retry_of"), range=[ms.low, ms.high],
+    )
 
 
 # --- the search --------------------------------------------------------------------------------------------------
@@ -351,17 +352,18 @@ class Search:
             spec["eval_options"] = to_dict(dataclasses.replace(eopts, retention=[]))
         return spec
 
-    def finish(self, run, record: dict[str, Any]) -> dict[str, Any]:
-        """A trial's worker ended: tell its study how (finished with its objective, pruned, failed) and record it."""
+    def finish(self, run, record: ComparisonRecord) -> TrialRecord:
+        """A trial's worker ended (``record``: how, as processes.outcome tells it): tell its study how (finished with
+        its objective, pruned, failed) and record it."""
         ms = next(m for m in self.studies if run.key.startswith(f"trial:{m.name}:"))
         number = int(run.key.rsplit(":", 1)[1])
         ms.asked.pop(number, None)
         trial_id = ms.study.get_trials(deepcopy=False)[number]._trial_id
-        result = _read_result(run.run_dir) if record["status"] == "ok" else None
-        return self._tell(ms, number, trial_id, result, error=record.get("error"), cost=record["wall_seconds"])
+        result = _read_result(run.run_dir) if record.status == "ok" else None
+        return self._tell(ms, number, trial_id, result, error=record.error, cost=record.wall_seconds)
 
     def _tell(self, ms: MethodStudy, number: int, trial_id: int, result: dict[str, Any] | None, *,
-              error: str | None, cost: float | None) -> dict[str, Any]:
+              error: str | None, cost: float | None) -> TrialRecord:
         from optuna.trial import TrialState
 
         attrs: dict[str, Any] = {"cost_seconds": cost}
@@ -387,10 +389,10 @@ class Search:
             self.storage.set_trial_user_attr(trial_id, key, v)
         ms.study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
         record = trial_record(ms, ms.study.get_trials(deepcopy=False)[number], self.settings, self.seed)
-        record["train_seconds"] = attrs.get("train_seconds")
+        record.train_seconds = attrs.get("train_seconds")
         self.results.put(record)
-        log.info("%s trial %d: learning rate %.3g, %s%s", ms.entry.label, number, record["learning_rate"],
-                 status_text(record), f", validation {str(record['objective']).replace('validation_', '')} "
+        log.info("%s trial %d: learning rate %.3g, %s%s", ms.entry.label, number, record.learning_rate,
+                 status_text(record.to_json()), f", validation {str(record.objective).replace('validation_', '')} "
                  f"{value:.4g}" if state == TrialState.COMPLETE else "")
         return record
 

@@ -80,28 +80,28 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     callback = reporting_callback(trial, negate=negate, stop_at_step=s.get("stop_at_step"))
     topts = TrainOptions(**spec["train_options"])
     trained = train(topts, set(spec.get("explicit", [])), extra_callbacks=(callback,))
-    results = trained.results
+    results = trained.record
     # The last logged step: train() evaluates again after a stop, which is the loss at the step it stopped at.
     outcome: dict[str, Any] = {"status": "pruned" if callback.pruned_at_step is not None else "finished",
                                "pruned_at_step": callback.pruned_at_step, "stopped_by": callback.stopped_by,
-                               "global_step": results["global_step"], "train_seconds": results["train_seconds"],
-                               "final_eval_loss": results.get("final_eval_loss")}
+                               "global_step": results.global_step, "train_seconds": results.train_seconds,
+                               "final_eval_loss": results.final_eval_loss}
     if outcome["status"] == "finished":
         if s["objective"] == "loss":
-            outcome["value"] = results.get("final_eval_loss")
+            outcome["value"] = results.final_eval_loss
         else:
             from tunelab.evaluation.run import evaluate
 
             values = dict(spec["eval_options"])
-            if get_method(results["method"]).peft:
+            if get_method(results.method).peft:
                 values.update(model_name_or_path=topts.model_name_or_path, adapter=str(trained.output_dir))
             else:
                 values.update(model_name_or_path=str(trained.output_dir), adapter=None)
             del trained
-            evaluated = evaluate(EvalOptions(**values)).results
-            outcome["metric"] = evaluated.get("headline_metric")
-            outcome["value"] = (evaluated.get("metrics") or {}).get(outcome["metric"])
+            evaluated = evaluate(EvalOptions(**values)).record
+            outcome["metric"], outcome["value"] = evaluated.headline_metric, evaluated.headline_value
     # The trial's weights have served their purpose; a full model is hundreds of MB per trial.
     shutil.rmtree(topts.output_dir, ignore_errors=True)
     outcome["elapsed_seconds"] = time.perf_counter() - started
-    return {"kind": "trial", "train_results": {k: v for k, v in results.items() if k != "data"}, "trial": outcome}
+    return {"kind": "trial", "train_results": {k: v for k, v in results.to_json().items() if k != "data"},
+            "trial": outcome}

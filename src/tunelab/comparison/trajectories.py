@@ -20,6 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.records import EvalRecord, TrainRecord
+
 log = logging.getLogger(__name__)
 
 CURVE_EVAL_DIR = "curve-eval"
@@ -27,24 +29,23 @@ CURVE_EVAL_DIR = "curve-eval"
 
 # --- in the worker ---------------------------------------------------------------------------------------------
 
-def point_of(step: int, eval_results: dict[str, Any], seconds: float | None) -> dict[str, Any]:
+def point_of(step: int, evaluated: EvalRecord, seconds: float | None) -> dict[str, Any]:
     """A trajectory point: what the report reads from a run record (headline value, retention values)."""
-    head = eval_results.get("headline_metric")
-    return {"step": step, "seconds": seconds, "headline_metric": head,
-            "headline_value": (eval_results.get("metrics") or {}).get(head) if head else None,
+    return {"step": step, "seconds": seconds, "headline_metric": evaluated.headline_metric,
+            "headline_value": evaluated.headline_value,
             "retention": {name: {k: p.get(k) for k in ("metric", "kl_divergence", "delta_cross_entropy", "before",
                                                       "after", "retention_ratio") if k in p}
-                          for name, p in (eval_results.get("retention") or {}).items()}}
+                          for name, p in (evaluated.retention or {}).items()}}
 
 
-def evaluate_points(train_results: dict[str, Any], eval_values: dict[str, Any], run_dir: Path, *, peft: bool,
+def evaluate_points(trained: TrainRecord, eval_values: dict[str, Any], run_dir: Path, *, peft: bool,
                     evaluate: Callable) -> list[dict[str, Any]]:
     """Every saved curve point of the run evaluated with the run's own evaluation options."""
     from tunelab.config import EvalOptions
 
-    seconds = {p["step"]: p.get("seconds") for p in train_results.get("curves") or []}
+    seconds = {p["step"]: p.get("seconds") for p in trained.curves or []}
     points = []
-    for checkpoint in (train_results.get("tracking") or {}).get("curve_checkpoints") or []:
+    for checkpoint in (trained.tracking or {}).get("curve_checkpoints") or []:
         step, path = checkpoint["step"], checkpoint["path"]
         values = dict(eval_values, output_dir=str(Path(run_dir) / CURVE_EVAL_DIR / f"step-{step}"))
         if peft:
@@ -52,7 +53,7 @@ def evaluate_points(train_results: dict[str, Any], eval_values: dict[str, Any], 
         else:
             values.update(model_name_or_path=path, adapter=None)
         log.info("curve point: evaluating step %d (%s)", step, path)
-        points.append(point_of(step, evaluate(EvalOptions(**values)).results, seconds.get(step)))
+        points.append(point_of(step, evaluate(EvalOptions(**values)).record, seconds.get(step)))
     return points
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json
 from tunelab import run_files
+from tunelab.records import EvalRecord, TrainRecord
 
 log = logging.getLogger("tunelab.comparison.worker")
 
@@ -115,13 +116,14 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
         return result
     eval_values = dict(spec["eval_options"])
     result: dict[str, Any] = {"kind": spec["kind"], "timings": phases.seconds}
-    in_memory = None
+    in_memory, train_record = None, None
     if spec["kind"] == "run":
         topts = TrainOptions(**spec["train_options"])
         with phases("train_call_seconds"):
             trained = train(topts, set(spec.get("explicit", [])))
-        result["train_results"] = trained.results
-        method = get_method(trained.results["method"])
+        train_record = trained.record
+        result["train_results"] = train_record.to_json()
+        method = get_method(train_record.method)
         if method.peft:
             eval_values.update(model_name_or_path=topts.model_name_or_path, adapter=str(trained.output_dir))
         else:
@@ -132,29 +134,29 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
     eopts = EvalOptions(**eval_values)
     with phases("evaluate_call_seconds"):
         evaluated = evaluate(eopts, model=in_memory)
-    result["eval_results"] = evaluated.results
+    result["eval_results"] = evaluated.record.to_json()
     result["eval_dir"] = str(evaluated.output_dir)
-    curve = ((result.get("train_results") or {}).get("tracking") or {}).get("curve_checkpoints")
+    curve = (train_record.tracking or {}).get("curve_checkpoints") if train_record is not None else None
     if curve:  # recipe curve_points: the run's saved points, evaluated as the run is (comparison/trajectories.py)
         from tunelab.comparison.trajectories import evaluate_points
 
         with phases("curve_points_seconds"):
-            result["trajectory"] = evaluate_points(result["train_results"], dict(spec["eval_options"]), run_dir,
-                                                   peft=get_method(result["train_results"]["method"]).peft,
+            result["trajectory"] = evaluate_points(train_record, dict(spec["eval_options"]), run_dir,
+                                                   peft=get_method(train_record.method).peft,
                                                    evaluate=evaluate)
     if spec.get("diagnostics") and spec["kind"] == "run":  # recipe diagnostics: ΔW of the run (comparison/weights.py)
         from tunelab.comparison.weights import diagnose_run
 
         with phases("weight_diagnostics_seconds"):
             result["weight_diagnostics"] = diagnose_run(spec["train_options"]["output_dir"], use_cpu=eopts.use_cpu)
-    if eopts.task and result.get("eval_results", {}).get("task_kind") != "seq_cls" and evaluated.model is not None:
+    if eopts.task and evaluated.record.task_kind != "seq_cls" and evaluated.model is not None:
         prompts = _bench_prompts(eopts)
         if prompts:
             tr = result.get("train_results") or {}
             mergeable = bool(tr) and get_method(tr["method"]).mergeable  # (full fine-tuning: not mergeable)
             with phases("inference_cost_seconds"):
                 result["inference"] = inference_cost(evaluated.model, prompts, mergeable=mergeable)
-    _phase_breakdown(phases.seconds, result)
+    _phase_breakdown(phases.seconds, train_record, evaluated.record)
     atomic_write_json(run_dir / run_files.WORKER_RESULT, result)
     return result
 
@@ -168,18 +170,18 @@ def _trained_model(trained, eopts):
     if trained.model is None or eopts.torch_dtype != "auto":
         return None
     return inference.from_trained(trained.model, trained.tokenizer, trained.output_dir,
-                                  model_path=trained.results["base_model_path"], use_cpu=eopts.use_cpu,
+                                  model_path=trained.record.base_model_path, use_cpu=eopts.use_cpu,
                                   template=eopts.template, system_prompt=eopts.system_prompt)
 
 
-def _phase_breakdown(seconds: dict[str, Any], result: dict[str, Any]) -> None:
+def _phase_breakdown(seconds: dict[str, Any], trained: TrainRecord | None, evaluated: EvalRecord) -> None:
     """The calls' inner phases, from the times training and evaluation record themselves."""
-    train_seconds = (result.get("train_results") or {}).get("train_seconds")
+    train_seconds = trained.train_seconds if trained is not None else None
     if "train_call_seconds" in seconds and train_seconds is not None:
         seconds["training_seconds"] = train_seconds
         # data preparation, model loading and method set-up before the Trainer's loop; saving after it
         seconds["train_setup_and_save_seconds"] = seconds["train_call_seconds"] - train_seconds
-    inner = (result.get("eval_results") or {}).get("timings") or {}
+    inner = evaluated.timings or {}
     seconds.update({f"eval_{k}": v for k, v in inner.items()})
     seconds["cpu_seconds"]["process_seconds"] = time.process_time()  # the whole process, start-up included
 

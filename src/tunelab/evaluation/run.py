@@ -3,7 +3,6 @@ model. Writes predictions.jsonl and eval_results.json (last, atomically: its pre
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from tunelab.evaluation.tasks import TaskSettings, check_sql_schemas, run_task
 from tunelab.fileio import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.options import to_dict
 from tunelab import run_files
+from tunelab.records import EvalRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,14 @@ _NON_IDENTITY = {"output_dir", "overwrite_output_dir", "config", "baseline", "us
 @dataclass
 class EvalResult:
     output_dir: Path
-    results: dict[str, Any]
+    record: EvalRecord      # what eval_results.json holds
     skipped: bool = False
     model: inference.LoadedModel | None = field(default=None, repr=False)  # the evaluated model, in memory
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """eval_results.json's contents, as a dict (the API's long-standing view of ``record``)."""
+        return self.record.to_json()
 
     @property
     def results_path(self) -> Path:
@@ -79,7 +84,7 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     if (out / run_files.EVAL_RESULTS).is_file() and not opts.overwrite_output_dir:
         if saved.is_file() and yaml.safe_load(saved.read_text(encoding="utf-8")) == _identity(opts):
             log.info("%s already holds this finished evaluation; nothing to do", out)
-            return EvalResult(out, json.loads((out / run_files.EVAL_RESULTS).read_text(encoding="utf-8")), skipped=True)
+            return EvalResult(out, EvalRecord.read(out / run_files.EVAL_RESULTS), skipped=True)
         raise TunelabError(f"--output_dir {out}: holds a different evaluation; choose a new directory or pass "
                            "--overwrite_output_dir")
     probes = [parse_probe(spec) for spec in opts.retention or []]
@@ -133,8 +138,7 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
 
     if probes:
         base_ref = _base_reference(opts, lm)
-        baseline = json.loads(Path(opts.baseline).read_text(encoding="utf-8")) if opts.baseline else None
-        baseline = _comparable(baseline, lm, opts)
+        baseline = _comparable(EvalRecord.read(opts.baseline) if opts.baseline else None, lm, opts)
         started = time.perf_counter()
         base_lm = _load_base(base_ref, lm, opts) if base_ref else lm
         timings["base_load_seconds"] = time.perf_counter() - started
@@ -162,8 +166,9 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / run_files.EVAL_PREDICTIONS, prediction_rows)
     atomic_write_text(saved, yaml.safe_dump(_identity(opts), sort_keys=False))
-    atomic_write_json(out / run_files.EVAL_RESULTS, results)
-    return EvalResult(out, results, model=lm)
+    record = EvalRecord(**results)
+    atomic_write_json(out / run_files.EVAL_RESULTS, record.to_json())
+    return EvalResult(out, record, model=lm)
 
 
 def _dtype_name(dtype) -> str | None:
@@ -178,14 +183,15 @@ def _base_dtype(lm: inference.LoadedModel, opts: EvalOptions) -> str:
     return _dtype_name(inference.reference_dtype(lm.run_config, lm.dtype, on_gpu=on_gpu)) or "float32"
 
 
-def _comparable(baseline: dict[str, Any] | None, lm: inference.LoadedModel, opts: EvalOptions) -> dict | None:
-    """The baseline's scores serve as "before" only when the base was scored in the dtype the base is scored in
-    here (files older than the dtype record were float32): bf16 and float32 answers differ, which is no forgetting."""
+def _comparable(baseline: EvalRecord | None, lm: inference.LoadedModel, opts: EvalOptions) -> dict | None:
+    """The baseline's probe results (name -> result), which serve as "before" only when the base was scored in the
+    dtype the base is scored in here (files older than the dtype record were float32): bf16 and float32 answers
+    differ, which is no forgetting."""
     if baseline is None:
         return None
-    theirs, ours = baseline.get("torch_dtype") or "float32", _base_dtype(lm, opts)
+    theirs, ours = baseline.torch_dtype or "float32", _base_dtype(lm, opts)
     if theirs == ours:
-        return baseline
+        return baseline.retention or {}
     log.info("--baseline %s scored the base in %s, the base is compared in %s here: it is scored again",
              opts.baseline, theirs, ours)
     return None
@@ -200,8 +206,7 @@ def _load_base(base_ref: str, lm: inference.LoadedModel, opts: EvalOptions) -> i
 
 def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[dict[str, Any], list[dict]]:
     after = retention.score_probe(probe.task, lm, examples, settings)
-    before_from_baseline = ((baseline or {}).get("retention") or {}).get(probe.name, {}).get("after") \
-        if baseline else None
+    before_from_baseline = (baseline or {}).get(probe.name, {}).get("after") if baseline else None
     if before_from_baseline is not None:
         before_value = before_from_baseline
     elif base_lm is lm:
@@ -229,7 +234,7 @@ def _run_benchmark_probe(probe, base_lm, lm, settings, baseline) -> tuple[dict[s
         return {"task": "benchmark", "metric": None,
                 "skipped": f"benchmarks score a language model's answers; this is a {lm.task_kind} model"}, []
     after = probe(lm.model, lm.tokenizer, batch_size=settings.batch_size)
-    prior = ((baseline or {}).get("retention") or {}).get(probe.name) or {}
+    prior = (baseline or {}).get(probe.name) or {}
     if prior.get("after") is not None and prior.get("metric") == after.metric:
         before = {"value": prior["after"], "stderr": prior.get("stderr_after"), "scores": prior.get("scores_after"),
                   "chance_level": prior.get("chance_level"), "num_examples": prior.get("num_examples")}
