@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from common import REPO, write_result
+from common import REPO, RESULTS, write_result
 
 # The worker's timings (comparison/worker.py Phases, evaluation/run.py), in the order a run goes through them.
 PHASES = [
@@ -61,13 +61,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="demo")
     ap.add_argument("--methods", default=None, help="compare only these entries, e.g. lora (default: all)")
+    ap.add_argument("--curve_points", type=int, default=None,
+                    help="learning-forgetting trajectories with K points per run (writes compare-<recipe>-curves)")
+    ap.add_argument("--diagnostics", action="store_true", help="record each run's weight diagnostics too")
     args = ap.parse_args()
-    name = f"compare-{args.recipe}" + (f"-{args.methods.replace(',', '-')}" if args.methods else "")
+    name = (f"compare-{args.recipe}" + (f"-{args.methods.replace(',', '-')}" if args.methods else "")
+            + ("-curves" if args.curve_points else ""))
     out = REPO / "runs" / f"bench-{name}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "tunelab", "compare", args.recipe, "--output_dir", str(out)]
     if args.methods:
         cmd += ["--methods", args.methods]
+    if args.curve_points:
+        cmd += ["--curve_points", str(args.curve_points)]
+    if args.diagnostics:
+        cmd += ["--diagnostics"]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - started
@@ -94,7 +102,26 @@ def main() -> None:
                         "runs_wall_seconds": runs, "train_seconds": train,
                         "per_run": [{k: r.get(k) for k in ("label", "wall_seconds", "train_seconds")}
                                     for r in records],
-                        "profile": prof, "table": {"header": header, "rows": body}, **search_summary(records, trials)})
+                        "profile": prof, "table": {"header": header, "rows": body}, **search_summary(records, trials),
+                        **trajectory_summary(records, out, name)})
+
+
+def trajectory_summary(records: list[dict], out, name: str) -> dict:
+    """With trajectories or weight diagnostics: every run's points, the verdict lines (matched comparisons
+    included) and the report's plots, copied beside the results as PNGs for the README."""
+    if not any(r.get("trajectory") or r.get("weight_diagnostics") for r in records):
+        return {}
+    from tunelab.comparison.report import verdicts
+
+    plots = {}
+    for kind in ("tradeoff", "weights"):
+        png = out / "plots" / f"{kind}.png"
+        if png.is_file():
+            target = RESULTS / f"{name}-{kind}.png"
+            shutil.copyfile(png, target)
+            plots[kind] = target.name
+    keep = ("label", "method", "headline_metric", "headline_value", "retention", "trajectory", "weight_diagnostics")
+    return {"runs": [{k: r.get(k) for k in keep} for r in records], "verdicts": verdicts(records), "plots": plots}
 
 
 def search_summary(records: list[dict], trials: list[dict]) -> dict:

@@ -492,6 +492,109 @@ def replace(text: str, marker: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
+def _gib(b: float | None) -> str:
+    return "–" if b is None else f"{b / GIB:.2f} GiB"
+
+
+def _probe_value(p: dict | None) -> str:
+    """A retention probe's value as the tables show it: the KL for drift, else after (retention)."""
+    if not p:
+        return "–"
+    if p.get("kl_divergence") is not None:
+        return f"KL {p['kl_divergence']:.4g}"
+    after, ratio = p.get("after"), p.get("retention_ratio")
+    if after is None:
+        return "–"
+    return f"{after:.3f}" + (f" ({100 * ratio:.0f}%)" if ratio is not None else "")
+
+
+def precision_section() -> str | None:
+    """The demo trained in bf16 (the default on a CPU with bf16 instructions) and in float32, side by side
+    (bench/precision_compare.py: compare-demo-bf16.json)."""
+    d = _load("compare-demo-bf16")
+    if not d:
+        return None
+    rows = []
+    for label, r in d["side_by_side"].items():
+        hv, loss, tps = r["headline_value"], r["final_train_loss"], r["train_tokens_per_second"]
+        probes = [f"{_probe_value(a)} / {_probe_value(b)}" for a, b in r["retention"].values()]
+        ratio = r.get("speed_ratio_bf16_over_fp32")
+        rows.append([label, *(f"{v:.3f}" if v is not None else "–" for v in hv), *probes,
+                     " / ".join(f"{v:.3f}" if v is not None else "–" for v in loss),
+                     " / ".join(f"{v:.0f}" if v is not None else "–" for v in tps),
+                     "–" if ratio is None else f"{ratio:.2f}x",
+                     " / ".join(_gib(v) for v in r["peak_tensor_bytes"])])
+    first = next(iter(d["side_by_side"].values()))
+    probes = list(first["retention"])
+    metric = next((r["headline_metric"] for r in d["side_by_side"].values() if r.get("headline_metric")), "metric")
+    curves = []
+    for label, r in d["side_by_side"].items():
+        a, b = r["loss_curve"]
+        if a and b:
+            pick = lambda c: ", ".join(f"{p['loss']:.2f}" for p in c if p.get("loss") is not None)  # noqa: E731
+            curves.append(f"{label}: bf16 {pick(a)}; float32 {pick(b)}")
+    return "\n".join([
+        "The same demo (same seed, data and budget) trained with the default, bf16 autocast on this CPU (it has "
+        "avx512_bf16; master weights stay float32), and with `--no_bf16` (float32): "
+        "`tunelab compare --recipe demo` and `tunelab compare --recipe demo --no_bf16`, then "
+        "`python bench/precision_compare.py`. Each cell is bf16 / float32:", "",
+        _table(["run", f"{metric} bf16", f"{metric} float32", *[f"{p} bf16 / fp32" for p in probes],
+                "final train loss", "train tokens/s", "speed bf16/fp32", "tensor peak"], rows), "",
+        "Training loss at each logged step (bf16 / float32): " + "; ".join(curves) + "." if curves else "",
+        "",
+        f"The two comparisons ran one after the other on a shared machine ({d.get('note') or 'load not noted'}), so "
+        "their speed ratio is only as good as the load was even; the quality columns do not depend on it. "
+        f"Machine: {_machine(d['machine'])}.",
+    ])
+
+
+def curves_section() -> str | None:
+    """The demo with learning-forgetting trajectories and weight diagnostics (compare_overhead.py --curve_points 4
+    --diagnostics: compare-demo-curves.json and its plots)."""
+    d = _load("compare-demo-curves")
+    if not d or not d.get("runs"):
+        return None
+    runs = [r for r in d["runs"] if r.get("method") != "base"]
+    base = next((r for r in d["runs"] if r.get("method") == "base"), None)
+    probes = list((runs[0].get("retention") or {}) if runs else [])
+    rows = []
+    if base:
+        rows.append(["base", "0", f"{base['headline_value']:.3f}", *[_probe_value((base.get('retention') or {}).get(p))
+                                                                      for p in probes]])
+    for r in runs:
+        for point in (r.get("trajectory") or []) + [{"step": "end", **r}]:
+            value = point.get("headline_value")
+            rows.append([r["label"], str(point["step"]), "–" if value is None else f"{value:.3f}",
+                         *[_probe_value((point.get("retention") or {}).get(p)) for p in probes]])
+    diag = []
+    for r in runs:
+        w = r.get("weight_diagnostics") or {}
+        if w.get("effective_rank"):
+            diag.append([r["label"], str(w["matrices"]), f"{w['frobenius_norm']:.3g}",
+                         f"{w['effective_rank']['median']:.0f}", str(w["intruders"]["total"]),
+                         str(w["intruders"]["matrices_with_any"])])
+    plots = d.get("plots") or {}
+    parts = [
+        f"`python bench/compare_overhead.py --curve_points 4 --diagnostics`: the demo recipe, each run also evaluated "
+        f"at 4 evenly spaced steps of its {d['budget']['max_steps']} (the whole task evaluation and every probe, "
+        f"{d['eval']['max_eval_samples']} test questions), and its weight update diagnosed. "
+        f"{d.get('runs') and d['runs'][0].get('headline_metric') or 'task score'} and retention at each point:", "",
+        _table(["run", "step", d["runs"][0].get("headline_metric") or "score", *probes], rows), ""]
+    if plots.get("tradeoff"):
+        parts += [f"![learning against forgetting](bench/results/{plots['tradeoff']})", ""]
+    parts += ["The report's verdict lines, matched comparisons read off the curves included:", "",
+              *[f"- {v}" for v in d.get("verdicts") or []], ""]
+    if diag:
+        parts += ["Weight update ΔW of each run (`tunelab diagnose`; intruder dimensions: new singular directions "
+                  "of the tuned weight nearly orthogonal to the base's top ones, after Shuttleworth et al. 2024):", "",
+                  _table(["run", "matrices", "‖ΔW‖_F", "median effective rank", "intruder dimensions",
+                          "matrices with any"], diag), ""]
+    if plots.get("weights"):
+        parts += [f"![weight diagnostics by layer](bench/results/{plots['weights']})", ""]
+    parts.append(f"Wall time {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}.")
+    return "\n".join(parts)
+
+
 def render(text: str) -> str:
     """The README text with its measured sections rebuilt from bench/results."""
     demo = demo_section()
@@ -509,6 +612,13 @@ def render(text: str) -> str:
     profile = compare_profile_section()
     if profile:
         text = replace(text, "compare-profile", profile)
+    from tunelab.methods import method_table
+
+    text = replace(text, "methods", method_table())
+    for marker, section in (("precision", precision_section), ("curves", curves_section)):
+        made = section()
+        if made:
+            text = replace(text, marker, made)
     return replace(text, "bench", bench_section())
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tunelab import __version__
+from tunelab import __version__, run_files
 from tunelab.errors import TunelabError
 from tunelab.logs import setup_logging
 from tunelab.options import Parser, command_parser, parse_options
@@ -118,7 +118,7 @@ def _print_comparison(outcome) -> None:
     for r in failed:
         print(f"failed: {r['label']} (seed {r['seed']}): {r['error']}")
     print(f"ran {len(outcome.ran)} run(s), skipped {len(outcome.skipped)} already finished")
-    print(f"results: {outcome.output_dir / 'results.jsonl'}")
+    print(f"results: {outcome.output_dir / run_files.COMPARISON_RESULTS}")
     if outcome.report_html:
         print(f"report: {outcome.report_html}")
 

@@ -71,8 +71,8 @@ def test_a_lost_ray_task_is_recorded_as_failed(ray_address, tmp_path):
         record = launcher._record(run, dies, 1.0, None)
     finally:
         launcher.close()
-    assert record["status"] == "failed"
-    assert record["error"].startswith("Ray task lost or failed: ") and "Crashed" in record["error"]
+    assert record.status == "failed"
+    assert record.error.startswith("Ray task lost or failed: ") and "Crashed" in record.error
     assert ray.is_initialized(), "a cluster the launcher did not start is left running"
 
 

@@ -152,8 +152,8 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
     if eopts.task and evaluated.record.task_kind != "seq_cls" and evaluated.model is not None:
         prompts = _bench_prompts(eopts)
         if prompts:
-            tr = result.get("train_results") or {}
-            mergeable = bool(tr) and get_method(tr["method"]).mergeable  # (full fine-tuning: not mergeable)
+            # (full fine-tuning: not mergeable)
+            mergeable = train_record is not None and get_method(train_record.method).mergeable
             with phases("inference_cost_seconds"):
                 result["inference"] = inference_cost(evaluated.model, prompts, mergeable=mergeable)
     _phase_breakdown(phases.seconds, train_record, evaluated.record)

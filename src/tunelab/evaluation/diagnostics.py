@@ -252,7 +252,9 @@ def mitigate(run_dir: str | Path, *, output_dir: str | Path | None = None, base_
 
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
-    if config.get("method") not in ("lora", "qlora"):
+    from tunelab.methods import get_method
+
+    if get_method(config.get("method") or "full").peft_type != "LORA":
         raise TunelabError(f"--mitigate: peft's intruder-dimension reduction is for LoRA adapters; {run_dir} holds a "
                            f"--method {config.get('method')} run")
     out = Path(output_dir) if output_dir else run_dir / MITIGATED_DIR

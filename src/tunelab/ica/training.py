@@ -27,10 +27,10 @@ from tunelab.ica.build import BuildSettings, build_templates
 from tunelab.ica.masks import AntiDrift, ChannelMasks, anti_drift_targets, decoder_blocks, model_layout, zero_masks
 from tunelab.ica.templates import IcaTemplates, parse_layers
 from tunelab import run_files
+from tunelab.methods import get_method, method_names
 
 log = logging.getLogger(__name__)
 
-ANTI_DRIFT_METHODS = ("full", "lora", "qlora")
 _BUILD_FLAGS = {"samples": "--ica_samples", "components": "--ica_components", "percentile": "--ica_percentile",
                 "max_pca_components": "--ica_max_pca_components"}
 
@@ -50,9 +50,10 @@ def check_options(opts) -> None:
             raise TunelabError(f"--{given[0]} has no effect without --mask_mode lesion or --mask_mode preserve; add "
                                f"one or drop --{given[0]}")
         return
-    if opts.anti_drift and opts.method not in ANTI_DRIFT_METHODS:
+    if opts.anti_drift and not get_method(opts.method).anti_drift:
+        able = ", ".join(name for name in method_names() if get_method(name).anti_drift)
         raise TunelabError(f"--anti_drift restricts the rows of down_proj (full) or of its LoRA B matrix; --method "
-                           f"{opts.method} has neither; use it with {', '.join(ANTI_DRIFT_METHODS)} or drop it")
+                           f"{opts.method} has neither; use it with {able} or drop it")
     if opts.ica_templates is not None and not Path(opts.ica_templates).is_file():
         raise TunelabError(f"--ica_templates {opts.ica_templates}: file not found; build one with `tunelab ica "
                            "build`, or leave the flag out to build templates from the training data")

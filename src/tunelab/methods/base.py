@@ -53,6 +53,9 @@ class Method:
     # zero gate); a soft prompt or prefix changes them from step 0, so retention tracking measures its step 0.
     identity_at_start: bool = True
     rank_option: str | None = None      # the TrainOptions field that holds its rank (lora_r), if it has one
+    # Its update of down_proj is the weight itself (full) or a LoRA B matrix, whose rows ICA's --anti_drift can
+    # restrict to the functional networks' channels (ica/masks.py)
+    anti_drift: bool = False
     # (label, adapter_config.json key) of the hyper-parameters a model card shows: what peft actually used
     hyperparameters: tuple[tuple[str, str], ...] = ()
     # The TrainOptions fields its peft_config reads (the method's own options, shown under its name in --help)

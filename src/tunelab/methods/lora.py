@@ -63,9 +63,10 @@ class AdaLoRA(LoRA):
 _FAMILY = dict(peft_type="LORA", rank_option="lora_r", options=LORA_OPTIONS, hyperparameters=LORA_HYPERPARAMETERS,
                default_learning_rate_why="peft's LoRA guides; Biderman et al. 2024 found about 10x full "
                                          "fine-tuning's rate best")
-register(LoRA(name="lora", summary="low-rank adapters on the linear layers (Hu et al. 2021)", **_FAMILY))
+register(LoRA(name="lora", summary="low-rank adapters on the linear layers (Hu et al. 2021)", anti_drift=True,
+              **_FAMILY))
 register(QLoRA(name="qlora", summary="LoRA on a 4-bit NF4 base loaded through bitsandbytes (Dettmers et al. 2023)",
-               implied_options={"use_4bit": True}, **_FAMILY))
+               implied_options={"use_4bit": True}, anti_drift=True, **_FAMILY))
 register(DoRA(name="dora", summary="weight-decomposed LoRA: magnitude and direction (Liu et al. 2024)", **_FAMILY))
 register(AdaLoRA(name="adalora", summary="LoRA with ranks re-allocated by importance during training "
                                          "(Zhang et al. 2023)",
