@@ -111,3 +111,14 @@ def test_help_and_method_table_are_generated_from_the_declarations():
             assert name in helps["method"]
         assert name in helps["learning_rate"]
         assert f"| `{name}` | {method.summary} |" in method_table()
+
+
+# The model card shows the hyper-parameters the method declares, as peft saved them (not the flags' values).
+def test_model_card_shows_what_the_method_used_not_the_rank_flag(tmp_path):
+    from tunelab.hub import model_card
+
+    oft = _adapter_dir(tmp_path, "oft", {"peft_type": "OFT", "r": 0, "oft_block_size": 32, "module_dropout": 0.0})
+    card = model_card(oft, repo_id="me/oft")
+    assert "| block size | 32 |" in card and "| rank |" not in card  # --lora_r 16 does not size OFT
+    prompt = _adapter_dir(tmp_path, "prompt_tuning", {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8})
+    assert "| virtual tokens | 8 |" in model_card(prompt, repo_id="me/prompt")
