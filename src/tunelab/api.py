@@ -23,6 +23,10 @@ def _build(cls, where: str, values: dict[str, Any]):
     return _options.build(cls, (given, where))
 
 
+def _help(text) -> str:
+    return text() if callable(text) else text
+
+
 def _doc(summary: str, cls, *, returns: str, aliases: dict[str, str] | None = None, skip=()) -> str:
     lines = [summary, "", "Parameters", "----------"]
     for short, long in (aliases or {}).items():
@@ -33,7 +37,7 @@ def _doc(summary: str, cls, *, returns: str, aliases: dict[str, str] | None = No
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         lines.append(f"{f.name} : {getattr(f.type, '__name__', str(f.type))}, default {default!r}\n"
-                     f"    {f.metadata.get('help', '')}")
+                     f"    {_help(f.metadata.get('help', ''))}")
     lines += ["", "Returns", "-------", returns, "", "Raises", "------",
               "TunelabError\n    For bad input, with the same one-line message the CLI prints."]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from tunelab.data.formats import FORMATS
 from tunelab.evaluation.tasks import TASKS
-from tunelab.methods import default_learning_rates, method_names, option_help
+from tunelab.methods import default_learning_rates, method_names, option_help, own_options_help
 from tunelab.options import option
 
 TASK_TYPES = ("auto", "causal_lm", "seq2seq_lm", "seq_cls")
@@ -71,6 +71,7 @@ class TrainOptions:
     method: str = option("lora", f"full, or a PEFT method: {', '.join(m for m in method_names() if m != 'full')}",
                          aliases=(), group="method")
     no_peft: bool = option(False, "alias of --method full", group="method")
+    method_options: list[str] | None = option(None, own_options_help, metavar="NAME=VALUE", group="method")
     lora_r: int = option(16, option_help("lora_r", "rank of the adapter's low-rank update"), group="method")
     lora_alpha: int = option(32, option_help("lora_alpha", "LoRA scaling numerator (alpha / r scales the update)"),
                              group="method")

@@ -84,6 +84,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not _MISSING else (
             f.default_factory() if f.default_factory is not _MISSING else None)
         help_text = meta.get("help", "")
+        if callable(help_text):  # computed now: e.g. the options of methods registered after tunelab was imported
+            help_text = help_text()
         if default not in (None, [], "") and "default:" not in help_text:
             help_text = f"{help_text} (default: {default})"
         group = groups.setdefault(meta.get("group", "options"), parser.add_argument_group(meta.get("group")))
@@ -144,6 +146,8 @@ def coerce(cls: type, values: dict[str, Any], *, source: str) -> dict[str, Any]:
             continue
         try:
             if is_list:
+                if isinstance(value, dict):  # --method_options as a mapping (YAML, the Python API)
+                    value = [f"{k}={v}" for k, v in value.items()]
                 items = value if isinstance(value, (list, tuple)) else [value]
                 out[name] = [elem(v) for v in _split_list([str(v) for v in items])] if elem is not str \
                     else _split_list([str(v) for v in items])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunelab.errors import TunelabError
-from tunelab.methods.base import ApplyContext, Method
+from tunelab.methods.base import ApplyContext, Method, MethodOption
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -53,6 +53,15 @@ def option_help(option: str, text: str) -> str:
     return f"[{', '.join(users)}] {text}" if users else text
 
 
+def own_options_help() -> str:
+    """--method_options' help: every registered method's own options (computed when --help is built)."""
+    own = [f"{name}: " + ", ".join(f"{o.name} (default {o.default!r}{'; ' + o.help if o.help else ''})"
+                                   for o in m.own_options)
+           for name, m in _REGISTRY.items() if m.own_options]
+    return ("options of a method's own that no flag holds, as NAME=VALUE (e.g. a method added as a plugin); "
+            + ("; ".join(own) if own else "none of the registered methods has any"))
+
+
 def _rate(x: float) -> str:
     """2e-4, not 0.0002 (how papers and peft's guides write learning rates)."""
     mantissa, exponent = f"{x:.2e}".split("e")
@@ -73,7 +82,8 @@ def method_table() -> str:
             "|---|---|---|---|---|---|---|"]
     for name, m in _REGISTRY.items():
         why = f": {m.default_learning_rate_why}" if m.default_learning_rate_why else ""
-        options = ", ".join(f"`--{o}`" for o in m.options) or "none"
+        options = ", ".join([f"`--{o}`" for o in m.options]
+                            + [f"`--method_options {o.name}=…`" for o in m.own_options]) or "none"
         rows.append(f"| `{name}` | {m.summary} | {options} | {_rate(m.default_learning_rate)}{why} | "
                     f"{'yes' if m.mergeable else 'no'} | {'yes' if m.supports_packing else 'no'} | "
                     f"{', '.join(m.task_kinds)} |")
@@ -83,4 +93,4 @@ def method_table() -> str:
 # Registration order is the order users see in --help and `tunelab compare` listings.
 from tunelab.methods import full, lora, ia3, prompt, lycoris, vera, oft  # noqa: E402,F401
 
-__all__ = ["ApplyContext", "Method", "get_method", "method_names", "method_of_adapter", "register", "unregister"]
+__all__ = ["ApplyContext", "Method", "MethodOption", "get_method", "method_names", "method_of_adapter", "register", "unregister"]

@@ -24,6 +24,30 @@ class ApplyContext:
     total_steps: int = 0
 
 
+@dataclass(frozen=True)
+class MethodOption:
+    """An option a method brings of its own (not one of tunelab's flags): given as ``--method_options NAME=VALUE``
+    (or a mapping in a --config file or the Python API), converted to the type of its default, and listed under
+    --method_options in --help and in the README's method table."""
+
+    name: str
+    default: Any
+    help: str = ""
+
+    def convert(self, text: Any, method: str) -> Any:
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                low = str(text).strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return low in ("true", "1", "yes")
+            return kind(text) if self.default is not None else text
+        except (TypeError, ValueError):
+            raise TunelabError(f"--method_options {self.name}={text}: --method {method}'s option {self.name} expects "
+                               f"{kind.__name__} (default {self.default!r})") from None
+
+
 @dataclass
 class Method:
     """A fine-tuning method and everything tunelab knows about it: code outside the registry asks the method (its
@@ -60,12 +84,32 @@ class Method:
     hyperparameters: tuple[tuple[str, str], ...] = ()
     # The TrainOptions fields its peft_config reads (the method's own options, shown under its name in --help)
     options: tuple[str, ...] = ()
+    # Options of its own that no tunelab flag holds (a method added as a plugin): --method_options NAME=VALUE
+    own_options: tuple[MethodOption, ...] = ()
+
+    def option_values(self, opts) -> dict[str, Any]:
+        """Its own options' values: --method_options over the declared defaults; an unknown name is one line."""
+        declared = {o.name: o for o in self.own_options}
+        values = {name: o.default for name, o in declared.items()}
+        for item in getattr(opts, "method_options", None) or []:
+            name, sep, text = str(item).partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise TunelabError(f"--method_options {item}: expected NAME=VALUE, e.g. "
+                                   f"{next(iter(declared), 'rank')}=4")
+            if name not in declared:
+                known = ", ".join(declared) if declared else "none (its options are tunelab flags: see --help)"
+                raise TunelabError(f"--method_options {item}: --method {self.name} has no option {name!r}; its own "
+                                   f"options: {known}")
+            values[name] = declared[name].convert(text.strip(), self.name)
+        return values
 
     def peft_config(self, opts, model, ctx: ApplyContext):
         raise NotImplementedError
 
     def check(self, opts, model_config, ctx: ApplyContext) -> None:
         """Refuse combinations that cannot work, before any weight is loaded."""
+        self.option_values(opts)
         if ctx.task_kind not in self.task_kinds:
             why = f": {self.task_kinds_why}" if self.task_kinds_why else " in peft"
             raise TunelabError(f"--method {self.name} does not support {ctx.task_kind} models{why} (it supports "
