@@ -48,13 +48,17 @@ def demo_section() -> str | None:
         "`make demo` runs `tunelab compare --recipe demo`: SmolLM2-135M-Instruct learns text-to-SQL on tunelab's own "
         f"bookshop database ({budget['max_steps']} steps of batch {budget['per_device_train_batch_size']}, the same "
         f"for every method; learning rate: each method's default{' except ' + rates if rates else ''}), then each model is "
-        f"scored on {ev['max_eval_samples']} held-out questions (execution accuracy), {ev['probe_samples']} "
-        "general-knowledge questions and the drift probe. Measured with `python bench/compare_overhead.py` (the "
-        "same recipe):", "",
+        f"scored on {ev['max_eval_samples']} held-out questions (execution accuracy) and the retention probes "
+        f"{', '.join(d.get('retention') or [])} ({ev['probe_samples']} examples each unless the probe names its own "
+        "size: arc_easy@80 is ARC-Easy through lm-evaluation-harness on 80 seeded questions). Every run trains in "
+        "bf16 autocast, the default on this CPU (it has avx512_bf16). Measured with `python "
+        "bench/compare_overhead.py` (the same recipe):", "",
         _table(d["table"]["header"], d["table"]["rows"]), "",
         f"Wall time {int(minutes)} min {seconds:.0f} s on {_machine(d['machine'])}; training took "
         f"{d['train_seconds']:.0f} s of it, the rest is evaluation, model loading and process start-up. "
-        "Peak memory on the CPU is the training process's peak resident set size during training. `make demo` "
+        "Peak memory on the CPU is the training process's peak resident set size during training; the tensor peak "
+        "is the live tensor bytes of the first two steps, which compares the methods rather than the allocator. "
+        "The Δ column is the paired-bootstrap difference from full fine-tuning. `make demo` "
         "prints this table and writes `runs/demo/report.html` and `report.md` (plots, one verdict line per method, "
         "the methods' outputs side by side); a second `make demo` finds every run finished and only rebuilds them.",
     ])
