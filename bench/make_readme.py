@@ -546,8 +546,8 @@ def precision_section() -> str | None:
                 "final train loss", "train tokens/s", "speed bf16/fp32", "tensor peak"], rows), "",
         "Training loss at each logged step (bf16 / float32): " + "; ".join(curves) + "." if curves else "",
         "",
-        f"The two comparisons ran one after the other on a shared machine ({d.get('note') or 'load not noted'}), so "
-        "their speed ratio is only as good as the load was even; the quality columns do not depend on it. "
+        f"The two comparisons ran one after the other (load: {d.get('note') or 'not noted'}), so their speed ratio "
+        "is only as good as the load was even; the quality columns do not depend on it. "
         f"Machine: {_machine(d['machine'])}.",
     ])
 
