@@ -165,7 +165,7 @@ def _trl_estimates(t: dict) -> str:
     if not est:
         return ""
     plain, lean = est["tunelab defaults"], est["--gradient_checkpointing --bf16"]
-    return (f" That explains the memory gap: `{plain['command']}` predicts a {plain['peak_bytes'] / GIB:.2f} GiB "
+    return (f" For the memory: `{plain['command']}` predicts a {plain['peak_bytes'] / GIB:.2f} GiB "
             f"tensor peak for a full-length batch, and {lean['peak_bytes'] / GIB:.2f} GiB with "
             "`--gradient_checkpointing --bf16` added.")
 

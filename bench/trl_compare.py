@@ -135,7 +135,9 @@ def lora_flops(data: Path, max_len: int) -> dict:
 
     path = resolve_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(path)
-    lengths = [min(max_len, len(tok.apply_chat_template(json.loads(l)["messages"], tokenize=True)))
+    # (return_dict=False: transformers 5 returns a dict by default, whose len() is its 2 keys, not the tokens)
+    lengths = [min(max_len, len(tok.apply_chat_template(json.loads(l)["messages"], tokenize=True,
+                                                        return_dict=False)))
                for l in data.read_text(encoding="utf-8").splitlines()]
     model = AutoModelForCausalLM.from_pretrained(path)
     model = get_peft_model(model, LoraConfig(**LORA, target_modules=default_target_modules(model),
