@@ -77,16 +77,18 @@ def ica_section() -> str | None:
     ])
 
 
-def _key_columns(d: dict) -> tuple[list[str], dict[str, list[str]]]:
-    """The task metric and retention columns of a comparison table, by row label."""
+def _key_columns(d: dict, wanted: list[str] | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """The task metric and retention columns of a comparison table (or the ``wanted`` ones, "–" where this table
+    lacks one), by row label."""
     header = d["table"]["header"]
     first = header.index("Checkpoint size") + 1
-    wanted = [h for h in header[first:] if h not in ("executable", "exact_match", "Learning rate", "Tuning cost")
-              and not h.startswith("Δ ")]
+    if wanted is None:
+        wanted = [h for h in header[first:] if h not in ("executable", "exact_match", "Learning rate", "Tuning cost")
+                  and not h.startswith("Δ ")]
     rows = {}
     for row in d["table"]["rows"]:
         label = row[0].replace("base (untouched)", "base").split(" (n=")[0]
-        rows[label] = [row[header.index(h)] for h in wanted]
+        rows[label] = [row[header.index(h)] if h in header else "–" for h in wanted]
     return wanted, rows
 
 
@@ -116,7 +118,7 @@ def search_section() -> str | None:
     header = ["Approach", "rate (demo)", *[f"{c} (demo)" for c in cols], "rate (searched)",
               *[f"{c} (searched)" for c in cols]]
     rows = []
-    fixed_rows = _key_columns(fixed)[1] if fixed else {}
+    fixed_rows = _key_columns(fixed, cols)[1] if fixed else {}  # the searched table's columns, matched by name
     labels = list(dict.fromkeys([*searched_rows]))
     for label in labels:
         found = methods.get(label)
@@ -148,13 +150,13 @@ def search_section() -> str | None:
         f"{d['eval'].get('max_eval_samples')} test questions and {d['eval'].get('probe_samples')} examples per probe"
         + (", as the fixed-rate one did" if fixed and fixed["eval"] == d["eval"] else
            f"; the fixed-rate one {(fixed or {}).get('eval')}, so their columns do not compare")
-        + "; the two were measured on different days and machine loads, which the quality columns do not depend "
-        "on.",
+        + "; machine load moves the time columns, not the quality ones.",
         "",
         "The search, per method (trials finished / pruned / failed; cost against one of the method's runs, "
         "training and evaluation; steps against one training budget):", "",
         _table(["method", "range", "trials", "chosen rate", "search cost", "× one run", "steps × budget"],
                search_rows), "",
+        *([f"Load while measured: {d['load']}.", ""] if d.get("load") else []),
         "Verdicts of the searched comparison (95% paired bootstrap intervals over the test questions):", "",
         *[f"- {line}" for line in d.get("verdicts", [])],
     ])
