@@ -597,7 +597,8 @@ def curves_section() -> str | None:
                           "matrices with any"], diag), ""]
     if plots.get("weights"):
         parts += [f"![weight diagnostics by layer](bench/results/{plots['weights']})", ""]
-    parts.append(f"Wall time {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}.")
+    parts.append(f"Wall time {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}."
+                 + (f" Load while measured: {d['load']}." if d.get("load") else ""))
     return "\n".join(parts)
 
 
