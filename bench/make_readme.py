@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from tunelab.comparison.report import missing_value_notes
+from tunelab.units import format_bytes
 from tunelab.records import ComparisonRecord
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -498,10 +499,6 @@ def replace(text: str, marker: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
-def _gib(b: float | None) -> str:
-    return "–" if b is None else f"{b / GIB:.2f} GiB"
-
-
 def _probe_value(p: dict | None) -> str:
     """A retention probe's value as the tables show it: the KL for drift, else after (retention)."""
     if not p:
@@ -529,7 +526,7 @@ def precision_section() -> str | None:
                      " / ".join(f"{v:.3f}" if v is not None else "–" for v in loss),
                      " / ".join(f"{v:.0f}" if v is not None else "–" for v in tps),
                      "–" if ratio is None else f"{ratio:.2f}x",
-                     " / ".join(_gib(v) for v in r["peak_tensor_bytes"])])
+                     " / ".join(format_bytes(v) for v in r["peak_tensor_bytes"])])
     first = next(iter(d["side_by_side"].values()))
     probes = list(first["retention"])
     metric = next((r["headline_metric"] for r in d["side_by_side"].values() if r.get("headline_metric")), "metric")

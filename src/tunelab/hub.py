@@ -8,7 +8,6 @@ asks whether one exists, to fail early with a clear message, and never prints, l
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -100,13 +99,6 @@ def plan_upload(directory: str | Path, repo_id: str, *, eval_results: str | Path
 
 # --- the card --------------------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError as e:
-        raise TunelabError(f"{path}: not valid JSON ({e}); fix or remove it") from None
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -152,7 +144,7 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
     folder's result files."""
     directory = Path(directory)
     kind = folder_kind(directory)
-    merge_info = _read_json(directory / run_files.MERGE_INFO)
+    merge_info = run_files.read_json(directory / run_files.MERGE_INFO)
     train = TrainRecord.read(directory / run_files.TRAIN_RESULTS)
     if train is None and (merge_info or {}).get("adapter_train_results"):  # a merged model: its adapter's run
         train = TrainRecord.from_json(merge_info["adapter_train_results"], source=directory / run_files.MERGE_INFO)
@@ -166,7 +158,7 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
                            "`tunelab eval`")
     evals = EvalRecord.read(Path(eval_results) if eval_results else directory / run_files.EVAL_RESULTS)
 
-    adapter_cfg = _read_json(directory / "adapter_config.json") or {}
+    adapter_cfg = run_files.read_json(directory / "adapter_config.json") or {}
     method = train.method or run.get("method") or (merge_info or {}).get("method") or (
         str(adapter_cfg.get("peft_type", "")).lower() or None)
     if kind == "model" and merge_info is None and method not in (None, "full"):

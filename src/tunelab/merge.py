@@ -133,12 +133,7 @@ def _merge_info(model_name_or_path: str, model_path: str, adapter: str, director
         "peft_type": config.get("peft_type"),
         "model_bytes": sum(f.stat().st_size for f in directory.iterdir() if f.suffix == ".safetensors"),
         # the adapter run's results travel with the merged model (its model card is built from them)
-        "adapter_train_results": _read_json(Path(adapter) / run_files.TRAIN_RESULTS),
+        "adapter_train_results": run_files.read_json(Path(adapter) / run_files.TRAIN_RESULTS),
     }
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import TunelabError
+
 # a training run's output directory
 TRAIN_CONFIG = "tunelab_config.yaml"     # the effective options; also copied beside merged models and checkpoints
 TRAIN_RESULTS = "train_results.json"     # written last: its presence marks a finished run
@@ -33,4 +35,7 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise TunelabError(f"{path}: not valid JSON ({e}); fix or remove it") from None
