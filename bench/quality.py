@@ -4,6 +4,8 @@ main methods, and the table, records and wall time saved to bench/results/qualit
     .venv/bin/python bench/quality.py spider     # Spider text-to-SQL (execution accuracy), retention probes
     .venv/bin/python bench/quality.py dialogsum  # DialogSum summarization (ROUGE)
     .venv/bin/python bench/quality.py sst2-sts   # MiniLM on SST-2, STS-B Spearman retention
+    .venv/bin/python bench/quality.py --tag search dialogsum --search learning_rate --curve_points 3
+        # the same with each method's learning rate searched first and trajectories: quality-dialogsum-search.json
 
 Budgets are sized for a 2-core CPU machine (the README gives each benchmark's measured time); pass --max_steps etc.
 to change them (they are recorded).
@@ -75,11 +77,14 @@ def main() -> None:
     ap.add_argument("recipe", choices=sorted(PLANS))
     ap.add_argument("--output_dir", default=None)
     ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--tag", default=None, help="a variant of the benchmark (e.g. with --search): its results go to "
+                    "quality-RECIPE-TAG.json and its runs to runs/bench-RECIPE-TAG, beside the plain benchmark's")
     ap.add_argument("--note", default=None, help="how the machine was used meanwhile, where it was not quiet (give it before RECIPE: what follows RECIPE goes to `tunelab compare`)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more `tunelab compare` overrides")
     args = ap.parse_args()
     multi, seeds, single, budget = PLANS[args.recipe]
-    out = Path(args.output_dir or REPO / "runs" / f"bench-{args.recipe}")
+    name = args.recipe + (f"-{args.tag}" if args.tag else "")
+    out = Path(args.output_dir or REPO / "runs" / f"bench-{name}")
     tunelab = [sys.executable, "-m", "tunelab"]
     common = ["--output_dir", str(out), "--data_dir", args.data_dir, *budget, *args.extra]
     started = time.perf_counter()
@@ -94,15 +99,16 @@ def main() -> None:
 
     records = ResultsFile(out).records()
     header, body = table(records)
-    plot = None
-    if (out / "plots" / "tradeoff.png").is_file():
-        plot = f"quality-{args.recipe}-tradeoff.png"
-        shutil.copyfile(out / "plots" / "tradeoff.png", RESULTS / plot)
-    write_result(f"quality-{args.recipe}", {
+    plots = {}  # every plot the report drew (trade-off, learning-rate sensitivity, weights), copied beside the JSON
+    for png in sorted((out / "plots").glob("*.png")):
+        plots[png.stem] = f"quality-{name}-{png.name}"
+        shutil.copyfile(png, RESULTS / plots[png.stem])
+    write_result(f"quality-{name}", {
         "recipe": args.recipe, "budget": budget + args.extra, "seeds": seeds, "wall_seconds": wall,
         # what the runs took, whatever an earlier, interrupted invocation already did
         "runs_wall_seconds": sum(r.get("wall_seconds") or 0 for r in records),
-        "note": args.note, "table": {"header": header, "rows": body}, "tradeoff_plot": plot, "memory": predicted_peaks(records),
+        "note": args.note, "table": {"header": header, "rows": body}, "tradeoff_plot": plots.get("tradeoff"),
+        "plots": plots, "memory": predicted_peaks(records),
         "records": records})
 
 

@@ -30,7 +30,7 @@ TEST = [{"question": f"What is the capital of France? ({i})", "answer": "Paris"}
 
 
 def search_recipe(tmp: Path, model: Path, *, trials: int, seed: int, low: float = 1e-7, high: float = 1e-1,
-                  max_steps: int = 6) -> Path:
+                  max_steps: int = 6, curve_points: int = 0) -> Path:
     recipe = {"name": "tiny-search", "model": str(model), "task": "qa",
               "data": {"train": str(write_jsonl(tmp / "train.jsonl", TRAIN)),
                        "eval": str(write_jsonl(tmp / "test.jsonl", TEST))},
@@ -39,6 +39,8 @@ def search_recipe(tmp: Path, model: Path, *, trials: int, seed: int, low: float 
               # a grid over the range in a seeded order: evaluations every 2 steps, the pruner's rungs at 2 and 6
               "search": {"trials": trials, "sampler": "grid", "seed": seed, "evaluations": 3},
               "methods": [{"method": "full", "learning_rate_range": [low, high]}], "seeds": [0]}
+    if curve_points:
+        recipe["curve_points"] = curve_points
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -63,10 +65,12 @@ def study_trials(out: Path) -> list:
 
 @pytest.fixture(scope="module")
 def searched(tiny_llama, tmp_path_factory):
-    """One comparison with the search on: a grid of 1e-4, 1e-1, 1e-7 (in that order) for full fine-tuning."""
+    """One comparison with the search on: a grid of 1e-4, 1e-1, 1e-7 (in that order) for full fine-tuning, and a
+    trajectory of 2 points for the comparison proper (which the trials must not pay for)."""
     tmp = tmp_path_factory.mktemp("search")
     out = tmp / "cmp"
-    done = subprocess.run(compare_cmd(search_recipe(tmp, tiny_llama, trials=3, seed=1), out), capture_output=True,
+    done = subprocess.run(compare_cmd(search_recipe(tmp, tiny_llama, trials=3, seed=1, curve_points=2), out),
+                          capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp, out
@@ -115,6 +119,10 @@ def test_the_trials_never_see_the_test_set(searched):
         assert not set(seen["train.jsonl"]) & set(seen["validation.jsonl"])
         assert len(seen["validation.jsonl"]) == 4  # 10% of 40
         assert sorted(os.listdir(data)) == ["train.jsonl", "validation.jsonl"]
+        # a trial is judged by its validation loss only: it neither saves nor tracks a trajectory
+        assert spec["train_options"]["curve_points"] == 0 and not spec["train_options"]["track_retention"]
+    (run,) = [r for r in ResultsFile(out).records() if r["label"] == "full" and r.get("kind") != "trial"]
+    assert len(run["trajectory"]) == 1  # while the comparison proper does (its 2nd point is the end of training)
 
 
 def test_the_report_shows_the_search(searched):

@@ -332,7 +332,9 @@ class Search:
         topts = self.recipe.train_options(entry, self.seed, train_file=self.search_data.directory,
                                           output_dir=str(run_dir / "model"), device=self.device,
                                           gpu_bf16=self.gpu_bf16)
-        topts = dataclasses.replace(topts, eval_steps=ms.eval_every, max_eval_samples=None,
+        # a trial needs only its validation loss: no trajectory points or retention tracking (recipe curve_points)
+        topts = dataclasses.replace(topts, eval_steps=ms.eval_every, max_eval_samples=None, curve_points=0,
+                                    track_retention=None, max_forgetting=None,
                                     per_device_eval_batch_size=self.recipe.eval.get("per_device_eval_batch_size",
                                                                                     topts.per_device_eval_batch_size))
         spec: dict[str, Any] = {
