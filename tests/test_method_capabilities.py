@@ -11,6 +11,7 @@ import json
 import pytest
 import yaml
 
+from tunelab import methods
 from tunelab.config import TrainOptions
 from tunelab.errors import TunelabError
 from tunelab.methods import ApplyContext, get_method, method_names, method_of_adapter
@@ -35,8 +36,9 @@ def test_declared_options_are_train_options_and_cover_what_peft_config_reads(nam
     from transformers import AutoModelForCausalLM
 
     method = get_method(name)
-    assert set(method.options) <= TRAIN_FIELDS, f"{name} declares options TrainOptions does not have"
-    assert method.rank_option is None or method.rank_option in method.options
+    declared = {o.name for o in method.options}
+    assert declared <= TRAIN_FIELDS, f"{name} declares options TrainOptions does not have"
+    assert method.rank_option is None or method.rank_option in declared
     if not method.peft or "causal_lm" not in method.task_kinds:
         return
     opts = _Recorder(TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path="x.jsonl",
@@ -44,7 +46,7 @@ def test_declared_options_are_train_options_and_cover_what_peft_config_reads(nam
                                   prompt_tuning_init_text="answer the question"))
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     method.peft_config(opts, model, ApplyContext(task_kind="causal_lm", model_path=str(tiny_llama), total_steps=10))
-    assert opts.read <= set(method.options), f"{name}.peft_config reads undeclared {opts.read - set(method.options)}"
+    assert opts.read <= declared, f"{name}.peft_config reads undeclared {opts.read - declared}"
 
 
 def test_a_saved_adapter_maps_back_to_its_method():
@@ -102,15 +104,34 @@ def test_help_and_method_table_are_generated_from_the_declarations():
     from tunelab.methods import method_table
     from tunelab.options import fields_of
 
-    helps = {f.name: f.metadata["help"] for f in fields_of(TrainOptions)}
+    fields = {f.name: f for f in fields_of(TrainOptions)}
+    helps = {name: f.metadata["help"] for name, f in fields.items()}
+    helps = {name: h() if callable(h) else h for name, h in helps.items()}
     for name in method_names():
         method = get_method(name)
-        for option in method.options:  # --help names, beside each method option, the methods that read it
-            assert name in helps[option].split("]")[0], f"--{option}'s help does not name {name}"
+        for option in method.options:
+            # the flag's default, choices and help are the declaration's; --help names the methods that read it
+            field = fields[option.name]
+            assert field.default == option.default and field.metadata["choices"] == option.choices
+            assert helps[option.name] == f"[{', '.join(methods.used_by(option.name))}] {option.help}"
+            assert name in helps[option.name].split("]")[0], f"--{option.name}'s help does not name {name}"
         if name != "full":
             assert name in helps["method"]
         assert name in helps["learning_rate"]
         assert f"| `{name}` | {method.summary} |" in method_table()
+
+
+def test_a_method_flag_has_exactly_one_declaration(monkeypatch):
+    from tunelab.methods.base import MethodFlag
+
+    with pytest.raises(ValueError, match="0 declarations"):
+        methods.flag_declaration("no_such_flag")
+    # a second, different declaration of --lora_r is refused, not silently merged (replaced in place: the
+    # registry's order is the order of --help)
+    rival = dataclasses.replace(get_method("vera"), options=(MethodFlag("lora_r", 4, "another rank"),))
+    monkeypatch.setitem(methods._REGISTRY, "vera", rival)
+    with pytest.raises(ValueError, match="2 declarations"):
+        methods.flag_declaration("lora_r")
 
 
 # The model card shows the hyper-parameters the method declares, as peft saved them (not the flags' values).

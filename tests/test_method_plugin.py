@@ -15,6 +15,7 @@ from tunelab import methods
 from tunelab.config import TrainOptions
 from tunelab.errors import TunelabError
 from tunelab.methods.base import Method, MethodOption, task_type
+from tunelab.methods.lora import LORA_ALPHA, LORA_DROPOUT, LORA_R
 
 from conftest import ALPACA_ROWS, write_jsonl
 
@@ -30,7 +31,7 @@ class RsLoRA(Method):
 
 
 PLUGIN = RsLoRA(name="test_rslora", summary="rank-stabilised LoRA on q and v (Kalajievic 2023)", peft_type="LORA",
-                rank_option="lora_r", options=("lora_r", "lora_alpha", "lora_dropout"),
+                rank_option="lora_r", options=(LORA_R, LORA_ALPHA, LORA_DROPOUT),
                 hyperparameters=(("rank", "r"), ("alpha", "lora_alpha"), ("rank-stabilised", "use_rslora")),
                 default_learning_rate=1e-2, default_learning_rate_why="a tiny random model in a test",
                 own_options=(MethodOption("targets", "q_proj+v_proj", "projections to adapt, joined by +"),
@@ -104,7 +105,9 @@ def test_a_plugins_own_options_are_checked_and_listed(plugin, tiny_llama, tmp_pa
         assert not out.exists()  # refused before anything was written
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "test_rslora: targets (default 'q_proj+v_proj'" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "test_rslora: targets (default 'q_proj+v_proj'" in text
+    assert "--lora_r LORA_R [lora, qlora, dora, adalora, loha, lokr, vera, test_rslora] rank" in text  # reads it
     assert "`--method_options targets=…`" in method_table()
     with pytest.raises(TunelabError, match="--method lora has no option 'targets'"):
         methods.get_method("lora").option_values(TrainOptions(model_name_or_path="m", dataset_name_or_path="d", output_dir="o",

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from tunelab.data.formats import FORMATS
 from tunelab.evaluation.tasks import TASKS
-from tunelab.methods import default_learning_rates, method_names, option_help, own_options_help
+from tunelab.methods import default_learning_rates, flag_declaration, method_names, option_help, own_options_help
 from tunelab.options import option
 
 TASK_TYPES = ("auto", "causal_lm", "seq2seq_lm", "seq_cls")
@@ -18,6 +18,14 @@ REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
+
+
+def method_flag(name: str) -> Any:
+    """A TrainOptions field for a flag a method family declares (tunelab.methods.base.MethodFlag): its default, help
+    and choices come from that declaration, and its help names the methods that read it, computed when --help is
+    built (so a method registered later that reads it is named too)."""
+    decl = flag_declaration(name)
+    return option(decl.default, lambda: option_help(name, decl.help), choices=decl.choices, group="method")
 
 
 @dataclass(kw_only=True)
@@ -72,28 +80,16 @@ class TrainOptions:
                          aliases=(), group="method")
     no_peft: bool = option(False, "alias of --method full", group="method")
     method_options: list[str] | None = option(None, own_options_help, metavar="NAME=VALUE", group="method")
-    lora_r: int = option(16, option_help("lora_r", "rank of the adapter's low-rank update"), group="method")
-    lora_alpha: int = option(32, option_help("lora_alpha", "LoRA scaling numerator (alpha / r scales the update)"),
-                             group="method")
-    lora_dropout: float = option(0.0, option_help(
-        "lora_dropout", "dropout on the adapter input (default: 0, as in peft and unsloth: dropout keeps a "
-                        "dropped-out copy of every adapted layer's input for the backward pass, more activation "
-                        "memory; at 0.05 LoRA's activations exceed full fine-tuning's)"), group="method")
-    lora_target_modules: list[str] | None = option(
-        None, option_help("lora_target_modules", "module names to adapt (default: chosen by architecture: the "
-                                                 "linear layers of attention and MLP); 'all-linear' targets every "
-                                                 "linear layer but the output head"), group="method")
-    modules_to_save: list[str] | None = option(None, option_help("modules_to_save", "extra modules trained in full "
-                                                     "and saved with the adapter (a classification head is added "
-                                                     "automatically)"), group="method")
-    num_virtual_tokens: int = option(20, option_help("num_virtual_tokens", "virtual tokens of the soft prompt or "
-                                                     "prefix (llama_adapter: the adapter length)"), group="method")
-    prompt_tuning_init: str = option("random", option_help("prompt_tuning_init", "initialise the soft prompt "
-                                                           "randomly or from text"),
-                                     choices=("random", "text"), group="method")
-    prompt_tuning_init_text: str | None = option(None, option_help("prompt_tuning_init_text",
-                                                                   "the text for --prompt_tuning_init text"),
-                                                 group="method")
+    # Flags a method family owns (lora.py declares --lora_r's default and help, prompt.py --num_virtual_tokens'):
+    # here only the value, under the name users know.
+    lora_r: int = method_flag("lora_r")
+    lora_alpha: int = method_flag("lora_alpha")
+    lora_dropout: float = method_flag("lora_dropout")
+    lora_target_modules: list[str] | None = method_flag("lora_target_modules")
+    modules_to_save: list[str] | None = method_flag("modules_to_save")
+    num_virtual_tokens: int = method_flag("num_virtual_tokens")
+    prompt_tuning_init: str = method_flag("prompt_tuning_init")
+    prompt_tuning_init_text: str | None = method_flag("prompt_tuning_init_text")
     use_4bit: bool = option(False, "load the base model in 4-bit through bitsandbytes (qlora sets it)",
                             group="quantization")
     use_8bit: bool = option(False, "load the base model in 8-bit through bitsandbytes", group="quantization")

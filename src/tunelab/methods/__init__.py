@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunelab.errors import TunelabError
-from tunelab.methods.base import ApplyContext, Method, MethodOption
+from tunelab.methods.base import ApplyContext, Method, MethodFlag, MethodOption
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -43,8 +43,17 @@ def method_of_adapter(adapter_config: dict, method: str | None = None) -> Method
 # --- text generated from the declarations: --help, the API's docstrings, the README's method table -----------------
 
 def used_by(option: str) -> tuple[str, ...]:
-    """The methods that read a TrainOptions field (their declared ``options``)."""
-    return tuple(name for name, m in _REGISTRY.items() if option in m.options)
+    """The methods that read a flag (their declared ``options``)."""
+    return tuple(name for name, m in _REGISTRY.items() if any(o.name == option for o in m.options))
+
+
+def flag_declaration(name: str) -> MethodFlag:
+    """The declaration of a method flag (--lora_r) by the method family that owns it; one name, one declaration."""
+    found = {o for m in _REGISTRY.values() for o in m.options if o.name == name}
+    if len(found) != 1:
+        raise ValueError(f"method flag {name!r}: {len(found)} declarations among the registered methods (expected "
+                         "exactly one, named by every method that reads it)")
+    return found.pop()
 
 
 def option_help(option: str, text: str) -> str:
@@ -82,7 +91,7 @@ def method_table() -> str:
             "|---|---|---|---|---|---|---|"]
     for name, m in _REGISTRY.items():
         why = f": {m.default_learning_rate_why}" if m.default_learning_rate_why else ""
-        options = ", ".join([f"`--{o}`" for o in m.options]
+        options = ", ".join([f"`--{o.name}`" for o in m.options]
                             + [f"`--method_options {o.name}=…`" for o in m.own_options]) or "none"
         rows.append(f"| `{name}` | {m.summary} | {options} | {_rate(m.default_learning_rate)}{why} | "
                     f"{'yes' if m.mergeable else 'no'} | {'yes' if m.supports_packing else 'no'} | "
@@ -93,4 +102,4 @@ def method_table() -> str:
 # Registration order is the order users see in --help and `tunelab compare` listings.
 from tunelab.methods import full, lora, ia3, prompt, lycoris, vera, oft  # noqa: E402,F401
 
-__all__ = ["ApplyContext", "Method", "MethodOption", "get_method", "method_names", "method_of_adapter", "register", "unregister"]
+__all__ = ["ApplyContext", "Method", "MethodFlag", "MethodOption", "get_method", "method_names", "method_of_adapter", "register", "unregister"]

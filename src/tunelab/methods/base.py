@@ -48,6 +48,27 @@ class MethodOption:
                                f"{kind.__name__} (default {self.default!r})") from None
 
 
+@dataclass(frozen=True)
+class MethodFlag:
+    """An option that methods read and tunelab exposes as a flag of its own (``--lora_r``): the method module that
+    owns it declares its name, default, help and choices; TrainOptions holds its value under that name
+    (config.method_flag), so every flag users know stays a flag and its help follows the declaration. Methods that
+    read another family's option (VeRA reads LoRA's rank) name the same declaration."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+# Options nearly every adapter reads: declared here, beside target_modules() which reads the first.
+TARGET_MODULES = MethodFlag("lora_target_modules", None,
+                            "module names to adapt (default: chosen by architecture: the linear layers of attention "
+                            "and MLP); 'all-linear' targets every linear layer but the output head")
+MODULES_TO_SAVE = MethodFlag("modules_to_save", None, "extra modules trained in full and saved with the adapter (a "
+                                                      "classification head is added automatically)")
+
+
 @dataclass
 class Method:
     """A fine-tuning method and everything tunelab knows about it: code outside the registry asks the method (its
@@ -82,8 +103,8 @@ class Method:
     anti_drift: bool = False
     # (label, adapter_config.json key) of the hyper-parameters a model card shows: what peft actually used
     hyperparameters: tuple[tuple[str, str], ...] = ()
-    # The TrainOptions fields its peft_config reads (the method's own options, shown under its name in --help)
-    options: tuple[str, ...] = ()
+    # The flags its peft_config reads (declared by the method family that owns each, shown under its name in --help)
+    options: tuple[MethodFlag, ...] = ()
     # Options of its own that no tunelab flag holds (a method added as a plugin): --method_options NAME=VALUE
     own_options: tuple[MethodOption, ...] = ()
 

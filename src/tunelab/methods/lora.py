@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from tunelab.errors import TunelabError
 from tunelab.methods import register
-from tunelab.methods.base import Method, target_modules, task_type
+from tunelab.methods.base import MODULES_TO_SAVE, TARGET_MODULES, Method, MethodFlag, target_modules, task_type
 
-# What the LoRA family reads and what its model card shows.
-LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "modules_to_save")
+# The LoRA family's options (other families that have a rank or a dropout read these too), what it reads and what
+# its model card shows.
+LORA_R = MethodFlag("lora_r", 16, "rank of the adapter's low-rank update")
+LORA_ALPHA = MethodFlag("lora_alpha", 32, "LoRA scaling numerator (alpha / r scales the update)")
+LORA_DROPOUT = MethodFlag("lora_dropout", 0.0, "dropout on the adapter input (default: 0, as in peft and unsloth: "
+                                               "dropout keeps a dropped-out copy of every adapted layer's input for "
+                                               "the backward pass, more activation memory; at 0.05 LoRA's "
+                                               "activations exceed full fine-tuning's)")
+LORA_OPTIONS = (LORA_R, LORA_ALPHA, LORA_DROPOUT, TARGET_MODULES, MODULES_TO_SAVE)
 LORA_HYPERPARAMETERS = (("rank", "r"), ("alpha", "lora_alpha"), ("dropout", "lora_dropout"))
 
 

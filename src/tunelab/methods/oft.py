@@ -1,7 +1,8 @@
 """OFT from peft: orthogonal (block-diagonal, Cayley-parametrised) rotations of the weights."""
 
 from tunelab.methods import register
-from tunelab.methods.base import Method, target_modules, task_type
+from tunelab.methods.base import MODULES_TO_SAVE, TARGET_MODULES, Method, target_modules, task_type
+from tunelab.methods.lora import LORA_DROPOUT
 
 
 class OFT(Method):
@@ -18,5 +19,5 @@ class OFT(Method):
 register(OFT(name="oft", summary="orthogonal fine-tuning: block-diagonal rotations of the weights "
                                  "(Qiu et al. 2023)", peft_type="OFT",
              default_learning_rate_why="the LoRA family's",
-             options=("lora_dropout", "lora_target_modules", "modules_to_save"),
+             options=(LORA_DROPOUT, TARGET_MODULES, MODULES_TO_SAVE),
              hyperparameters=(("block size", "oft_block_size"), ("module dropout", "module_dropout"))))

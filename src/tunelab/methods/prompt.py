@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from tunelab.errors import TunelabError
 from tunelab.methods import register
-from tunelab.methods.base import Method, task_type
+from tunelab.methods.base import MODULES_TO_SAVE, Method, MethodFlag, task_type
+
+NUM_VIRTUAL_TOKENS = MethodFlag("num_virtual_tokens", 20, "virtual tokens of the soft prompt or prefix "
+                                                          "(llama_adapter: the adapter length)")
+PROMPT_TUNING_INIT = MethodFlag("prompt_tuning_init", "random", "initialise the soft prompt randomly or from text",
+                                choices=("random", "text"))
+PROMPT_TUNING_INIT_TEXT = MethodFlag("prompt_tuning_init_text", None, "the text for --prompt_tuning_init text")
 
 
 class PromptTuning(Method):
@@ -62,8 +68,8 @@ _PROMPTS = dict(learning_rate_range=(1e-3, 1e-1), virtual_tokens=True, mergeable
 register(PromptTuning(name="prompt_tuning", summary="trained soft-prompt embeddings prepended to the input "
                                                     "(Lester et al. 2021)", peft_type="PROMPT_TUNING",
                       default_learning_rate=3e-2, default_learning_rate_why="peft's prompt-tuning guides",
-                      options=("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text",
-                               "modules_to_save"),
+                      options=(NUM_VIRTUAL_TOKENS, PROMPT_TUNING_INIT, PROMPT_TUNING_INIT_TEXT,
+                               MODULES_TO_SAVE),
                       hyperparameters=(("virtual tokens", "num_virtual_tokens"),), identity_at_start=False,
                       **_PROMPTS))
 register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes in every layer (Li & Liang 2021)",
@@ -72,13 +78,13 @@ register(PrefixTuning(name="prefix_tuning", summary="trained key/value prefixes 
                       task_kinds=("causal_lm", "seq2seq_lm"),
                       task_kinds_why="peft feeds the prefixes to the model as past_key_values, which transformers 5 "
                                      "encoders with a classification head (BERT, RoBERTa...) no longer accept",
-                      options=("num_virtual_tokens", "modules_to_save"),
+                      options=(NUM_VIRTUAL_TOKENS, MODULES_TO_SAVE),
                       hyperparameters=(("virtual tokens", "num_virtual_tokens"),), identity_at_start=False,
                       **_PROMPTS))
 register(LlamaAdapter(name="llama_adapter", summary="zero-init gated adaption prompts in the top layers "
                                                     "(peft adaption_prompt; Zhang et al. 2023)",
                       peft_type="ADAPTION_PROMPT",
                       default_learning_rate=9e-3, default_learning_rate_why="LLaMA-Adapter (Zhang et al. 2023)",
-                      task_kinds=("causal_lm",), options=("num_virtual_tokens",),
+                      task_kinds=("causal_lm",), options=(NUM_VIRTUAL_TOKENS,),
                       hyperparameters=(("adapter length", "adapter_len"), ("adapter layers", "adapter_layers")),
                       **_PROMPTS))

@@ -1,7 +1,8 @@
 """VeRA from peft: frozen shared random projections, trained scaling vectors only."""
 
 from tunelab.methods import register
-from tunelab.methods.base import Method, target_modules, task_type
+from tunelab.methods.base import MODULES_TO_SAVE, TARGET_MODULES, Method, target_modules, task_type
+from tunelab.methods.lora import LORA_DROPOUT, LORA_R
 
 
 class VeRA(Method):
@@ -17,5 +18,5 @@ register(VeRA(name="vera", summary="shared frozen random projections with traine
               default_learning_rate_why="peft's method-comparison suite: the scaling vectors need larger steps "
                                         "than LoRA's matrices",
               learning_rate_range=(1e-3, 1e-1), rank_option="lora_r",
-              options=("lora_r", "lora_dropout", "lora_target_modules", "modules_to_save"),
+              options=(LORA_R, LORA_DROPOUT, TARGET_MODULES, MODULES_TO_SAVE),
               hyperparameters=(("rank", "r"), ("dropout", "vera_dropout"))))
