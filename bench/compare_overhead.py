@@ -17,6 +17,7 @@ import sys
 import time
 
 from common import REPO, RESULTS, write_result
+from summaries import search_summary, trajectory_summary
 
 # The worker's timings (comparison/worker.py Phases, evaluation/run.py), in the order a run goes through them.
 PHASES = [
@@ -104,44 +105,6 @@ def main() -> None:
                                     for r in records],
                         "profile": prof, "table": {"header": header, "rows": body}, **search_summary(records, trials),
                         **trajectory_summary(records, out, name)})
-
-
-def trajectory_summary(records: list[dict], out, name: str) -> dict:
-    """With trajectories or weight diagnostics: every run's points, the verdict lines (matched comparisons
-    included) and the report's plots, copied beside the results as PNGs for the README."""
-    if not any(r.get("trajectory") or r.get("weight_diagnostics") for r in records):
-        return {}
-    from tunelab.comparison.report import verdicts
-
-    plots = {}
-    for kind in ("tradeoff", "weights"):
-        png = out / "plots" / f"{kind}.png"
-        if png.is_file():
-            target = RESULTS / f"{name}-{kind}.png"
-            shutil.copyfile(png, target)
-            plots[kind] = target.name
-    keep = ("label", "method", "headline_metric", "headline_value", "retention", "trajectory", "weight_diagnostics")
-    return {"runs": [{k: r.get(k) for k in keep} for r in records], "verdicts": verdicts(records), "plots": plots}
-
-
-def search_summary(records: list[dict], trials: list[dict]) -> dict:
-    """What the learning-rate search chose and cost, per method, its trials, and the verdicts with their paired
-    intervals (nothing when the search was off)."""
-    if not trials:
-        return {}
-    from tunelab.comparison.report import verdicts
-
-    methods = {}
-    for r in records:
-        found = r.get("search")
-        if found:
-            methods[r["label"]] = {**found, "run_wall_seconds": r["wall_seconds"],
-                                   "cost_over_run": found["tuning_seconds"] / r["wall_seconds"]}
-    keep = ("label", "trial", "learning_rate", "status", "pruned_at_step", "stopped_by", "objective_value",
-            "validation_loss_curve", "steps", "cost_seconds", "error")
-    return {"search": {"methods": methods, "seconds": sum(t.get("cost_seconds") or 0 for t in trials),
-                       "trials": [{k: t.get(k) for k in keep} for t in trials]},
-            "verdicts": verdicts(records)}
 
 
 if __name__ == "__main__":

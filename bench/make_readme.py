@@ -65,17 +65,67 @@ def demo_section() -> str | None:
     ])
 
 
+def _trajectory_points(run: dict) -> list[tuple[str, float, float]]:
+    """(step, task score, drift KL) at each evaluated point of a run, its end included."""
+    points = []
+    for point in (run.get("trajectory") or []) + [{"step": "end", **run}]:
+        kl = ((point.get("retention") or {}).get("drift") or {}).get("kl_divergence")
+        if point.get("headline_value") is not None and kl is not None:
+            points.append((str(point["step"]), point["headline_value"], kl))
+    return points
+
+
+def ica_front(runs: list[dict]) -> list[dict]:
+    """For each ICA run, where its points lie against the plain methods' Pareto front on the learning-forgetting
+    plane (task score against drift KL; the base is the origin): the best plain score reached at no more drift than
+    the point's, and whether the point beats it (no plain point then has both more task score and less drift)."""
+    plain = [(0.0, 0.0)] + [(score, kl) for r in runs if "ica" not in r["method"] and r["method"] != "base"
+                            for _, score, kl in _trajectory_points(r)]
+    out = []
+    for r in runs:
+        if "ica" not in r["method"]:
+            continue
+        for step, score, kl in _trajectory_points(r):
+            best = max(s for s, k in plain if k <= kl)
+            out.append({"label": r["label"], "step": step, "score": score, "kl": kl, "plain_best": best,
+                        "above": score > best})
+    return out
+
+
 def ica_section() -> str | None:
-    d = _load("compare-demo-ica")
+    """The demo-ica recipe: with trajectories (compare-demo-ica-curves.json, --curve_points) each ICA variant is
+    placed against the plain methods' Pareto front; else the table of compare-demo-ica.json."""
+    curves = _load("compare-demo-ica-curves")
+    d = curves or _load("compare-demo-ica")
     if not d:
         return None
     budget = d["budget"]
-    return "\n".join([
-        "Measured with `python bench/compare_overhead.py --recipe demo-ica` (the demo's task, data, probes and "
-        f"budget: {budget['max_steps']} steps of batch {budget['per_device_train_batch_size']}, one seed), "
+    command = "python bench/compare_overhead.py --recipe demo-ica" + (" --curve_points 2" if curves else "")
+    parts = [
+        f"Measured with `{command}` (the demo's task, data, probes and budget: {budget['max_steps']} steps of batch "
+        f"{budget['per_device_train_batch_size']}, one seed, {d['eval'].get('max_eval_samples')} test questions), "
         f"{d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}:", "",
-        _table(d["table"]["header"], d["table"]["rows"]),
-    ])
+        _table(d["table"]["header"], d["table"]["rows"]), ""]
+    if curves and curves.get("runs"):
+        placed = ica_front(curves["runs"])
+        metric = next((r.get("headline_metric") for r in curves["runs"] if r.get("headline_metric")), "task score")
+        rows = [[p["label"], p["step"], f"{p['score']:.3f}", f"{p['kl']:.4g}", f"{p['plain_best']:.3f}",
+                 "yes" if p["above"] else "no"] for p in placed]
+        above = sorted({p["label"] for p in placed if p["above"]})
+        parts += [
+            f"Each ICA run's points (halfway and at the end) against the plain runs' (lora and full, every evaluated "
+            f"point, and the base at the origin): the best {metric} a plain run reached with no more drift, and "
+            "whether the ICA point beats it, i.e. lies above the plain methods' Pareto front:", "",
+            _table(["run", "step", metric, "drift KL", "best plain at ≤ that drift", "above the front"], rows), "",
+            ("Above the front: " + ", ".join(above) + "." if above else
+             "No ICA point lies above the plain methods' front."),
+            ""]
+        if curves.get("plots", {}).get("tradeoff"):
+            parts += [f"![ICA variants on the learning-forgetting plane](bench/results/{curves['plots']['tradeoff']})",
+                      ""]
+        if curves.get("load"):
+            parts += [f"Load while measured: {curves['load']}.", ""]
+    return "\n".join(parts).rstrip()
 
 
 def _key_columns(d: dict, wanted: list[str] | None = None) -> tuple[list[str], dict[str, list[str]]]:
@@ -104,19 +154,23 @@ def _ranking(d: dict, metric: str) -> str:
                    for i, k in enumerate(order))
 
 
-def search_section() -> str | None:
-    """The demo with its learning rates searched (compare-demo-search) beside the fixed-rate demo (compare-demo)."""
-    d, fixed = _load("compare-demo-search"), _load("compare-demo")
+def search_section(name: str = "compare-demo-search", fixed_name: str = "compare-demo",
+                   command: str = "python bench/compare_overhead.py --recipe demo-search",
+                   what: str = "the demo's task, data, probes, methods and budget", short: str = "demo") -> str | None:
+    """A comparison with its learning rates searched (``name``, e.g. compare-demo-search) beside the same comparison
+    at the recipe's fixed rates (``fixed_name``)."""
+    d, fixed = _load(name), _load(fixed_name)
     if not d or not d.get("search"):
         return None
     methods = d["search"]["methods"]
     any_method = next(iter(methods.values()))
     cols, searched_rows = _key_columns(d)
     metric = cols[0]
-    fixed_rates = {m["label"]: m.get("learning_rate") for m in (fixed or {}).get("methods", [])}
+    # the fixed rates: the fixed run's recipe entries, or (a benchmark file without them) the same recipe's
+    fixed_rates = {m["label"]: m.get("learning_rate") for m in (fixed or {}).get("methods") or d["methods"]}
     from tunelab.methods import get_method
 
-    header = ["Approach", "rate (demo)", *[f"{c} (demo)" for c in cols], "rate (searched)",
+    header = ["Approach", f"rate ({short})", *[f"{c} ({short})" for c in cols], "rate (searched)",
               *[f"{c} (searched)" for c in cols]]
     rows = []
     fixed_rows = _key_columns(fixed, cols)[1] if fixed else {}  # the searched table's columns, matched by name
@@ -136,21 +190,20 @@ def search_section() -> str | None:
                     f"{m['tuning_steps'] / max(m['full_budget_steps'], 1):.2f}×"] for label, m in methods.items()]
     minutes = d["wall_seconds"] / 60
     return "\n".join([
-        f"Measured with `python bench/compare_overhead.py --recipe demo-search`: the demo's task, data, probes, "
-        f"methods and budget, with each method's learning rate searched first ({any_method['trials_asked']} trials "
+        f"Measured with `{command}`: {what}, with each method's learning rate searched first "
+        f"({any_method['trials_asked']} trials "
         f"per method, Optuna {'TPE' if any_method['sampler'] == 'tpe' else 'grid'}, successive-halving pruning on "
-        f"the validation loss, judged on {any_method['validation_rows']} validation questions carved from the "
-        f"{any_method['validation_rows'] + any_method['search_train_rows']} training questions; the test questions "
-        f"are not read by the search). The whole command took {minutes:.0f} min on {_machine(d['machine'])}, of "
+        f"the validation loss, judged on {any_method['validation_rows']} validation rows carved from the "
+        f"{any_method['validation_rows'] + any_method['search_train_rows']} training rows; the test set "
+        f"is not read by the search). The whole command took {minutes:.0f} min on {_machine(d['machine'])}, of "
         f"which the search took {d['search']['seconds'] / 60:.0f} min.", "",
-        "The demo's fixed rates (`demo`, from bench/results/compare-demo.json) beside the searched ones "
-        "(`demo-search`):", "",
+        f"The fixed rates (`{short}`, from bench/results/{fixed_name}.json) beside the searched ones:", "",
         _table(header, rows), "",
-        f"Ranking by {metric}: demo {rank_fixed or '–'}; searched {rank_searched} "
+        f"Ranking by {metric}: {short} {rank_fixed or '–'}; searched {rank_searched} "
         f"({'the same order' if same else 'a different order'}). The searched comparison evaluated "
-        f"{d['eval'].get('max_eval_samples')} test questions and {d['eval'].get('probe_samples')} examples per probe"
-        + (", as the fixed-rate one did" if fixed and fixed["eval"] == d["eval"] else
-           f"; the fixed-rate one {(fixed or {}).get('eval')}, so their columns do not compare")
+        f"{d['eval'].get('max_eval_samples')} test examples and {d['eval'].get('probe_samples')} examples per probe"
+        + (", as the fixed-rate one did" if fixed and _eval_sizes(fixed) == _eval_sizes(d) else
+           f"; the fixed-rate one {_eval_sizes(fixed or {})}, so their columns do not compare")
         + "; machine load moves the time columns, not the quality ones.",
         "",
         "The search, per method (trials finished / pruned / failed; cost against one of the method's runs, "
@@ -158,9 +211,20 @@ def search_section() -> str | None:
         _table(["method", "range", "trials", "chosen rate", "search cost", "× one run", "steps × budget"],
                search_rows), "",
         *([f"Load while measured: {d['load']}.", ""] if d.get("load") else []),
-        "Verdicts of the searched comparison (95% paired bootstrap intervals over the test questions):", "",
+        *([f"Note: {d['note']}.", ""] if d.get("note") else []),
+        "Verdicts of the searched comparison (95% paired bootstrap intervals over the test examples):", "",
         *[f"- {line}" for line in d.get("verdicts", [])],
     ])
+
+
+def _eval_sizes(d: dict) -> dict:
+    """The evaluation sizes a comparison file ran with: its ``eval`` (compare-*.json), else its budget flags
+    (quality-*.json of an older bench/quality.py)."""
+    if d.get("eval"):
+        return {k: d["eval"].get(k) for k in ("max_eval_samples", "probe_samples")}
+    flags = d.get("budget") or []
+    return {k: int(flags[flags.index(f"--{k}") + 1]) if f"--{k}" in flags else None
+            for k in ("max_eval_samples", "probe_samples")}
 
 
 def _trl_estimates(t: dict) -> str:
@@ -551,10 +615,12 @@ def precision_section() -> str | None:
     ])
 
 
-def curves_section() -> str | None:
-    """The demo with learning-forgetting trajectories and weight diagnostics (compare_overhead.py --curve_points 4
-    --diagnostics: compare-demo-curves.json and its plots)."""
-    d = _load("compare-demo-curves")
+def curves_section(name: str = "compare-demo-curves",
+                   command: str = "python bench/compare_overhead.py --curve_points 4 --diagnostics",
+                   what: str = "the demo recipe") -> str | None:
+    """A comparison with learning-forgetting trajectories and weight diagnostics (``name``: compare-demo-curves.json
+    from compare_overhead.py, or a quality-*.json from bench/quality.py --curve_points) and its plots."""
+    d = _load(name)
     if not d or not d.get("runs"):
         return None
     runs = [r for r in d["runs"] if r.get("method") != "base"]
@@ -577,10 +643,12 @@ def curves_section() -> str | None:
                          f"{w['effective_rank']['median']:.0f}", str(w["intruders"]["total"]),
                          str(w["intruders"]["matrices_with_any"])])
     plots = d.get("plots") or {}
+    points = max(len(r.get("trajectory") or []) for r in runs) + 1
+    steps = d["budget"]["max_steps"] if isinstance(d["budget"], dict) else _budget_value(d, "--max_steps")
     parts = [
-        f"`python bench/compare_overhead.py --curve_points 4 --diagnostics`: the demo recipe, each run also evaluated "
-        f"at 4 evenly spaced steps of its {d['budget']['max_steps']} (the whole task evaluation and every probe, "
-        f"{d['eval']['max_eval_samples']} test questions), and its weight update diagnosed. "
+        f"`{command}`: {what}, each run also evaluated "
+        f"at {points} evenly spaced steps of its {steps} (the whole task evaluation and every probe, "
+        f"{_eval_sizes(d)['max_eval_samples']} test examples), and its weight update diagnosed. "
         f"{d.get('runs') and d['runs'][0].get('headline_metric') or 'task score'} and retention at each point:", "",
         _table(["run", "step", d["runs"][0].get("headline_metric") or "score", *probes], rows), ""]
     if plots.get("tradeoff"):
@@ -595,7 +663,8 @@ def curves_section() -> str | None:
     if plots.get("weights"):
         parts += [f"![weight diagnostics by layer](bench/results/{plots['weights']})", ""]
     parts.append(f"Wall time {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}."
-                 + (f" Load while measured: {d['load']}." if d.get("load") else ""))
+                 + (f" Load while measured: {d['load']}." if d.get("load") else "")
+                 + (f" Note: {d['note']}." if d.get("note") else ""))
     return "\n".join(parts)
 
 
@@ -619,7 +688,15 @@ def render(text: str) -> str:
     from tunelab.methods import method_table
 
     text = replace(text, "methods", method_table())
-    for marker, section in (("precision", precision_section), ("curves", curves_section)):
+    dialogsum = "python bench/quality.py --tag search dialogsum --search learning_rate --curve_points 3 --diagnostics"
+    sections = (("precision", precision_section), ("curves", curves_section),
+                ("search-dialogsum", lambda: search_section(
+                    "quality-dialogsum-search", "quality-dialogsum", dialogsum,
+                    "the dialogsum benchmark's task, data, probes, methods and budget (bench/quality.py's plan)",
+                    "fixed")),
+                ("curves-dialogsum", lambda: curves_section("quality-dialogsum-search", dialogsum,
+                                                            "the same comparison")))
+    for marker, section in sections:
         made = section()
         if made:
             text = replace(text, marker, made)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from common import REPO, RESULTS, write_result
+from summaries import search_summary, trajectory_summary
 
 # (methods with several seeds, seeds), (methods with one seed), budget overrides
 PLANS = {
@@ -98,7 +99,14 @@ def main() -> None:
     from tunelab.comparison.results import ResultsFile
 
     records = ResultsFile(out).records()
+    trials = [r for r in records if r.get("kind") == "trial"]  # with --search learning_rate
+    records = [r for r in records if r.get("kind") != "trial"]
     header, body = table(records)
+    from tunelab.comparison.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    flags = _flag_values(budget + args.extra)
+    extra = {**search_summary(records, trials), **trajectory_summary(records, out, f"quality-{name}")}
     plots = {}  # every plot the report drew (trade-off, learning-rate sensitivity, weights), copied beside the JSON
     for png in sorted((out / "plots").glob("*.png")):
         plots[png.stem] = f"quality-{name}-{png.name}"
@@ -107,10 +115,24 @@ def main() -> None:
         "recipe": args.recipe, "budget": budget + args.extra, "seeds": seeds, "wall_seconds": wall,
         # what the runs took, whatever an earlier, interrupted invocation already did
         "runs_wall_seconds": sum(r.get("wall_seconds") or 0 for r in records),
-        "note": args.note, "table": {"header": header, "rows": body}, "tradeoff_plot": plots.get("tradeoff"),
-        "plots": plots, "memory": predicted_peaks(records),
-        "records": records})
+        "note": args.note, "table": {"header": header, "rows": body},
+        # the recipe's entries and the evaluation sizes that ran (the recipe's, overridden by the budget flags)
+        "methods": [m.as_dict() for m in recipe.methods],
+        "eval": {**recipe.eval, **{k: int(v) for k, v in flags.items() if k in ("max_eval_samples", "probe_samples")}},
+        "memory": predicted_peaks(records), "records": records, **extra,
+        "tradeoff_plot": plots.get("tradeoff"), "plots": plots})
 
+
+def _flag_values(flags: list[str]) -> dict[str, str]:
+    """{'max_steps': '30', ...} from ['--max_steps', '30', '--group_by_length', ...] (a bare flag maps to 'true')."""
+    values, i = {}, 0
+    while i < len(flags):
+        name = flags[i].lstrip("-")
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            values[name], i = flags[i + 1], i + 2
+        else:
+            values[name], i = "true", i + 1
+    return values
 
 if __name__ == "__main__":
     main()

@@ -101,3 +101,23 @@ def test_benchmark_figures_agree_only_within_the_interval(make_readme, tmp_path,
     assert "within our 95% interval (±4.2), so they agree" in text
     assert "MMLU cloze, acc 25.0 against 29.3 published, -4.3 points, outside our 95% interval (±2.0), so they " \
            "differ" in text
+
+
+def _curve_run(label, method, points):
+    """A run as compare_overhead.py's trajectory summary keeps it: (score, drift KL) per point, the last its end."""
+    *middle, (score, kl) = points
+    point = lambda s, k: {"headline_value": s, "retention": {"drift": {"kl_divergence": k}}}  # noqa: E731
+    return {"label": label, "method": method, **point(score, kl),
+            "trajectory": [{"step": 10 * (i + 1), **point(s, k)} for i, (s, k) in enumerate(middle)]}
+
+
+def test_an_ica_point_is_above_the_front_only_when_no_plain_point_beats_it_on_both_axes(make_readme):
+    runs = [_curve_run("base", "base", [(0.0, 0.0)]),
+            _curve_run("lora", "lora", [(0.10, 0.02), (0.20, 0.05)]),
+            # halfway: more score than the base at less drift than lora's first point (above); at the end: lora's
+            # first point has more score at less drift (below)
+            _curve_run("lora+ica", "lora+ica_preserve", [(0.05, 0.01), (0.08, 0.03)])]
+    placed = {p["step"]: p for p in make_readme.ica_front(runs)}
+    assert placed["10"]["plain_best"] == 0.0 and placed["10"]["above"] is True
+    assert placed["end"]["plain_best"] == 0.10 and placed["end"]["above"] is False
+    assert {p["label"] for p in placed.values()} == {"lora+ica"}  # plain runs are the front, not placed on it
