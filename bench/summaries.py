@@ -25,7 +25,28 @@ def trajectory_summary(records: list[dict], out, name: str) -> dict:
             shutil.copyfile(png, target)
             plots[kind] = target.name
     keep = ("label", "method", "headline_metric", "headline_value", "retention", "trajectory", "weight_diagnostics")
-    return {"runs": [{k: r.get(k) for k in keep} for r in records], "verdicts": verdicts(records), "plots": plots}
+    return {"runs": [{k: r.get(k) for k in keep} for r in records], "verdicts": verdicts(records), "plots": plots,
+            "against_full": differences_against_full(records)}
+
+
+def differences_against_full(records: list[dict]) -> dict[str, dict]:
+    """Each method minus full fine-tuning at the end of training, on the task metric and every retention probe,
+    with the report's 95% paired bootstrap interval (comparison/statistics.py), by label: what the README may say
+    about them (a difference only where the interval excludes 0) without the runs' prediction files."""
+    from tunelab.comparison.statistics import compare_runs
+
+    ok = [r for r in records if r.get("status") == "ok" and r.get("method") != "base"]
+    full = [r for r in ok if r.get("method") == "full"]
+    if not full:
+        return {}
+    by_label: dict[str, list[dict]] = {}
+    for r in ok:
+        if r.get("method") != "full":
+            by_label.setdefault(r["label"], []).append(r)
+    return {label: {name: {"metric": d.metric, "estimate": d.estimate, "low": d.low, "high": d.high,
+                           "excludes_zero": d.excludes_zero, "text": d.format()}
+                    for name, d in compare_runs(runs, full).items()}
+            for label, runs in by_label.items()}
 
 
 def search_summary(records: list[dict], trials: list[dict]) -> dict:

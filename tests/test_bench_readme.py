@@ -121,3 +121,26 @@ def test_an_ica_point_is_above_the_front_only_when_no_plain_point_beats_it_on_bo
     assert placed["10"]["plain_best"] == 0.0 and placed["10"]["above"] is True
     assert placed["end"]["plain_best"] == 0.10 and placed["end"]["above"] is False
     assert {p["label"] for p in placed.values()} == {"lora+ica"}  # plain runs are the front, not placed on it
+
+
+def _diff(estimate, low, high, metric="contains_answer"):
+    return {"metric": metric, "estimate": estimate, "low": low, "high": high,
+            "excludes_zero": low > 0 or high < 0, "text": f"{estimate:+}"}
+
+
+@pytest.mark.parametrize("task, gk, drift, says", [
+    (_diff(-0.1, -0.2, -0.05), _diff(0.1, 0.05, 0.2), _diff(-0.01, -0.02, -0.005, "kl_divergence"),
+     "this agrees with their finding"),
+    (_diff(-0.1, -0.2, -0.05), _diff(0.0, -0.1, 0.1), _diff(0.01, 0.005, 0.02, "kl_divergence"),
+     "this disagrees with their finding on drift"),
+    (_diff(-0.05, -0.1, 0.0), _diff(0.0, -0.1, 0.1), _diff(0.0, -0.01, 0.01, "kl_divergence"),
+     "the data neither confirm nor contradict"),
+])
+def test_the_biderman_comparison_claims_only_what_the_intervals_support(make_readme, task, gk, drift, says):
+    task = {**task, "metric": "rougeL"}
+    d = {"against_full": {"lora r=16": {"rougeL": task, "general_knowledge": gk, "drift": drift}},
+         "runs": [_curve_run("full", "full", [(0.2, 0.05)]),
+                  {**_curve_run("lora r=16", "lora", [(0.1, 0.01)]), "headline_metric": "rougeL"}]}
+    text = make_readme.against_biderman(d)
+    assert says in text
+    assert "1 of lora r=16's 1 evaluated points lie above" in text  # 0.1 at KL 0.01: full's curve has only 0 there
