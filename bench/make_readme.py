@@ -202,10 +202,12 @@ def _key_columns(d: dict, wanted: list[str] | None = None) -> tuple[list[str], d
     return wanted, rows
 
 
-def _ranking(d: dict, metric: str) -> str:
-    """The methods from best to worst by ``metric`` (as the table shows it), '=' between equal scores."""
+def _ranking(d: dict, metric: str, labels: set[str] | None = None) -> str:
+    """The methods (those in ``labels``, if given) from best to worst by ``metric`` as the table shows it, '='
+    between equal scores."""
     header = d["table"]["header"]
-    rows = [r for r in d["table"]["rows"] if not r[0].startswith("base")]
+    rows = [r for r in d["table"]["rows"] if not r[0].startswith("base")
+            and (labels is None or r[0].split(" (n=")[0] in labels)]
     score = {r[0].split(" (n=")[0]: float(r[header.index(metric)].split(" ")[0]) for r in rows
              if r[header.index(metric)] not in ("–", "")}
     order = sorted(score, key=lambda k: -score[k])
@@ -240,8 +242,9 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         rate = "–" if method is None else f"{fixed_rates.get(label) or get_method(method).default_learning_rate:g}"
         rows.append([label, rate, *fixed_rows.get(label, ["–"] * len(cols)),
                      "–" if not found else f"{found['chosen_learning_rate']:.2g}", *searched_rows[label]])
-    rank_fixed = _ranking(fixed, metric) if fixed else ""
-    rank_searched = _ranking(d, metric)
+    both = set(searched_rows) & set(fixed_rows)  # the methods both comparisons ran
+    rank_fixed = _ranking(fixed, metric, both) if fixed else ""
+    rank_searched = _ranking(d, metric, both)
     same = rank_fixed == rank_searched
     search_rows = [[label, f"{m['low']:.0e} – {m['high']:.0e}", f"{m['trials']} ({m['finished']} / {m['pruned']} / "
                     f"{m['failed']})", f"{m['chosen_learning_rate']:.2g}" if m["chosen_learning_rate"] else "none",
@@ -259,7 +262,8 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         f"The fixed rates (`{short}`, from bench/results/{fixed_name}.json) beside the searched ones:", "",
         _table(header, rows), "",
         f"Ranking by {metric}: {short} {rank_fixed or '–'}; searched {rank_searched} "
-        f"({'the same order' if same else 'a different order'}). The searched comparison evaluated "
+        f"({'the same order' if same else 'a different order'} of the point estimates; the verdicts below say "
+        "which differences their intervals support). The searched comparison evaluated "
         f"{d['eval'].get('max_eval_samples')} test examples and {d['eval'].get('probe_samples')} examples per probe"
         + (", as the fixed-rate one did" if fixed and _eval_sizes(fixed) == _eval_sizes(d) else
            f"; the fixed-rate one {_eval_sizes(fixed or {})}, so their columns do not compare")
