@@ -92,10 +92,11 @@ def against_front(runs: list[dict], front, placed) -> list[dict]:
     return out
 
 
-def ica_front(runs: list[dict]) -> list[dict]:
-    """Each ICA run's points against the plain methods' (every non-ICA run's) front."""
-    return against_front(runs, lambda r: "ica" not in r["method"] and r["method"] != "base",
-                         lambda r: "ica" in r["method"])
+def ica_front(runs: list[dict], masked: set[str]) -> list[dict]:
+    """Each ICA run's points (``masked``: the labels of the entries trained with a --mask_mode) against the plain
+    methods' (every other run's) front."""
+    return against_front(runs, lambda r: r["label"] not in masked and r["method"] != "base",
+                         lambda r: r["label"] in masked)
 
 
 def _direction(diff: dict | None, lower_is_less_forgetting: bool, words: tuple[str, str]) -> str:
@@ -160,8 +161,8 @@ def ica_section() -> str | None:
         f"{budget['per_device_train_batch_size']}, one seed, {d['eval'].get('max_eval_samples')} test questions), "
         f"{d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}:", "",
         _table(d["table"]["header"], d["table"]["rows"]), ""]
-    if curves and curves.get("runs"):
-        placed = ica_front(curves["runs"])
+    if curves and curves.get("runs") and any(m.get("mask_mode") for m in curves.get("methods") or []):
+        placed = ica_front(curves["runs"], {m["label"] for m in curves["methods"] if m.get("mask_mode")})
         metric = next((r.get("headline_metric") for r in curves["runs"] if r.get("headline_metric")), "task score")
         rows = [[p["label"], p["step"], f"{p['score']:.3f}", f"{p['kl']:.4g}", f"{p['plain_best']:.3f}",
                  "yes" if p["above"] else "no"] for p in placed]

@@ -116,8 +116,8 @@ def test_an_ica_point_is_above_the_front_only_when_no_plain_point_beats_it_on_bo
             _curve_run("lora", "lora", [(0.10, 0.02), (0.20, 0.05)]),
             # halfway: more score than the base at less drift than lora's first point (above); at the end: lora's
             # first point has more score at less drift (below)
-            _curve_run("lora+ica", "lora+ica_preserve", [(0.05, 0.01), (0.08, 0.03)])]
-    placed = {p["step"]: p for p in make_readme.ica_front(runs)}
+            _curve_run("lora+ica", "lora", [(0.05, 0.01), (0.08, 0.03)])]  # (a mask_mode entry's method is lora)
+    placed = {p["step"]: p for p in make_readme.ica_front(runs, {"lora+ica"})}
     assert placed["10"]["plain_best"] == 0.0 and placed["10"]["above"] is True
     assert placed["end"]["plain_best"] == 0.10 and placed["end"]["above"] is False
     assert {p["label"] for p in placed.values()} == {"lora+ica"}  # plain runs are the front, not placed on it
