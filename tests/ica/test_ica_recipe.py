@@ -39,14 +39,15 @@ def test_builtin_demo_ica_recipe():
     recipe = load_recipe("demo-ica")
     assert [m.label for m in recipe.methods] == ["lora", "lora+ica_preserve", "lora+ica_lesion",
                                                  "lora+ica_lesion 2 components", "lora+ica_lesion layers 15+",
-                                                 "lora+ica_preserve anti_drift", "full", "full+ica_preserve"]
+                                                 "lora+ica_preserve anti_drift", "lora+ica_lesion anti_drift",
+                                                 "full", "full+ica_preserve"]
     demo = load_recipe("demo")
     assert recipe.budget == demo.budget and recipe.eval == demo.eval and recipe.data == demo.data
     modes = [recipe.train_options(m, 0, train_file="t.jsonl", output_dir="o").mask_mode for m in recipe.methods]
-    assert modes == ["none", "preserve", "lesion", "lesion", "lesion", "preserve", "none", "preserve"]
-    smaller = [recipe.train_options(m, 0, train_file="t.jsonl", output_dir="o") for m in recipe.methods[3:6]]
+    assert modes == ["none", "preserve", "lesion", "lesion", "lesion", "preserve", "lesion", "none", "preserve"]
+    smaller = [recipe.train_options(m, 0, train_file="t.jsonl", output_dir="o") for m in recipe.methods[3:7]]
     assert [(o.ica_component_ids, o.ica_mask_layers, o.anti_drift) for o in smaller] == [
-        ([0, 1], None, False), (None, "15:", False), (None, None, True)]
+        ([0, 1], None, False), (None, "15:", False), (None, None, True), (None, None, True)]
     masked = recipe.train_options(recipe.methods[1], 0, train_file="t.jsonl", output_dir="o")
     assert (masked.ica_samples, masked.ica_max_pca_components, masked.ica_templates) == (32, 128, None)
     # --methods can name a masked method the recipe does not list
