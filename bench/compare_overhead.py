@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from common import REPO, RESULTS, write_result
+from common import REPO, write_result
 from summaries import search_summary, trajectory_summary
 
 # The worker's timings (comparison/worker.py Phases, evaluation/run.py), in the order a run goes through them.

@@ -99,6 +99,11 @@ def ica_front(runs: list[dict], masked: set[str]) -> list[dict]:
                          lambda r: r["label"] in masked)
 
 
+def _headline(runs: list[dict]) -> str:
+    """The comparison's task metric (its runs' headline metric)."""
+    return next((r["headline_metric"] for r in runs if r.get("headline_metric")), "task score")
+
+
 def _direction(diff: dict | None, lower_is_less_forgetting: bool, words: tuple[str, str]) -> str:
     """'less' / 'more' (words) only where the paired interval excludes 0, else that the two cannot be told apart."""
     if not diff:
@@ -116,7 +121,7 @@ def against_biderman(d: dict) -> str | None:
     lora = next((label for label in diffs if label.startswith("lora")), None)
     if lora is None:
         return None
-    metric = next((r.get("headline_metric") for r in runs if r.get("headline_metric")), None)
+    metric = _headline(runs)
     task = diffs[lora].get(metric)
     learns = _direction(task, False, ("learns more", "learns less"))
     forgetting = {p: _direction(x, x["metric"] == "kl_divergence", ("forgets less", "forgets more"))
@@ -163,7 +168,7 @@ def ica_section() -> str | None:
         _table(d["table"]["header"], d["table"]["rows"]), ""]
     if curves and curves.get("runs") and any(m.get("mask_mode") for m in curves.get("methods") or []):
         placed = ica_front(curves["runs"], {m["label"] for m in curves["methods"] if m.get("mask_mode")})
-        metric = next((r.get("headline_metric") for r in curves["runs"] if r.get("headline_metric")), "task score")
+        metric = _headline(curves["runs"])
         rows = [[p["label"], p["step"], f"{p['score']:.3f}", f"{p['kl']:.4g}", f"{p['plain_best']:.3f}",
                  "yes" if p["above"] else "no"] for p in placed]
         above = sorted({p["label"] for p in placed if p["above"]})

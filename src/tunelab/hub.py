@@ -99,8 +99,6 @@ def plan_upload(directory: str | Path, repo_id: str, *, eval_results: str | Path
 
 # --- the card --------------------------------------------------------------------------------------------------------
 
-
-
 def _hub_id(name: str | None) -> str | None:
     """A Hub id for the card's base_model, or None for a local folder (the Hub rejects those)."""
     if not name:

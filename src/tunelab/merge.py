@@ -135,5 +135,3 @@ def _merge_info(model_name_or_path: str, model_path: str, adapter: str, director
         # the adapter run's results travel with the merged model (its model card is built from them)
         "adapter_train_results": run_files.read_json(Path(adapter) / run_files.TRAIN_RESULTS),
     }
-
-
