@@ -7,11 +7,13 @@ same autocast (PEFT methods with a bf16 base, as tunelab loads it). Inputs are f
 differ. tunelab's time is its train_seconds (all of Trainer.train(): set-up, steps, end), the loop's its steps.
 
 Every (method, precision) pair is measured --repeats times, interleaved (repeat after repeat over all pairs, the
-side that goes first alternating), in this one process; the summary is the median ratio and its range, so a noisy
-shared machine moves both sides of a ratio together. It also reports achieved FLOP/s against the CPU's peak
+side that goes first alternating, so that an even number of repeats puts each side first equally often), in this one
+process, after one untimed plain-loop run of each pair (on a 2-core Xeon the first run of a kind in a process, and
+often the first of a pair, was up to 15% slower than the next: warm-up that neither side should be charged with); the
+summary is the median ratio and its range, so a noisy shared machine moves both sides of a ratio together. It also reports achieved FLOP/s against the CPU's peak
 (bench/common.py: cpu_peak_flops, training_flops_per_token).
 
-    .venv/bin/python bench/overhead.py                         # 3 repeats x full,lora x fp32,bf16, 12 steps (~12 min)
+    .venv/bin/python bench/overhead.py                         # 4 repeats x full,lora x fp32,bf16, 12 steps (~15 min)
     .venv/bin/python bench/overhead.py --steps 4 --repeats 1   # a pipeline check (~3 min)
     .venv/bin/python bench/overhead.py --methods full --precisions bf16 --repeats 5
 """
@@ -160,7 +162,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--methods", default="full,lora")
     ap.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
     ap.add_argument("--threads", type=int, default=None,
@@ -185,6 +187,9 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = fixed_length_data(Path(tmp) / "fixed.jsonl", args.steps * args.batch, args.seq)
+        for method, precision in pairs:  # warm-up, not recorded
+            _settle()
+            plain_loop(model_path, method, precision == "bf16", data, args.steps, args.batch, args.seq)
         for rep in range(args.repeats):
             for i, (method, precision) in enumerate(pairs):
                 bf16 = precision == "bf16"

@@ -86,3 +86,45 @@ def test_default_optimizer_is_fused_adamw(tiny_llama, alpaca_file, tmp_path):
     assert opts.optim == "adamw_torch_fused"
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_arguments(opts, False, "causal_lm"))
     assert cls.__name__ == "AdamW" and kwargs.get("fused") is True
+
+
+def test_bf16_steps_keep_outputs_in_bf16_and_train_the_same(tiny_llama, alpaca_file, tmp_path, monkeypatch):
+    """Under --bf16 the forward stays autocast but its outputs are not copied to float32 (accelerate's
+    convert_outputs_to_fp32: the whole logits tensor every step, thrown away by the Trainer). The loss is computed
+    in float32 inside the model either way, so the run trains exactly as with the copy; the model train() returns
+    has neither wrapper."""
+    import torch
+    from transformers import TrainerCallback
+
+    from tunelab import training
+
+    def run(out):
+        dtypes = []
+
+        class LogitsDtype(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                with torch.no_grad():
+                    dtypes.append(model(input_ids=torch.tensor([[1, 2, 3]])).logits.dtype)
+
+        result = train(_options(tiny_llama, alpaca_file, out, max_steps=2, logging_steps=1, bf16=True),
+                       extra_callbacks=(LogitsDtype(),))
+        return result, dtypes
+
+    dropped, dtypes = run(tmp_path / "dropped")
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    with torch.no_grad():
+        assert dropped.model(input_ids=torch.tensor([[1, 2, 3]])).logits.dtype == torch.float32  # no autocast left
+    monkeypatch.setattr(training, "drop_fp32_output_cast", lambda model: False)
+    kept, dtypes = run(tmp_path / "kept")
+    assert dtypes == [torch.float32, torch.float32]
+    assert dropped.results["loss_curve"] == kept.results["loss_curve"]
+    assert len(dropped.results["loss_curve"]) == 2
+
+
+def test_dropping_the_output_cast_leaves_other_forwards_alone():
+    import torch
+
+    from tunelab.training import drop_fp32_output_cast
+
+    layer = torch.nn.Linear(2, 2)
+    assert drop_fp32_output_cast(layer) is False and "forward" not in layer.__dict__
