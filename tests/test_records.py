@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,40 @@ def test_api_read_results_checks_the_file(tmp_path):
     with pytest.raises(TunelabError, match="unknown key\\(s\\) train_secs"):
         read_results(path)
     assert Path(path).is_file()
+
+
+def test_a_comparison_finds_its_predictions_from_any_directory_and_after_a_move(tmp_path, monkeypatch, caplog):
+    """eval_dir is stored relative to the comparison's folder and read back absolute: paired intervals need the
+    per-example predictions, and a report rebuilt elsewhere used to lose them without a word."""
+    from tunelab.comparison.results import ResultsFile
+    from tunelab.comparison.statistics import prediction_rows
+    from tunelab import run_files
+
+    eval_dir = tmp_path / "cmp" / "runs" / "lora" / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / run_files.EVAL_PREDICTIONS).write_text(json.dumps({"source": "qa", "score": 1.0}) + "\n")
+    record = ComparisonRecord(key="a", label="lora", method="lora", seed=0, status="ok", error=None,
+                              wall_seconds=1.0, run_dir="runs/lora", eval_dir="cmp/runs/lora/eval")
+    monkeypatch.chdir(tmp_path)  # where the comparison ran: the runner's paths are relative to it
+    ResultsFile(Path("cmp")).put(record)
+    assert json.loads((tmp_path / "cmp" / run_files.COMPARISON_RESULTS).read_text())["eval_dir"] == "runs/lora/eval"
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (line,) = ResultsFile(tmp_path / "cmp").records()
+    assert line["eval_dir"] == str(eval_dir.resolve()) and prediction_rows(line) == [{"source": "qa", "score": 1.0}]
+    (tmp_path / "cmp").rename(tmp_path / "moved")
+    (line,) = ResultsFile(tmp_path / "moved").records()
+    assert prediction_rows(line) == [{"source": "qa", "score": 1.0}]
+
+    # a results.jsonl written before: its path is relative to where the comparison ran, and found from there
+    legacy = tmp_path / "moved" / run_files.COMPARISON_RESULTS
+    legacy.write_text(json.dumps({**record.to_json(), "eval_dir": "moved/runs/lora/eval"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert prediction_rows(ResultsFile(Path("moved")).records()[0]) == [{"source": "qa", "score": 1.0}]
+
+    shutil.rmtree(tmp_path / "moved" / "runs")
+    with caplog.at_level("WARNING"):
+        assert prediction_rows(ResultsFile(Path("moved")).records()[0]) == []
+    assert "paired differences cannot be computed" in caplog.text

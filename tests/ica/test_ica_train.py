@@ -224,3 +224,18 @@ def test_ica_command_usage_errors(capsys):
     assert main(["ica", "build", "--model_name_or_path", "m"]) == 2
     assert "missing required option(s): --dataset_name_or_path, --output" in capsys.readouterr().err
     assert main(["ica", "--help"]) == 0 and "tunelab ica build" in capsys.readouterr().out
+
+
+def test_anti_drift_without_weight_decay_changes_nothing_and_says_so(tiny_llama, data, tmp_path, caplog):
+    """The rows anti-drift freezes are those of zeroed channels, which get no gradient; without weight decay
+    nothing moves them, so the trained weights equal the mask's alone, and the run says so."""
+    runs = {}
+    for anti_drift in (False, True):
+        with caplog.at_level("WARNING", logger="tunelab.ica.training"):
+            caplog.clear()
+            train(_opts(tiny_llama, data, tmp_path / str(anti_drift), method="full", mask_mode="lesion",
+                        anti_drift=anti_drift, weight_decay=0.0, learning_rate=1e-2, warmup_ratio=0.0))
+        assert ("--anti_drift changes nothing here" in caplog.text) is anti_drift
+        runs[anti_drift] = load_file(str(tmp_path / str(anti_drift) / "model.safetensors"))
+    assert runs[True].keys() == runs[False].keys()
+    assert all(torch.equal(runs[True][k], runs[False][k]) for k in runs[True])

@@ -1,7 +1,11 @@
 """results.jsonl: one line per finished run (base, or method x seed), rewritten atomically on every addition so
 that an interrupted comparison never leaves a partial line, and a re-run can tell what is already done. Every line
 is a declared record (tunelab/records.py: a run's ComparisonRecord or a search trial's TrialRecord), checked as it
-is written and as it is read."""
+is written and as it is read.
+
+A run's ``eval_dir`` (where its per-example predictions are, which paired intervals read) is stored relative to the
+comparison's folder and read back as an absolute path: the folder can be moved, and reports rebuilt from any working
+directory still find the predictions."""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ class ResultsFile:
         out = []
         for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                out.append(comparison_record(json.loads(line), source=f"{self.path} line {number}").to_json())
+                record = comparison_record(json.loads(line), source=f"{self.path} line {number}").to_json()
+                out.append(self._located(record))
         return out
 
     def by_key(self) -> dict[str, dict[str, Any]]:
@@ -40,4 +45,21 @@ class ResultsFile:
         line = record.to_json()
         kept = [r for r in self.records() if r["key"] != line["key"]]
         kept.append(line)
-        atomic_write_text(self.path, "".join(json.dumps(r, default=str) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(self._portable(r), default=str) + "\n" for r in kept))
+
+    def _portable(self, record: dict[str, Any]) -> dict[str, Any]:
+        where = record.get("eval_dir")
+        if not where:
+            return record
+        folder, path = self.path.parent.resolve(), Path(where).resolve()
+        return {**record, "eval_dir": str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)}
+
+    def _located(self, record: dict[str, Any]) -> dict[str, Any]:
+        where = record.get("eval_dir")
+        if not where or Path(where).is_absolute():
+            return record
+        inside = self.path.parent / where
+        # files written before paths were stored relative to the folder hold them relative to where the comparison
+        # ran; those resolve from that directory only
+        path = inside if inside.exists() or not Path(where).exists() else Path(where)
+        return {**record, "eval_dir": str(path.resolve())}

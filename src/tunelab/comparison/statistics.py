@@ -18,6 +18,7 @@ from __future__ import annotations
 from tunelab import run_files
 
 import json
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -201,8 +204,17 @@ def prediction_rows(record: dict[str, Any]) -> list[dict]:
     eval_dir = record.get("eval_dir")
     path = Path(eval_dir) / run_files.EVAL_PREDICTIONS if eval_dir else None
     if path is None or not path.is_file():
+        if path is not None:
+            _missing(str(path))
         return []
     return list(_read_rows(str(path), path.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=256)
+def _missing(path: str) -> None:
+    """Said once per file: without it a run has no paired intervals, and the report shows '–' where they go."""
+    log.warning("%s: not found, so this run's paired differences cannot be computed; was the comparison's folder "
+                "moved, or its runs/ deleted?", path)
 
 
 @dataclass

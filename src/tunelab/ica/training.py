@@ -183,6 +183,11 @@ def setup(model, opts, *, task_kind: str, sequences: list[list[int]], pad_token_
         if not targets:
             log.warning("--anti_drift: down_proj is not trained by --method %s here (not a LoRA target), so its rows "
                         "cannot drift anyway", opts.method)
+        if not opts.weight_decay:
+            # Measured on demo-ica too: scores identical to the mask alone beside both masks (README).
+            log.warning("--anti_drift keeps the down_proj rows of the channels the masks zero, and while masked those "
+                        "rows get no gradient: with --weight_decay 0 nothing else moves them, so --anti_drift "
+                        "changes nothing here (it keeps them bit-identical against weight decay)")
         anti = AntiDrift(blocks, zeroed)
     masking = Masking(mode=opts.mask_mode, templates=templates, origin=origin, source=source, selection=selection,
                       masks=ChannelMasks(blocks, zeroed), anti_drift=anti, component_ids=opts.ica_component_ids)
