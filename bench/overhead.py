@@ -44,19 +44,25 @@ def fixed_length_data(path: Path, n: int, seq: int, seed: int = 0) -> Path:
     return path
 
 
-def plain_loop(model_path: str, method: str, bf16: bool, data: Path, steps: int, batch: int, seq: int) -> dict:
-    import contextlib
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
-
-    from tunelab.methods.base import default_target_modules
+def token_rows(model_path: str, data: Path, seq: int) -> list[list[int]]:
+    """The fixed-length rows, tokenized as tunelab tokenizes them (text + EOS)."""
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     texts = [json.loads(l)["text"] for l in data.read_text().splitlines()]
     ids = [tok(t + tok.eos_token, add_special_tokens=False)["input_ids"][:seq] for t in texts]
     assert all(len(x) == seq for x in ids)
+    return ids
+
+
+def plain_model(model_path: str, method: str, bf16: bool):
+    """The plain loop's model, in training mode, set up as tunelab sets it up."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.methods.base import default_target_modules
+
     torch.manual_seed(0)
     # tunelab loads a PEFT method's frozen base in bf16 under --bf16 (model_setup.weights_dtype); full keeps float32
     dtype = torch.bfloat16 if (bf16 and method == "lora") else torch.float32
@@ -66,6 +72,17 @@ def plain_loop(model_path: str, method: str, bf16: bool, data: Path, steps: int,
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA,
                                                  target_modules=default_target_modules(model)))
     model.train()
+    return model
+
+
+def plain_loop(model_path: str, method: str, bf16: bool, data: Path, steps: int, batch: int, seq: int) -> dict:
+    import contextlib
+
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    ids = token_rows(model_path, data, seq)
+    model = plain_model(model_path, method, bf16)
     flops = training_flops_per_token(model, seq)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE[method], weight_decay=0.0, fused=True)

@@ -8,6 +8,9 @@ that the CPU time of each piece is the work it does (on a busy machine wall time
 
     .venv/bin/python bench/overhead_profile.py [--method full] [--steps 6] [--bf16] [--threads 1]
 
+With --bf16 it also times forward + backward with and without accelerate's cast of the outputs to float32 (the
+whole logits tensor every step, which tunelab drops), alternating step by step on one model.
+
 Writes bench/results/overhead-profile-<method>-<precision>.json.
 """
 
@@ -16,14 +19,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import random
 import tempfile
 import time
 from pathlib import Path
 
 from common import write_result
-from overhead import LEARNING_RATE, LORA, fixed_length_data, tunelab_run
+from overhead import LEARNING_RATE, fixed_length_data, plain_model, token_rows, tunelab_run
 
 TIMES: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
 MARKS: dict[str, tuple[float, float]] = {}
@@ -115,22 +117,10 @@ def plain_loop_profile(model_path: str, method: str, bf16: bool, data: Path, ste
                        seq: int) -> dict:
     """bench/overhead.py's plain loop, each piece timed."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup
 
-    from tunelab.methods.base import default_target_modules
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    ids = [tok(json.loads(l)["text"] + tok.eos_token, add_special_tokens=False)["input_ids"][:seq]
-           for l in data.read_text().splitlines()]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.bfloat16 if (bf16 and method == "lora") else torch.float32)
-    model.config.use_cache = False
-    if method == "lora":
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA,
-                                                 target_modules=default_target_modules(model)))
-    model.train()
+    ids = token_rows(model_path, data, seq)
+    model = plain_model(model_path, method, bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE[method], weight_decay=0.0, fused=True)
     sched = get_linear_schedule_with_warmup(opt, 0, steps)
@@ -157,6 +147,33 @@ def plain_loop_profile(model_path: str, method: str, bf16: bool, data: Path, ste
     return {"total": (end[0] - start[0], end[1] - start[1])}
 
 
+def output_cast_cost(model_path: str, method: str, data: Path, batch: int, seq: int, rounds: int) -> dict:
+    """Forward + backward under bf16 autocast with and without accelerate's cast of the outputs to float32 (the
+    whole logits tensor; what tunelab drops since issue 22), alternating step by step on one model, in CPU ms."""
+    import statistics
+    import types
+
+    import torch
+    from accelerate.utils.operations import convert_outputs_to_fp32
+
+    x = torch.tensor(token_rows(model_path, data, seq)[:batch])
+    model = plain_model(model_path, method, bf16=True)
+    casting = types.MethodType(convert_outputs_to_fp32(type(model).forward), model)
+    forwards = {"outputs as computed (tunelab)": model.forward, "outputs cast to float32 (accelerate)": casting}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in forwards}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for name in (list(forwards) if round_ % 2 == 0 else list(forwards)[::-1]):
+            model.zero_grad(set_to_none=True)
+            start = time.process_time()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = forwards[name](input_ids=x, attention_mask=torch.ones_like(x), labels=x)["loss"]
+            loss.backward()
+            if round_:
+                cpu_ms[name].append(1000 * (time.process_time() - start))
+    return {name: {"median_cpu_ms": statistics.median(v), "cpu_ms": [round(t, 1) for t in v]}
+            for name, v in cpu_ms.items()}
+
+
 def _table(times: dict, steps: int) -> dict:
     return {k: {"calls": len(v), "wall_ms_per_step": 1000 * sum(w for w, _ in v) / steps,
                 "cpu_ms_per_step": 1000 * sum(c for _, c in v) / steps,
@@ -176,6 +193,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cast_rounds", type=int, default=6,
+                    help="with --bf16: steps of each side of the output-cast comparison (0: skip it)")
     args = ap.parse_args()
     import torch
 
@@ -193,6 +212,8 @@ def main() -> None:
         instrument_trainer()
         result = tunelab_run(model_path, args.method, args.bf16, data, args.steps, args.batch, args.seq,
                              Path(tmp) / "out")
+        cast = output_cast_cost(model_path, args.method, data, args.batch, args.seq, args.cast_rounds) \
+            if args.bf16 and args.cast_rounds else None
     ours = _table(TIMES, args.steps)
     spans = {"set-up (train() to the first step)": _span("train_call", "first_step"),
              "end (the last step to train()'s return)": _span("last_step_end", "train_return"),
@@ -206,10 +227,12 @@ def main() -> None:
         print(f"    forward + backward, CPU ms per step: {table['forward + backward']['cpu_ms_per_call']}")
     for k, v in spans.items():
         print(f"  tunelab {k:<42} {v['wall_ms']:9.1f} / {v['cpu_ms']:9.1f} ms (once)")
+    for k, v in (cast or {}).items():
+        print(f"  forward + backward, {k:<40} {v['median_cpu_ms']:9.1f} CPU ms (median of {args.cast_rounds})")
     precision = "bf16" if args.bf16 else "fp32"
     write_result(f"overhead-profile-{args.method}-{precision}",
                  {"settings": vars(args), "plain_loop_ms_per_step": plain, "tunelab_ms_per_step": ours,
-                  "tunelab_once_ms": spans, "tunelab_train_seconds": result["seconds"]})
+                  "tunelab_once_ms": spans, "tunelab_train_seconds": result["seconds"], "output_cast": cast})
 
 
 if __name__ == "__main__":

@@ -142,6 +142,16 @@ def test_saved_config_and_results_say_which_precision_and_why(tiny_llama, alpaca
     assert code == 0 and "already holds this finished run" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does")
+def test_bf16_trains_on_a_machine_without_a_gpu_without_use_cpu(tiny_llama, alpaca_file, tmp_path, capsys):
+    """The README's first command has no --use_cpu: on a machine without a GPU the run is on the CPU anyway, and
+    transformers refuses bf16 there unless told use_cpu (a traceback before this was handled)."""
+    code = main(["train", "--model_name_or_path", str(tiny_llama), "--dataset_name_or_path", str(alpaca_file),
+                 "--output_dir", str(tmp_path / "out"), "--bf16", *[a for a in FAST if a != "--use_cpu"]])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "train_results.json").read_text())["precision"] == "bf16"
+
+
 # --- training under bf16 on the CPU -------------------------------------------------------------------------------
 
 def _bf16_run(method, model, data, out, **extra):

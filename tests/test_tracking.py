@@ -124,6 +124,38 @@ def test_lora_starts_at_zero_and_drifts(tiny_llama, tmp_path):
     assert result["tracking"]["general_text_source"] == "drift prompts' base continuations"
 
 
+def test_tracking_changes_nothing_about_how_qlora_trains(tiny_llama, tmp_path):
+    """Retention signals run the model in eval mode before and during training. On a CPU with avx512_bf16 that used
+    to make bitsandbytes repack the 4-bit weights for good, and QLoRA then trained differently (models.
+    keep_4bit_weights_unpacked). Every step's loss equals the untracked run's, and every step is in the curve (a
+    tracked step's loss used to be dropped: Trainer.log() clears should_log)."""
+    common = dict(method="qlora", lora_r=4, lora_alpha=8, learning_rate=2e-2, max_steps=4)
+    plain = train(_options(tiny_llama, tmp_path, "plain", eval_steps=None, **common),
+                  explicit={"learning_rate"}).results
+    tracked = train(_options(tiny_llama, tmp_path, "tracked", track_retention=["drift"], **common),
+                    explicit={"learning_rate"}).results
+    assert [p["step"] for p in tracked["loss_curve"]] == [1, 2, 3, 4]
+    assert tracked["loss_curve"] == plain["loss_curve"]
+    assert len(tracked["curves"]) == 3  # the base, steps 2 and 4
+
+
+def test_four_bit_layers_are_never_repacked_for_the_cpu(tiny_llama):
+    import torch
+
+    from tunelab.models import load_model, quantization_config
+
+    quant = quantization_config(use_4bit=True, use_8bit=False, quant_type="nf4", compute_dtype=torch.bfloat16,
+                                double_quant=True)
+    model = load_model(str(tiny_llama), "causal_lm", quantization=quant, device_map="cpu", dtype=torch.bfloat16)
+    four_bit = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert four_bit and not any(m.support_avx512bf16_for_cpu for m in four_bit)
+    before = [m.weight.data.clone() for m in four_bit]
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert all(torch.equal(b, m.weight.data) for b, m in zip(before, four_bit))  # not rewritten in place
+
+
 BAD = {
     "unknown_signal": (["--track_retention", "perplexity"], "--track_retention perplexity: unknown signal"),
     "bad_budget": (["--max_forgetting", "drift"], "--max_forgetting drift: expected SIGNAL=VALUE"),

@@ -78,7 +78,14 @@ def _reload(kind, base_path: Path, out: Path, peft: bool, quantized: bool = Fals
     if quantized:  # the same NF4 quantization of the same weights, as plain peft users would load it
         kwargs.update(quantization_config=quantization_config(use_4bit=True, use_8bit=False,
                                                               compute_dtype=torch.float32), device_map="cpu")
-    return PeftModel.from_pretrained(cls.from_pretrained(base_path, **kwargs), out)
+    model = PeftModel.from_pretrained(cls.from_pretrained(base_path, **kwargs), out)
+    if quantized:
+        # as tunelab computes: bitsandbytes' packed CPU inference kernel (used by default in eval mode on CPUs with
+        # avx512_bf16) computes other logits than the path QLoRA trains through (models.keep_4bit_weights_unpacked)
+        from tunelab.models import keep_4bit_weights_unpacked
+
+        keep_4bit_weights_unpacked(model)
+    return model
 
 
 @pytest.mark.parametrize("method,kind", CASES, ids=[f"{m}-{k}" for m, k in CASES])

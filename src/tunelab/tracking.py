@@ -294,7 +294,10 @@ class RetentionTracker:
                 step = state.global_step
                 if step % tracker.every and step < state.max_steps:
                     return control
+                should_log = control.should_log
                 values = tracker.record(model)
+                # (Trainer.log() clears should_log: the step's own loss, logged after the callbacks, would be lost)
+                control.should_log = should_log
                 if tracker.checkpoint_dir is not None and step < state.max_steps:  # (the end is the run's output)
                     tracker.save_point(step)
                 if tracker.budgets:

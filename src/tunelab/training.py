@@ -139,7 +139,9 @@ def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str, track
         logging_steps=opts.logging_steps, logging_first_step=True,
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every,
         save_strategy="steps", save_steps=eval_every if early else opts.save_steps,
-        save_total_limit=opts.save_total_limit, report_to=opts.report_to, use_cpu=opts.use_cpu,
+        save_total_limit=opts.save_total_limit, report_to=opts.report_to,
+        # without an accelerator the run is on the CPU anyway, and transformers refuses --bf16 there unless told so
+        use_cpu=opts.use_cpu or not _accelerator_present(),
         include_num_input_tokens_seen="non_padding", disable_tqdm=False,
         load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None, remove_unused_columns=True, label_names=["labels"],
@@ -158,6 +160,12 @@ def training_arguments(opts: TrainOptions, has_eval: bool, task_kind: str, track
         flag = f"--fsdp {opts.fsdp!r}" + (f" --fsdp_config {opts.fsdp_config}" if opts.fsdp_config else "") \
             if opts.fsdp else f"--deepspeed {opts.deepspeed}"
         raise TunelabError(f"{flag}: {e}; see examples/distributed/README.md") from None
+
+
+def _accelerator_present() -> bool:
+    import torch
+
+    return torch.accelerator.is_available()
 
 
 def _on_gpu(opts: TrainOptions) -> bool:
