@@ -300,10 +300,9 @@ def keep_4bit_weights_unpacked(model) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel. Returns the layers changed.
 
     On a CPU with avx512_bf16, bitsandbytes' Linear4bit rewrites its weight, in place and for good, into a packed
-    layout the first time it runs in eval mode without gradients. Training after such a pass goes on with the
-    packed weights, and the backward pass does not read them as the forward does. So any evaluation before or
-    during training (retention tracking's base signals, validation loss, a search's rungs) changed how QLoRA
-    trained: on smollm2-135m the first four losses of a run with --track_retention were 2.94, 2.92, 2.97 against
+    layout the first time it runs in eval mode without gradients. Training after such a pass went on with the
+    packed weights and learned differently, so any evaluation before or during training (retention tracking's base
+    signals, validation loss, a search's rungs) changed how QLoRA trained: on smollm2-135m the first four losses of a run with --track_retention were 2.94, 2.92, 2.97 against
     2.96, 2.89, 2.52 without it. The packed kernel also computes other logits than the training path (6.5% of
     next-token argmaxes differ on a batch of 8 x 200 tokens), so a model evaluated packed is not the model that
     was trained. Unpacked, scoring 8 x 200 tokens took 0.8 s against 3.3 s packed on a 2-core Xeon; generating
