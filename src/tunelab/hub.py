@@ -249,6 +249,12 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
                   f"model = {model_cls}.from_pretrained(\"{repo_id}\")",
                   f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")"]
     lines += ["```", ""]
+    if kind == "adapter" and run.get("use_4bit"):
+        lines += ["It was trained and evaluated on a 4-bit (NF4) base through bitsandbytes, computed the way it trained "
+                  "(tunelab's models.keep_4bit_weights_unpacked). On a CPU with avx512_bf16, bitsandbytes runs 4-bit "
+                  "layers in eval mode through a packed inference kernel whose outputs differ from that path; to "
+                  "compute as evaluated, set `support_avx512bf16_for_cpu = False` on every `Linear4bit` module "
+                  "before the first forward pass.", ""]
     if run.get("template") not in (None, "auto", "chat") or run.get("system_prompt"):
         lines += [f"Prompt it as it was trained: template `{run.get('template')}`"
                   f"{', system prompt: ' + repr(run.get('system_prompt')) if run.get('system_prompt') else ''}.", ""]

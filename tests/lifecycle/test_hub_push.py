@@ -154,3 +154,18 @@ def test_push_bad_input(args, needle, folders, capsys):
 def test_push_refuses_a_folder_that_is_no_model(tmp_path, capsys):
     code = main(["push", "--model_name_or_path", str(tmp_path), "--repo_id", "me/x", "--dry_run"])
     assert code == 2 and "neither an adapter (adapter_config.json) nor a model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("four_bit", [True, False], ids=["qlora", "lora"])
+def test_a_4bit_adapters_card_says_how_to_compute_as_it_was_evaluated(four_bit, tmp_path):
+    """bitsandbytes' packed CPU kernel computes other logits than the path QLoRA trained and was evaluated through;
+    a plain load on such a CPU uses it unless told not to."""
+    from tunelab.hub import model_card
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32}))
+    (folder / "tunelab_config.yaml").write_text(yaml.safe_dump({"method": "qlora" if four_bit else "lora",
+                                                                "use_4bit": four_bit}))
+    card = model_card(folder, repo_id="me/adapter")
+    assert ("`support_avx512bf16_for_cpu = False`" in card) is four_bit
