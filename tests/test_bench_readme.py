@@ -144,3 +144,15 @@ def test_the_biderman_comparison_claims_only_what_the_intervals_support(make_rea
     text = make_readme.against_biderman(d)
     assert says in text
     assert "1 of lora r=16's 1 evaluated points lie above" in text  # 0.1 at KL 0.01: full's curve has only 0 there
+
+
+def test_the_overhead_bound_spreads_every_process_cpu_second_over_the_cores(make_readme):
+    # two runs: 300 + 100 CPU seconds of process, 120 of them in training calls, 50 s of training wall time
+    prof = {"train_seconds": 50.0, "runs": [
+        {"cpu_seconds": {"process_seconds": 300.0, "train_call_seconds": 120.0}},
+        {"cpu_seconds": {"process_seconds": 100.0}}]}
+    text = make_readme._overlap_bound(prof, 2)
+    assert "those 400 CPU seconds would still take 200 s, 4.00x the training time" in text
+    # 1.3 x 50 s x 2 cores = 130 CPU seconds, 120 of them training's: 10 left for the 280 outside training
+    assert "the 280 CPU seconds spent outside the training calls cut to about 10" in text
+    assert make_readme._overlap_bound({**prof, "runs": [{"cpu_seconds": {}}]}, 2) == ""  # no CPU figures, no claim
