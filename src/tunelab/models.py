@@ -296,20 +296,18 @@ def load_model(model_path: str, task_kind: str, *, dtype=None, quantization=None
     return model
 
 
-def keep_4bit_weights_unpacked(model) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel. Returns the layers changed.
+def keep_4bit_weights_unpacked(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
 
     On a CPU with avx512_bf16, bitsandbytes' Linear4bit rewrites its weight, in place and for good, into a packed
     layout the first time it runs in eval mode without gradients. Training after such a pass went on with the
     packed weights and learned differently, so any evaluation before or during training (retention tracking's base
-    signals, validation loss, a search's rungs) changed how QLoRA trained: on smollm2-135m the first four losses of a run with --track_retention were 2.94, 2.92, 2.97 against
-    2.96, 2.89, 2.52 without it. The packed kernel also computes other logits than the training path, so a model
-    evaluated packed is not the model that was trained. `python bench/qlora_cpu_packing.py` on a 2-core Xeon: 7.4%
+    signals, validation loss, a search's rungs) changed how QLoRA trained: on smollm2-135m a run with
+    --track_retention logged losses 2.94, 2.92, 2.97 where the same run without it logged 2.96, 2.89, 2.52.
+    The packed kernel also computes other logits than the training path, so a model evaluated packed is not the
+    model that was trained. `python bench/qlora_cpu_packing.py` on a 2-core Xeon: 7.4%
     of next-token argmaxes differ on 8 x 200 tokens; scoring them took 0.73 s unpacked against 2.70 s packed,
     generating 4 x 32 tokens 3.37 s against 1.50 s."""
-    changed = 0
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
