@@ -12,6 +12,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from tunelab.logs import quiet_library_notices  # (a benchmark is a program: it silences what the CLI does)
+
+quiet_library_notices()
+
 
 def machine() -> dict:
     import torch

@@ -663,6 +663,30 @@ def _overlap_bound(prof: dict, cores: int | None) -> str:
             f"calls cut to about {max(allowed, 0):.0f}.")
 
 
+def validation_order_section(name: str = "validation-order") -> str | None:
+    v = _load(name)
+    if not v:
+        return None
+    drawn, longest = v["orders"]
+    rows = [[o["order"], f"{o['median_seconds']:.1f}", f"{o['padded_positions']:,}", f"{o['real_tokens']:,}",
+             f"{o['eval_loss']:.4f}"] for o in v["orders"]]
+    return "\n".join([
+        f"`{v['command']}`: {v['model']} ({v['precision']}) evaluates {v['validation_rows']} DialogSum validation rows "
+        f"({v['data']}; up to {v['max_seq_length']} tokens) as the Trainer does, in batches of "
+        f"{v['per_device_eval_batch_size']} padded to their longest row: in the order they were drawn (tunelab's "
+        f"order before) and longest first (its order now); median of {v['repeats']} interleaved passes each, after "
+        "an untimed warm-up pass:", "",
+        _table(["order", "seconds per pass", "padded positions", "real tokens", "validation loss"], rows), "",
+        f"Longest first, a pass takes {v['time_ratio']:.2f}x the time. A learning-rate search validates every trial at "
+        "every rung (4 by default), and `--eval_steps` validates during training: these are the passes the order "
+        "shortens. "
+        "The order changes which rows share a batch, and the Trainer's validation loss is a mean of per-batch means: "
+        f"here it moves from {drawn['eval_loss']:.4f} to {longest['eval_loss']:.4f}." +
+        (f" {v['note']}" if v.get("note") else ""), "",
+        *([f"Load while measured: {v['load']}.", ""] if v.get("load") else []),
+        f"Machine: {_machine(v['machine'])}."])
+
+
 def replace(text: str, marker: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {marker}-start -->\n).*?(\n<!-- {marker}-end -->)", re.S)
     if not pattern.search(text):
@@ -800,6 +824,7 @@ def render(text: str) -> str:
     text = replace(text, "methods", method_table())
     dialogsum = "python bench/quality.py --tag search dialogsum --search learning_rate --curve_points 3 --diagnostics"
     sections = (("precision", precision_section), ("curves", curves_section),
+                ("validation-order", validation_order_section),
                 ("search-dialogsum", lambda: search_section(
                     "quality-dialogsum-search", "quality-dialogsum", dialogsum,
                     "the dialogsum benchmark's task, data, probes, methods and budget (bench/quality.py's plan)",

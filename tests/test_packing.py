@@ -8,7 +8,7 @@ from tunelab.config import TrainOptions
 from tunelab.data.encode import encode_causal
 from tunelab.data.formats import Example
 from tunelab.data.templates import Template
-from tunelab.training import train
+from tunelab.training import train, validation_dataset
 
 from conftest import write_jsonl
 
@@ -42,8 +42,8 @@ VARIED = [{"prompt": "p " * n, "completion": "c " * (1 + n % 5)} for n in (2, 30
 def _run(tiny_llama, tmp_path, name, **kw):
     data = write_jsonl(tmp_path / "varied.jsonl", VARIED)
     opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data),
-                        output_dir=str(tmp_path / name), max_steps=4, per_device_train_batch_size=2,
-                        max_seq_length=128, lora_r=2, save_steps=100, use_cpu=True, seed=0, **kw)
+                        output_dir=str(tmp_path / name), max_steps=4, max_seq_length=128, lora_r=2, save_steps=100,
+                        use_cpu=True, seed=0, **{"per_device_train_batch_size": 2, **kw})
     return train(opts).results
 
 
@@ -55,3 +55,16 @@ def test_padding_waste_is_reported_and_reduced(tiny_llama, tmp_path):
     assert grouped["padding_fraction"] < plain["padding_fraction"]
     assert packed["padding_fraction"] == 0.0
     assert packed["global_step"] == 4 and all(p["loss"] > 0 for p in packed["loss_curve"])
+
+
+def test_validation_batches_are_not_counted_as_training_padding(tiny_llama, tmp_path):
+    # Training batches of one row have no padding; the validation batch (rows of different lengths) has some, and
+    # the Trainer collates it with the training collator.
+    one = _run(tiny_llama, tmp_path, "validated", per_device_train_batch_size=1, validation_split=0.5, eval_steps=2)
+    assert one["final_eval_loss"] is not None
+    assert one["padding_fraction"] == 0.0
+
+
+def test_validation_rows_are_evaluated_longest_first():
+    rows = [{"input_ids": [1] * n, "labels": [1] * n} for n in (3, 9, 1, 5)]
+    assert [len(row["input_ids"]) for row in validation_dataset(rows)] == [9, 5, 3, 1]

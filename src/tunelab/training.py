@@ -176,7 +176,7 @@ def _on_gpu(opts: TrainOptions) -> bool:
 
 class PaddingCounter:
     """Wraps a collator and counts the token positions it produces against the real (non-padding) tokens, so a run
-    reports how much of its compute went to padding."""
+    reports how much of its training compute went to padding (validation batches: :func:`trainer_class`)."""
 
     def __init__(self, collator):
         self.collator = collator
@@ -188,6 +188,39 @@ class PaddingCounter:
         self.positions += int(batch["input_ids"].numel())
         self.real_tokens += sum(len(f["input_ids"]) for f in features)
         return batch
+
+
+def trainer_class(task_kind: str):
+    """The Trainer for the task, whose validation batches bypass the :class:`PaddingCounter`: the Trainer collates
+    them with the training collator, and a run's padding fraction is its training batches' (the model's train/eval
+    mode cannot tell them apart: the Trainer collates a step's batches before it switches the model back to
+    training)."""
+    from transformers import Seq2SeqTrainer, Trainer
+
+    base = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
+
+    class CountingTrainingBatches(base):
+        def get_eval_dataloader(self, eval_dataset=None):
+            counted = self.data_collator
+            self.data_collator = getattr(counted, "collator", counted)
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = counted
+
+    return CountingTrainingBatches
+
+
+def validation_dataset(rows: list[dict]):
+    """The validation rows as the Trainer evaluates them: in this order, in batches padded to their longest row.
+    Longest first, so that each batch holds rows of about one length (a random order pads most batches to their
+    longest outlier; bench/validation_order.py measures what it costs) and a batch too large to fit fails at the
+    first evaluation, as --group_by_length orders training batches. The order changes which rows share a batch, so
+    the Trainer's eval_loss (a mean of per-batch token means) moves (about 1% in that benchmark); every evaluation of
+    a run, and every trial of a search, validates in this one order."""
+    from datasets import Dataset
+
+    return Dataset.from_list(sorted(rows, key=lambda row: len(row["input_ids"]), reverse=True))
 
 
 def _collator(tokenizer, task_kind: str, model, packing: bool = False):
@@ -278,7 +311,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     """Run one training job and return where its outputs are. Raises TunelabError for user errors.
     ``extra_callbacks``: Trainer callbacks of the caller's (a comparison's learning-rate search reports each
     evaluation step's validation loss to Optuna from one, and stops a pruned trial)."""
-    from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     prec = precision.for_options(opts)  # bf16 unless asked otherwise where the hardware runs it fast; and why
@@ -355,7 +388,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     from datasets import Dataset
 
     train_ds = Dataset.from_list(data.train)
-    eval_ds = Dataset.from_list(data.eval) if data.eval else None
+    eval_ds = validation_dataset(data.eval) if data.eval else None
     callbacks = [_final_step_logger(), _outputs_in_compute_dtype(), *method.callbacks(model),
                  *([masking.callback()] if masking else []),
                  *extra_callbacks]
@@ -367,9 +400,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     # (memory.tracker); asked for, since counting slows those steps (issue 22)
     tensor_peak = tensor_peak_callback(model) if opts.tensor_peak and not _on_gpu(opts) else None
     callbacks += [tensor_peak] if tensor_peak is not None else []
-    trainer_cls = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
     collator = _collator(tokenizer, task_kind, model, opts.packing)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = trainer_class(task_kind)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     _count_flops_once(trainer)
     if tracker is not None:
@@ -392,7 +424,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's
     # [distributed] per process; the busiest process's peak is the figure (what each device must hold)
     peak_bytes = distributed.max_over_processes(peak_bytes, trainer)
-    # Count training batches only: evaluation goes through the same collator. [distributed] summed over processes
+    # (training batches only: the collator skips validation batches) [distributed] summed over processes
     positions, real_tokens = distributed.sum_over_processes([collator.positions, collator.real_tokens], trainer)
     padding_fraction = 1.0 - real_tokens / positions if positions else None
     eval_loss = None
