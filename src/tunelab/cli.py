@@ -275,7 +275,7 @@ def cmd_merge(argv: list[str]) -> int:
     result = merge(opts.model_name_or_path, opts.adapter, opts.output_dir,
                    overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu,
                    torch_dtype=opts.torch_dtype)
-    print(f"merged {result.info['method']} adapter into {opts.model_name_or_path}: {result.output_dir} "
+    print(f"merged {result.info['method']} adapter into {result.info['base_model_name_or_path']}: {result.output_dir} "
           f"({result.info['model_bytes'] / 2**20:.1f} MiB of weights)")
     return 0
 

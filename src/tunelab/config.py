@@ -270,8 +270,9 @@ EVAL_TASKS = tuple(TASKS)  # the evaluation tasks' registry
 class EvalOptions:
     """Every option of an evaluation: a task on a dataset, and retention probes run before and after tuning."""
 
-    model_name_or_path: str = option(help="the base model (built-in name, folder or Hub id) or a fully "
-                                          "fine-tuned model's output_dir", group="model")
+    model_name_or_path: str | None = option(None, "the base model (built-in name, folder or Hub id) or a fully "
+                                                  "fine-tuned model's output_dir; left out beside --adapter: the "
+                                                  "base the adapter was trained on", group="model")
     adapter: str | None = option(None, "a PEFT adapter directory (the output_dir of a PEFT run) to evaluate on "
                                        "top of the base", group="model")
     base_model_name_or_path: str | None = option(None, "the untouched base for the 'before' of retention probes "
@@ -484,7 +485,8 @@ class GenerateOptions:
 class MergeOptions:
     """`tunelab merge`: fold a PEFT adapter into its base and save a standalone model."""
 
-    model_name_or_path: str = option(help="the base model the adapter was trained on", group="model")
+    model_name_or_path: str | None = option(None, "the base model the adapter was trained on (default: the one "
+                                                  "its run saved)", group="model")
     adapter: str = option(help="the PEFT adapter directory (the output_dir of a PEFT run)", group="model")
     output_dir: str = option(help="where the merged model (safetensors + tokenizer) goes", group="output")
     overwrite_output_dir: bool = option(False, "replace a previous merge in --output_dir", group="output")
@@ -503,8 +505,9 @@ class ExportOptions:
     """`tunelab export gguf`: write a Llama-family model (an adapter merged first) as one GGUF file. (The format,
     `gguf`, is the command's first argument; it is the only one.)"""
 
-    model_name_or_path: str = option(help="a built-in name, model folder or Hub id (Llama family), or a fully "
-                                          "fine-tuned model's output_dir", group="model")
+    model_name_or_path: str | None = option(None, "a built-in name, model folder or Hub id (Llama family), or a "
+                                                  "fully fine-tuned model's output_dir; left out beside --adapter: "
+                                                  "the base the adapter was trained on", group="model")
     adapter: str | None = option(None, "a PEFT adapter to merge into the model before writing", group="model")
     output: str = option(help="the .gguf file to write", group="output")
     outtype: str = option("f16", "tensor type of the weight matrices (norms stay f32)",

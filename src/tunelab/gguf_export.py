@@ -63,10 +63,14 @@ def check_exportable(config, where: str = "--model_name_or_path") -> str:
     return SUPPORTED_ARCHITECTURES[model_type]
 
 
-def export_gguf(model_name_or_path: str, output: str | os.PathLike, *, adapter: str | None = None,
+def export_gguf(model_name_or_path: str | None, output: str | os.PathLike, *, adapter: str | None = None,
                 outtype: str = "f16", overwrite: bool = False, use_cpu: bool = True) -> GgufResult:
-    """Write MODEL (with ADAPTER merged into it, if given) to a GGUF file. Raises TunelabError for user errors."""
+    """Write MODEL (with ADAPTER merged into it, if given; None: the base ADAPTER was trained on) to a GGUF file.
+    Raises TunelabError for user errors."""
+    from tunelab.inference import base_for
     from tunelab.models import load_config, resolve_model
+
+    model_name_or_path = base_for(model_name_or_path, adapter)
 
     output = Path(output)
     _check_output(output, overwrite)

@@ -40,6 +40,36 @@ def read_run_config(directory: str | Path | None) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
+def base_for(model_name_or_path: str | None, adapter: str | None) -> str:
+    """``--model_name_or_path``, or, left out beside ``--adapter``, the base that adapter was trained on, as peft's
+    AutoPeftModel finds it: the run's own ``model_name_or_path`` (tunelab_config.yaml: a built-in name stays one),
+    else peft's ``base_model_name_or_path`` (adapter_config.json)."""
+    import json
+
+    from tunelab.models import BUILTIN_MODELS
+
+    if model_name_or_path:
+        return model_name_or_path
+    if not adapter:
+        raise TunelabError("missing required option(s): --model_name_or_path (or --adapter DIR, whose base it is then)")
+    folder = Path(adapter).expanduser()
+    if not folder.is_dir():
+        raise TunelabError(f"--adapter {adapter}: no such directory; pass the output_dir of a PEFT run")
+    peft_config = folder / "adapter_config.json"
+    names = [read_run_config(folder).get("model_name_or_path"),
+             json.loads(peft_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+             if peft_config.is_file() else None]
+    names = [n for n in names if n]
+    # a run trained from a relative path saved that path: it may not lead anywhere from here
+    usable = [n for n in names if n in BUILTIN_MODELS or Path(n).expanduser().exists()] or \
+        [n for n in names if not n.startswith((".", "/", "~"))]
+    if not usable:
+        raise TunelabError(f"--adapter {adapter}: names no base model that can be found here "
+                           f"({', '.join(names) or 'none saved'}); pass --model_name_or_path")
+    log.info("--model_name_or_path %s: the base --adapter %s was trained on", usable[0], adapter)
+    return usable[0]
+
+
 def read_label_names(directory: str | Path) -> list[str] | None:
     """Label names of a classification run, from its train_results.json."""
     from tunelab.records import TrainRecord

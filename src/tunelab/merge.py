@@ -89,9 +89,10 @@ def load_merged(model_name_or_path: str, adapter: str, *, use_cpu: bool = True, 
     return lm
 
 
-def merge(model_name_or_path: str, adapter: str, output_dir: str | os.PathLike, *,
+def merge(model_name_or_path: str | None, adapter: str, output_dir: str | os.PathLike, *,
           overwrite_output_dir: bool = False, use_cpu: bool = True, torch_dtype: str = "auto") -> MergeResult:
-    """merge_and_unload ADAPTER into MODEL and save the standalone model in OUTPUT_DIR (written atomically)."""
+    """merge_and_unload ADAPTER into MODEL (None: the base it was trained on) and save the standalone model in
+    OUTPUT_DIR (written atomically)."""
     out = Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite_output_dir:
@@ -101,6 +102,9 @@ def merge(model_name_or_path: str, adapter: str, output_dir: str | os.PathLike, 
             raise TunelabError(f"--output_dir {out}: holds files that are not a tunelab merge, which "
                                "--overwrite_output_dir will not delete; choose an empty or new directory")
     check_mergeable(adapter)
+    from tunelab.inference import base_for
+
+    model_name_or_path = base_for(model_name_or_path, adapter)
     lm = load_merged(model_name_or_path, adapter, use_cpu=use_cpu, torch_dtype=torch_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -183,6 +183,19 @@ def test_merge_gives_a_plain_model_with_the_adapter_logits(runs, tmp_path, capsy
     assert info["method"] == "lora" and info["adapter_train_results"]["method"] == "lora"
 
 
+def test_an_adapter_alone_is_merged_into_and_evaluated_on_the_base_it_was_trained_on(runs, tmp_path, capsys):
+    # (as `tunelab diagnose --mitigate` tells the user to run it: `tunelab eval --adapter DIR`)
+    out = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(runs["paris"]), "--output_dir", str(out), "--use_cpu"]) == 0
+    assert json.loads((out / "merge_info.json").read_text())["base_model_name_or_path"] == str(runs["base"])
+    assert f"adapter into {runs['base']}" in capsys.readouterr().out
+    evaluated = tmp_path / "eval"
+    assert main(["eval", "--adapter", str(runs["paris"]), "--retention", "general_knowledge", "--probe_samples", "2",
+                 "--max_new_tokens", "4", "--output_dir", str(evaluated), "--use_cpu"]) == 0
+    results = json.loads((evaluated / "eval_results.json").read_text())
+    assert results["model_name_or_path"] == str(runs["base"]) and results["adapter"] == str(runs["paris"])
+
+
 def test_merge_refuses_unmergeable_methods_and_writes_nothing(runs, tmp_path, capsys):
     out = tmp_path / "merged"
     code = main(["merge", "--model_name_or_path", str(runs["base"]), "--adapter", str(runs["soft"]),

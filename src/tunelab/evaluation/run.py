@@ -3,6 +3,8 @@ model. Writes predictions.jsonl and eval_results.json (last, atomically: its pre
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ def _base_reference(opts: EvalOptions, lm: inference.LoadedModel) -> str | None:
 def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> EvalResult:
     """Evaluate ``opts``'s model, or ``model`` when given: the same model already in memory (the one a training run
     just returned, ``inference.from_trained``), which then is not loaded again. The numbers are the same."""
+    opts = dataclasses.replace(opts, model_name_or_path=inference.base_for(opts.model_name_or_path, opts.adapter))
     _check(opts)
     out = Path(opts.output_dir)
     saved = out / run_files.EVAL_OPTIONS
