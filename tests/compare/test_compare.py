@@ -96,6 +96,9 @@ def test_a_failing_method_is_recorded_and_the_others_complete(tiny_llama, tmp_pa
     assert "matches no module" in records["broken"]["error"]
     assert "broken (failed)" in (out / "report.md").read_text()
     assert "failed: broken" in captured.out
+    # a progress line after each run: which of how many, and the time left once a training run has finished
+    assert "1 of 3 runs done; the time left is estimated once a training run has finished" in captured.err
+    assert "2 of 3 runs done; about " in captured.err and "3 of 3 runs done" in captured.err
     # A re-run does not retry the failure unless asked.
     assert main(["compare", str(recipe), "--output_dir", str(out), "--device", "cpu"]) == 1
     assert "skipped 3 already finished" in capsys.readouterr().out

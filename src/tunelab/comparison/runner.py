@@ -11,6 +11,7 @@ from typing import Any
 
 from tunelab.comparison.data import prepare_data
 from tunelab.comparison.processes import PlannedRun
+from tunelab.comparison.progress import Progress
 from tunelab.comparison.recipe import Recipe
 from tunelab.comparison.results import ResultsFile
 from tunelab.errors import TunelabError
@@ -143,6 +144,7 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
             else:
                 todo.append(run)
         base = [r for r in todo if r.method == "base"]
+        progress = Progress(todo)
         for batch in (base, [r for r in todo if r.method != "base"]):
             # Each record is written the moment its run ends, so an interrupted comparison keeps every finished run.
             for run, record in launch.run(batch, timeout=run_timeout):
@@ -153,6 +155,7 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
                     record.search = searched[run.label].summary()
                 results.put(record)
                 ran.append(run.label)
+                log.info("%s", progress.finished(run, record.wall_seconds or 0.0))
                 if record.status != "ok":
                     log.warning("%s failed: %s (recorded; the comparison goes on)", run.label, record.error)
                 if run.method == "base" and record.status != "ok":
