@@ -328,7 +328,8 @@ def cmd_diagnose(argv: list[str]) -> int:
         _print_diagnostics(diagnostics.diagnose(run, **kwargs))
     if opts.mitigate:
         print(f"mitigated adapter (mitigation_lambda {opts.mitigation_lambda}): {runs[1]}; evaluate it with "
-              f"`tunelab eval --adapter {runs[1]}`")
+              f"`tunelab eval --adapter {runs[1]} --retention general_knowledge drift --output_dir DIR` (add --task "
+              "and --dataset_name_or_path for its task)")
     return 0
 
 

@@ -402,7 +402,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     callbacks += [tensor_peak] if tensor_peak is not None else []
     collator = _collator(tokenizer, task_kind, model, opts.packing)
     trainer = trainer_class(task_kind)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+                                       data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     _count_flops_once(trainer)
     if tracker is not None:
         tracker.prepare(trainer, masking)  # the base's side of the retention signals, before any step
@@ -424,7 +424,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's
     # [distributed] per process; the busiest process's peak is the figure (what each device must hold)
     peak_bytes = distributed.max_over_processes(peak_bytes, trainer)
-    # (training batches only: the collator skips validation batches) [distributed] summed over processes
+    # (training batches only: trainer_class hands validation batches the unwrapped collator) [distributed] summed
+    # over processes
     positions, real_tokens = distributed.sum_over_processes([collator.positions, collator.real_tokens], trainer)
     padding_fraction = 1.0 - real_tokens / positions if positions else None
     eval_loss = None
