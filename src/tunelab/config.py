@@ -486,7 +486,7 @@ class MergeOptions:
     """`tunelab merge`: fold a PEFT adapter into its base and save a standalone model."""
 
     model_name_or_path: str | None = option(None, "the base model the adapter was trained on (default: the one "
-                                                  "its run saved)", group="model")
+                                                  "the adapter names)", group="model")
     adapter: str = option(help="the PEFT adapter directory (the output_dir of a PEFT run)", group="model")
     output_dir: str = option(help="where the merged model (safetensors + tokenizer) goes", group="output")
     overwrite_output_dir: bool = option(False, "replace a previous merge in --output_dir", group="output")

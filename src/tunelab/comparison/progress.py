@@ -32,8 +32,8 @@ class Progress:
         line = f"{done} of {self.total} runs done"
         if done == self.total:
             return line
-        if any(n and not self.walls[k] for k, n in self.left.items()):
-            return f"{line}; the time left is estimated once a {'training' if kind == 'base' else 'base'} run " \
-                   "has finished"
+        unmeasured = [k for k, n in self.left.items() if n and not self.walls[k]]
+        if unmeasured:
+            return f"{line}; the time left is estimated once a {unmeasured[0]} run has finished"
         left = sum(sum(self.walls[k]) / len(self.walls[k]) * n for k, n in self.left.items() if n)
         return f"{line}; about {fmt_seconds(left)} left"

@@ -4,7 +4,6 @@ model. Writes predictions.jsonl and eval_results.json (last, atomically: its pre
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import time
 from dataclasses import dataclass, field
