@@ -663,6 +663,14 @@ def _overlap_bound(prof: dict, cores: int | None) -> str:
             f"calls cut to about {max(allowed, 0):.0f}.")
 
 
+def _validation_loss_sentence(drawn: float, longest: float) -> str:
+    if abs(drawn - longest) < 5e-5:
+        return ("The validation loss is the mean loss per predicted token over the whole set, so the order does not "
+                f"move it ({drawn:.4f} both ways).")
+    return ("The order changes which rows share a batch, and the validation loss was a mean of per-batch means: "
+            f"it moved from {drawn:.4f} to {longest:.4f}.")
+
+
 def validation_order_section(name: str = "validation-order") -> str | None:
     v = _load(name)
     if not v:
@@ -680,8 +688,7 @@ def validation_order_section(name: str = "validation-order") -> str | None:
         f"Longest first, a pass takes {v['time_ratio']:.2f}x the time. A learning-rate search validates every trial at "
         "every rung (4 by default), and `--eval_steps` validates during training: these are the passes the order "
         "shortens. "
-        "The order changes which rows share a batch, and the Trainer's validation loss is a mean of per-batch means: "
-        f"here it moves from {drawn['eval_loss']:.4f} to {longest['eval_loss']:.4f}." +
+        _validation_loss_sentence(drawn["eval_loss"], longest["eval_loss"]) +
         (f" {v['note']}" if v.get("note") else ""), "",
         *([f"Load while measured: {v['load']}.", ""] if v.get("load") else []),
         f"Machine: {_machine(v['machine'])}."])

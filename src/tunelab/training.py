@@ -191,15 +191,25 @@ class PaddingCounter:
 
 
 def trainer_class(task_kind: str):
-    """The Trainer for the task, whose validation batches bypass the :class:`PaddingCounter`: the Trainer collates
-    them with the training collator, and a run's padding fraction is its training batches' (the model's train/eval
-    mode cannot tell them apart: the Trainer collates a step's batches before it switches the model back to
-    training)."""
+    """The Trainer for the task, with two changes to validation:
+
+    - its loss is the mean loss per predicted token over the whole validation set. The Trainer's own figure is a
+      mean of per-batch means, each repeated by the first batch's size, so it depends on how the rows are batched
+      and ordered (a short last batch counts as a full one); the search, early stopping and the loss curves compare
+      runs by this figure, which should not move with --per_device_eval_batch_size. A batch's share is its loss (a
+      mean over its predicted tokens: labels not -100, shifted for a causal LM as the loss shifts them) times their
+      number.
+    - its batches bypass the :class:`PaddingCounter`: the Trainer collates them with the training collator, and a
+      run's padding fraction is its training batches' (the model's train/eval mode cannot tell them apart: the
+      Trainer collates a step's batches before it switches the model back to training)."""
+    import torch
     from transformers import Seq2SeqTrainer, Trainer
 
     base = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
 
-    class CountingTrainingBatches(base):
+    class TunelabTrainer(base):
+        _token_loss: list | None = None  # [loss summed over predicted tokens, their number] during an evaluation
+
         def get_eval_dataloader(self, eval_dataset=None):
             counted = self.data_collator
             self.data_collator = getattr(counted, "collator", counted)
@@ -208,16 +218,42 @@ def trainer_class(task_kind: str):
             finally:
                 self.data_collator = counted
 
-    return CountingTrainingBatches
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            targets = inputs.get("labels")
+            if loss is not None and self._token_loss is not None and torch.is_tensor(targets):
+                targets = targets[..., 1:] if self._loss_shifts_labels else targets
+                count = targets.ne(-100).sum().to(loss.device)
+                self._token_loss[0] += loss.detach().float() * count
+                self._token_loss[1] += count
+            return loss, logits, labels
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            self._token_loss = [torch.zeros((), device=self.args.device), torch.zeros((), device=self.args.device)]
+            try:
+                output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                                 metric_key_prefix)
+                total, count = self._token_loss
+            finally:
+                self._token_loss = None
+            if self.args.world_size > 1:  # each process saw its shard
+                total, count = self.accelerator.reduce(torch.stack([total, count]), reduction="sum")
+            key = f"{metric_key_prefix}_loss"
+            # a non-finite batch leaves the Trainer's figure, which drops such batches (--logging_nan_inf_filter)
+            if key in output.metrics and count > 0 and torch.isfinite(total):
+                output.metrics[key] = (total / count).item()
+            return output
+
+    return TunelabTrainer
 
 
 def validation_dataset(rows: list[dict]):
     """The validation rows as the Trainer evaluates them: in this order, in batches padded to their longest row.
     Longest first, so that each batch holds rows of about one length (a random order pads most batches to their
     longest outlier; bench/validation_order.py measures what it costs) and a batch too large to fit fails at the
-    first evaluation, as --group_by_length orders training batches. The order changes which rows share a batch, so
-    the Trainer's eval_loss (a mean of per-batch token means) moves (about 1% in that benchmark); every evaluation of
-    a run, and every trial of a search, validates in this one order."""
+    first evaluation, as --group_by_length orders training batches. The validation loss does not depend on the order
+    (:func:`trainer_class`)."""
     from datasets import Dataset
 
     return Dataset.from_list(sorted(rows, key=lambda row: len(row["input_ids"]), reverse=True))
