@@ -52,7 +52,8 @@ class TrainOptions:
     eval_split: str | None = option(None, "split to evaluate on (default: one named validation/val/dev/valid, "
                                           "if the dataset has one)", group="data")
     validation_split: float = option(0.0, "carve this fraction of the training rows out as the validation set "
-                                          "(shuffled with --seed) when the dataset has no validation split",
+                                          "(shuffled with --seed) when the dataset has no validation split; its "
+                                          "loss is the mean per predicted token over the whole set",
                                      group="data")
     dataset_format: str = option("auto", "how to read rows; auto detects it from the column names",
                                  choices=DATASET_FORMATS, group="data")
