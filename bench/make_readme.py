@@ -664,11 +664,10 @@ def _overlap_bound(prof: dict, cores: int | None) -> str:
 
 
 def _validation_loss_sentence(drawn: float, longest: float) -> str:
-    if abs(drawn - longest) < 5e-5:
-        return ("The validation loss is the mean loss per predicted token over the whole set, so the order does not "
-                f"move it ({drawn:.4f} both ways).")
-    return ("The order changes which rows share a batch, and the validation loss was a mean of per-batch means: "
-            f"it moved from {drawn:.4f} to {longest:.4f}.")
+    same = "the same" if f"{drawn:.4f}" == f"{longest:.4f}" else \
+        "the same but for rounding (batches of other shapes add their products in another order)"
+    return ("The validation loss is the mean loss per predicted token over the whole set, so the order leaves it "
+            f"{same}: {drawn:.4f} as drawn, {longest:.4f} longest first.")
 
 
 def validation_order_section(name: str = "validation-order") -> str | None:
@@ -687,7 +686,7 @@ def validation_order_section(name: str = "validation-order") -> str | None:
         _table(["order", "seconds per pass", "padded positions", "real tokens", "validation loss"], rows), "",
         f"Longest first, a pass takes {v['time_ratio']:.2f}x the time. A learning-rate search validates every trial at "
         "every rung (4 by default), and `--eval_steps` validates during training: these are the passes the order "
-        "shortens. "
+        "shortens. " +
         _validation_loss_sentence(drawn["eval_loss"], longest["eval_loss"]) +
         (f" {v['note']}" if v.get("note") else ""), "",
         *([f"Load while measured: {v['load']}.", ""] if v.get("load") else []),
