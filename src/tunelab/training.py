@@ -343,10 +343,12 @@ def _count_flops_once(trainer) -> None:
 
 
 def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(), *,
-          extra_callbacks: tuple = ()) -> TrainResult:
+          extra_callbacks: tuple = (), save_weights: bool = True) -> TrainResult:
     """Run one training job and return where its outputs are. Raises TunelabError for user errors.
     ``extra_callbacks``: Trainer callbacks of the caller's (a comparison's learning-rate search reports each
-    evaluation step's validation loss to Optuna from one, and stops a pruned trial)."""
+    evaluation step's validation loss to Optuna from one, and stops a pruned trial). ``save_weights=False``: the
+    caller uses the returned model and record only (a search trial): neither the weights (a full model is hundreds
+    of MB) nor train_results.json are written, so the folder does not pass for a finished run."""
     from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -477,12 +479,15 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
 
     if masking is not None:
         masking.remove()  # (the callback did so at train end already): no hook or parametrization is saved
-    trainer.save_model(str(out))  # (every process: FSDP and ZeRO-3 gather the weights together; the main one writes)
+    if save_weights:
+        trainer.save_model(str(out))  # (every process: FSDP and ZeRO-3 gather the weights; the main one writes)
     results = None
     if main:  # [distributed]
-        tokenizer.save_pretrained(str(out))
+        if save_weights:
+            tokenizer.save_pretrained(str(out))
         results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
-                           train_seconds, peak_bytes, peak_kind, eval_loss, out,
+                           train_seconds, peak_bytes, peak_kind, eval_loss,
+                           checkpoint_bytes=checkpoint_bytes(out) if save_weights else None,
                            padding_fraction=padding_fraction, processed_token_positions=positions,
                            # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs)
                            **prec.record(), peak_tensor_bytes=peak_tensor_bytes,
@@ -491,10 +496,11 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
                            curves=tracker.curves(trainer.state.log_history) if tracker is not None else None,
                            tracking=tracker.summary(trainer.state.log_history, train_seconds)
                            if tracker is not None else None)
-        # written last: its presence marks a finished run
-        atomic_write_json(out / run_files.TRAIN_RESULTS, results.to_json())
-        # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
-        lifecycle.run(opts, out, results, out / run_files.TRAIN_RESULTS)
+        if save_weights:
+            # written last: its presence marks a finished run
+            atomic_write_json(out / run_files.TRAIN_RESULTS, results.to_json())
+            # --merge_adapter_with_base, --convert_to_gguf (recorded under "exports")
+            lifecycle.run(opts, out, results, out / run_files.TRAIN_RESULTS)
     results = distributed.broadcast(results, args)  # [distributed] every process returns the main one's results
     model = trainer.model
     if not (opts.fsdp or opts.deepspeed):
@@ -506,9 +512,9 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
 
 
 def _results(opts, chosen, data: PreparedData, trainer, output, model_path, task_kind, method, trainable, total,
-             train_seconds, peak_bytes, peak_kind, eval_loss, out: Path, **measured) -> TrainRecord:
+             train_seconds, peak_bytes, peak_kind, eval_loss, **measured) -> TrainRecord:
     """The run's train_results.json; ``measured``: the record's fields measured around the loop (padding, precision,
-    tensor peak, ICA masking, retention tracking)."""
+    tensor peak, ICA masking, retention tracking, the saved weights' size)."""
     history = trainer.state.log_history
     curve = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     eval_curve = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
@@ -536,7 +542,6 @@ def _results(opts, chosen, data: PreparedData, trainer, output, model_path, task
         peak_memory_bytes=peak_bytes,
         peak_memory_kind=peak_kind,
         **device_description(),
-        checkpoint_bytes=checkpoint_bytes(out),
         final_train_loss=curve[-1]["loss"] if curve else None,
         mean_train_loss=output.training_loss,
         final_eval_loss=eval_loss,

@@ -223,6 +223,39 @@ def test_a_crashed_trial_is_recorded_as_failed_and_the_comparison_finishes(tiny_
     assert "failed (killed by SIGKILL" in (out / "report.md").read_text()
 
 
+def test_a_trial_trains_without_writing_its_weights(tiny_llama, tmp_path):
+    from tunelab.config import TrainOptions
+    from tunelab.training import train
+
+    data = write_jsonl(tmp_path / "train.jsonl", TRAIN[:8])
+    opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data), method="full",
+                        output_dir=str(tmp_path / "trial"), max_steps=2, max_seq_length=64, use_cpu=True, seed=0)
+    trained = train(opts, save_weights=False)
+    assert trained.model is not None and trained.record.global_step == 2
+    assert trained.record.checkpoint_bytes is None
+    # no weights (a full model is hundreds of MB, read by nobody), and nothing that passes for a finished run
+    written = sorted(f.name for f in (tmp_path / "trial").rglob("*") if f.is_file())
+    assert not [n for n in written if n.endswith((".safetensors", ".bin")) or n == "train_results.json"], written
+
+
+def test_a_search_on_the_task_metric_scores_each_trial_from_memory(tiny_llama, tmp_path):
+    # The objective is the task's headline metric on the validation split, scored on the model training left in
+    # memory (a trial writes no weights to load).
+    recipe = search_recipe(tmp_path, tiny_llama, trials=2, seed=1, low=1e-4, max_steps=4)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["search"]["objective"] = "metric"
+    spec["methods"] = [{"method": "lora", "lora_r": 2, "learning_rate_range": [1e-3, 1e-1]}]
+    recipe.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "cmp"
+    done = subprocess.run(compare_cmd(recipe, out), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = trials_of(out)
+    assert [t["status"] for t in trials] == ["finished", "finished"]
+    assert all(t["objective"] == "contains_answer" and t["objective_value"] is not None for t in trials)
+    run = next(r for r in ResultsFile(out).records() if r["method"] == "lora" and r.get("kind") != "trial")
+    assert run["status"] == "ok" and run["checkpoint_bytes"] > 0  # the comparison's own run saves its adapter
+
+
 # --- settings -----------------------------------------------------------------------------------------------
 
 def test_ranges_come_from_the_methods_and_the_help_states_them():

@@ -65,8 +65,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     and return the objective (validation loss, or the headline metric on the validation split)."""
     import optuna
 
+    from tunelab.comparison.worker import evaluation_of, needs_saved_weights
     from tunelab.config import EvalOptions, TrainOptions
-    from tunelab.methods import get_method
     from tunelab.training import train
 
     started = time.perf_counter()
@@ -79,7 +79,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     negate = s["objective"] == "metric" and s["direction"] == "maximize"
     callback = reporting_callback(trial, negate=negate, stop_at_step=s.get("stop_at_step"))
     topts = TrainOptions(**spec["train_options"])
-    trained = train(topts, set(spec.get("explicit", [])), extra_callbacks=(callback,))
+    # The trial's weights are read in memory if at all: a full model written only to be deleted is hundreds of MB
+    evaluated_on_disk = s["objective"] == "metric" and needs_saved_weights(spec["eval_options"])
+    trained = train(topts, set(spec.get("explicit", [])), extra_callbacks=(callback,),
+                    save_weights=evaluated_on_disk)
     results = trained.record
     # The last logged step: train() evaluates again after a stop, which is the loss at the step it stopped at.
     outcome: dict[str, Any] = {"status": "pruned" if callback.pruned_at_step is not None else "finished",
@@ -92,16 +95,11 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             from tunelab.evaluation.run import evaluate
 
-            values = dict(spec["eval_options"])
-            if get_method(results.method).peft:
-                values.update(model_name_or_path=topts.model_name_or_path, adapter=str(trained.output_dir))
-            else:
-                values.update(model_name_or_path=str(trained.output_dir), adapter=None)
+            values, model = evaluation_of(trained, topts, spec["eval_options"])
             del trained
-            evaluated = evaluate(EvalOptions(**values)).record
+            evaluated = evaluate(EvalOptions(**values), model=model).record
             outcome["metric"], outcome["value"] = evaluated.headline_metric, evaluated.headline_value
-    # The trial's weights have served their purpose; a full model is hundreds of MB per trial.
-    shutil.rmtree(topts.output_dir, ignore_errors=True)
+    shutil.rmtree(topts.output_dir, ignore_errors=True)  # its configuration and logs
     outcome["elapsed_seconds"] = time.perf_counter() - started
     return {"kind": "trial", "train_results": {k: v for k, v in results.to_json().items() if k != "data"},
             "trial": outcome}
