@@ -65,8 +65,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     and return the objective (validation loss, or the headline metric on the validation split)."""
     import optuna
 
-    from tunelab.comparison.worker import evaluation_of, needs_saved_weights
     from tunelab.config import EvalOptions, TrainOptions
+    from tunelab.evaluation.run import evaluate, evaluation_of, needs_saved_weights
     from tunelab.training import train
 
     started = time.perf_counter()
@@ -93,8 +93,6 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if s["objective"] == "loss":
             outcome["value"] = results.final_eval_loss
         else:
-            from tunelab.evaluation.run import evaluate
-
             values, model = evaluation_of(trained, topts, spec["eval_options"])
             del trained
             evaluated = evaluate(EvalOptions(**values), model=model).record

@@ -103,7 +103,7 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
     phases = phases or Phases()
     with phases("imports_seconds"):
         from tunelab.config import EvalOptions, TrainOptions
-        from tunelab.evaluation.run import evaluate
+        from tunelab.evaluation.run import evaluate, evaluation_of
         from tunelab.methods import get_method
         from tunelab.training import train
 
@@ -154,34 +154,6 @@ def run(spec: dict[str, Any], phases: Phases | None = None) -> dict[str, Any]:
     _phase_breakdown(phases.seconds, train_record, evaluated.record)
     atomic_write_json(run_dir / run_files.WORKER_RESULT, result)
     return result
-
-
-def evaluation_of(trained, topts, eval_values: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """What evaluating a training run takes: ``eval_values`` naming the run's output (its adapter on the base, or
-    its model), and the model training left in memory, to evaluate instead of loading it again from the run
-    directory: the same weights in the same dtype (``inference.from_trained``). The model is None, and evaluation
-    loads from disk, when the run was already finished (nothing in memory) or --torch_dtype asks for another dtype
-    than the run's (:func:`needs_saved_weights`)."""
-    from tunelab import inference
-    from tunelab.config import EvalOptions
-    from tunelab.methods import get_method
-
-    if get_method(trained.record.method).peft:
-        eval_values = {**eval_values, "model_name_or_path": topts.model_name_or_path,
-                       "adapter": str(trained.output_dir)}
-    else:
-        eval_values = {**eval_values, "model_name_or_path": str(trained.output_dir), "adapter": None}
-    eopts = EvalOptions(**eval_values)
-    if trained.model is None or needs_saved_weights(eval_values):
-        return eval_values, None
-    return eval_values, inference.from_trained(trained.model, trained.tokenizer, trained.output_dir,
-                                               model_path=trained.record.base_model_path, use_cpu=eopts.use_cpu,
-                                               template=eopts.template, system_prompt=eopts.system_prompt)
-
-
-def needs_saved_weights(eval_values: dict[str, Any]) -> bool:
-    """Whether evaluation must load the run from disk: another dtype than the one the run computes in."""
-    return eval_values.get("torch_dtype", "auto") != "auto"
 
 
 def _phase_breakdown(seconds: dict[str, Any], trained: TrainRecord | None, evaluated: EvalRecord) -> None:

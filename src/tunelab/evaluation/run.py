@@ -173,6 +173,32 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     return EvalResult(out, record, model=lm)
 
 
+def evaluation_of(trained, topts, eval_values: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """What evaluating a training run takes: ``eval_values`` naming the run's output (its adapter on the base, or
+    its model), and the model training left in memory, to evaluate instead of loading it again from the run
+    directory: the same weights in the same dtype (``inference.from_trained``). The model is None, and evaluation
+    loads from disk, when the run was already finished (nothing in memory) or --torch_dtype asks for another dtype
+    than the run's (:func:`needs_saved_weights`)."""
+    from tunelab.methods import get_method
+
+    if get_method(trained.record.method).peft:
+        eval_values = {**eval_values, "model_name_or_path": topts.model_name_or_path,
+                       "adapter": str(trained.output_dir)}
+    else:
+        eval_values = {**eval_values, "model_name_or_path": str(trained.output_dir), "adapter": None}
+    eopts = EvalOptions(**eval_values)
+    if trained.model is None or needs_saved_weights(eval_values):
+        return eval_values, None
+    return eval_values, inference.from_trained(trained.model, trained.tokenizer, trained.output_dir,
+                                               model_path=trained.record.base_model_path, use_cpu=eopts.use_cpu,
+                                               template=eopts.template, system_prompt=eopts.system_prompt)
+
+
+def needs_saved_weights(eval_values: dict[str, Any]) -> bool:
+    """Whether evaluation must load the run from disk: another dtype than the one the run computes in."""
+    return eval_values.get("torch_dtype", "auto") != "auto"
+
+
 def _dtype_name(dtype) -> str | None:
     return str(dtype).replace("torch.", "") if dtype is not None else None
 
