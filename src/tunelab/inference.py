@@ -56,9 +56,13 @@ def base_for(model_name_or_path: str | None, adapter: str | None) -> str:
     if not folder.is_dir():
         raise TunelabError(f"--adapter {adapter}: no such directory; pass the output_dir of a PEFT run")
     peft_config = folder / "adapter_config.json"
-    names = [read_run_config(folder).get("model_name_or_path"),
-             json.loads(peft_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-             if peft_config.is_file() else None]
+    try:
+        names = [read_run_config(folder).get("model_name_or_path"),
+                 json.loads(peft_config.read_text(encoding="utf-8-sig")).get("base_model_name_or_path")
+                 if peft_config.is_file() else None]
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
+        raise TunelabError(f"--adapter {adapter}: cannot read the base model it names ({e}); pass "
+                           "--model_name_or_path, or the output_dir of a finished PEFT run") from None
     names = [n for n in names if n]
     # a run trained from a relative path saved that path: it may not lead anywhere from here
     usable = [n for n in names if n in BUILTIN_MODELS or Path(n).expanduser().exists()] or \

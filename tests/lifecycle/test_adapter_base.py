@@ -51,3 +51,11 @@ def test_an_adapter_that_saved_no_usable_base_says_pass_the_model(tmp_path):
         base_for(None, str(adapter))
     assert "names no base model that can be found here (./models/base)" in str(e.value)
     assert "--model_name_or_path" in str(e.value)
+
+
+def test_an_unreadable_adapter_config_is_one_clear_error(tmp_path):
+    adapter = _adapter(tmp_path)
+    (adapter / "adapter_config.json").write_text("{not json")
+    with pytest.raises(TunelabError) as e:
+        base_for(None, str(adapter))
+    assert f"--adapter {adapter}: cannot read the base model it names" in str(e.value)

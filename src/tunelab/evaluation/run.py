@@ -186,9 +186,9 @@ def evaluation_of(trained, topts, eval_values: dict[str, Any]) -> tuple[dict[str
                        "adapter": str(trained.output_dir)}
     else:
         eval_values = {**eval_values, "model_name_or_path": str(trained.output_dir), "adapter": None}
-    eopts = EvalOptions(**eval_values)
     if trained.model is None or needs_saved_weights(eval_values):
         return eval_values, None
+    eopts = EvalOptions(**eval_values)
     return eval_values, inference.from_trained(trained.model, trained.tokenizer, trained.output_dir,
                                                model_path=trained.record.base_model_path, use_cpu=eopts.use_cpu,
                                                template=eopts.template, system_prompt=eopts.system_prompt)
