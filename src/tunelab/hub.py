@@ -150,7 +150,7 @@ def model_card(directory: str | Path, *, repo_id: str, eval_results: str | Path 
     train = train or TrainRecord.from_json({})  # (no run: every field None)
     run = {}
     if (directory / run_files.TRAIN_CONFIG).is_file():
-        run = yaml.safe_load((directory / run_files.TRAIN_CONFIG).read_text(encoding="utf-8")) or {}
+        run = run_files.read_yaml_mapping(directory / run_files.TRAIN_CONFIG)
     if eval_results is not None and not Path(eval_results).is_file():
         raise TunelabError(f"--eval_results {eval_results}: file not found; pass the eval_results.json of "
                            "`tunelab eval`")

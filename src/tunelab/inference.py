@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
 
 from tunelab.data.encode import IGNORE_INDEX, adds_bos, encode_causal
 from tunelab.data.formats import Example
@@ -37,7 +36,7 @@ def read_run_config(directory: str | Path | None) -> dict[str, Any]:
     path = Path(directory) / run_files.TRAIN_CONFIG
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return run_files.read_yaml_mapping(path, fix="re-run the training that wrote it, or remove the file")
 
 
 def base_for(model_name_or_path: str | None, adapter: str | None) -> str:
@@ -60,7 +59,7 @@ def base_for(model_name_or_path: str | None, adapter: str | None) -> str:
         names = [read_run_config(folder).get("model_name_or_path"),
                  json.loads(peft_config.read_text(encoding="utf-8-sig")).get("base_model_name_or_path")
                  if peft_config.is_file() else None]
-    except (ValueError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
+    except (ValueError, UnicodeDecodeError, AttributeError, TunelabError) as e:
         raise TunelabError(f"--adapter {adapter}: cannot read the base model it names ({e}); pass "
                            "--model_name_or_path, or the output_dir of a finished PEFT run") from None
     names = [n for n in names if n]

@@ -14,8 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from tunelab import run_files
 from tunelab.errors import TunelabError
 
 _MISSING = dataclasses.MISSING
@@ -115,14 +115,7 @@ def load_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TunelabError(f"--config {path}: file not found; pass the path of a YAML file of options")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise TunelabError(f"--config {path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax")
-    if not isinstance(data, dict):
-        raise TunelabError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    data = run_files.read_yaml_mapping(path, label=f"--config {path}", fix="write one option name: value per line")
     # keys a run saves beside its options (tunelab_config.yaml: the precision and why), so a saved file is a config
     data = {k: v for k, v in data.items() if k not in getattr(cls, "SAVED_RECORD_KEYS", ())}
     known = {f.name for f in dataclasses.fields(cls)}

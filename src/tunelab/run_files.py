@@ -39,3 +39,25 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise TunelabError(f"{path}: not valid JSON ({e}); fix or remove it") from None
+
+
+def read_yaml_mapping(path: str | Path, *, label: str | None = None, fix: str = "fix or remove it") -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a run's saved options, a recipe, a --config file); empty is ``{}``.
+    Anything else is one line naming ``label`` (the file, or the flag that named it), the line, and ``fix``."""
+    import yaml
+
+    path = Path(path)
+    label = label or str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise TunelabError(f"{label}: not UTF-8 text ({e.reason} at byte {e.start}); {fix}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise TunelabError(f"{label}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); {fix}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TunelabError(f"{label}: expected a mapping of names to values, got {type(data).__name__}; {fix}")
+    return data

@@ -20,6 +20,7 @@ import yaml
 
 from tunelab.comparison.search_settings import SearchSettings, check_range, check_settings, parse_search
 from tunelab.config import EvalOptions, TrainOptions
+from tunelab import run_files
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 
@@ -189,12 +190,7 @@ def load_recipe(path_or_name: str) -> Recipe:
         else:
             raise TunelabError(f"recipe {path_or_name}: no such file nor built-in recipe (built-in: "
                                f"{', '.join(sorted(builtins))}); see `tunelab recipes`")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise TunelabError(f"recipe {path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML "
-                           f"({getattr(e, 'problem', e)})") from None
+    raw = run_files.read_yaml_mapping(path, label=f"recipe {path}", fix="see `tunelab recipes` for the fields")
     return parse_recipe(raw, source=str(path))
 
 

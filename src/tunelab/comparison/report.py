@@ -704,9 +704,8 @@ def _notes(records) -> list[str]:
 
 
 def _recipe_name(out: Path) -> str:
-    import yaml
 
     path = out / "recipe.yaml"
     if path.is_file():
-        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("name", out.name)
+        return run_files.read_yaml_mapping(path).get("name", out.name)
     return out.name

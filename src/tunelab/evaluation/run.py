@@ -84,7 +84,7 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     out = Path(opts.output_dir)
     saved = out / run_files.EVAL_OPTIONS
     if (out / run_files.EVAL_RESULTS).is_file() and not opts.overwrite_output_dir:
-        if saved.is_file() and yaml.safe_load(saved.read_text(encoding="utf-8")) == _identity(opts):
+        if saved.is_file() and run_files.read_yaml_mapping(saved) == _identity(opts):
             log.info("%s already holds this finished evaluation; nothing to do", out)
             return EvalResult(out, EvalRecord.read(out / run_files.EVAL_RESULTS), skipped=True)
         raise TunelabError(f"--output_dir {out}: holds a different evaluation; choose a new directory or pass "
