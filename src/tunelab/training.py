@@ -198,7 +198,11 @@ def trainer_class(task_kind: str):
       and ordered (a short last batch counts as a full one); the search, early stopping and the loss curves compare
       runs by this figure, which should not move with --per_device_eval_batch_size. A batch's share is its loss (a
       mean over its predicted tokens: labels not -100, shifted for a causal LM as the loss shifts them) times their
-      number.
+      number (its own: under several processes the Trainer would divide every process's loss by all processes'
+      tokens). Across processes the rows accelerate repeats to give every process an equal last batch are left out
+      (as the Trainer leaves them out of its own figure): exactly where such a batch is all repeats, and a last batch
+      that mixes repeated and real rows counts its real rows at that batch's mean. A packed batch (--packing) is one
+      row of several examples, so there the repeats count.
     - its batches bypass the :class:`PaddingCounter`: the Trainer collates them with the training collator, and a
       run's padding fraction is its training batches' (the model's train/eval mode cannot tell them apart: the
       Trainer collates a step's batches before it switches the model back to training)."""
@@ -208,37 +212,53 @@ def trainer_class(task_kind: str):
     base = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
 
     class TunelabTrainer(base):
-        _token_loss: list | None = None  # [loss summed over predicted tokens, their number] during an evaluation
+        _token_loss = None  # during an evaluation: [loss summed over predicted tokens, their number], all processes
+        _rows_are_examples = True  # False for a packed batch: one row holding several examples
 
         def get_eval_dataloader(self, eval_dataset=None):
+            from transformers import DataCollatorWithFlattening
+
             counted = self.data_collator
             self.data_collator = getattr(counted, "collator", counted)
+            self._rows_are_examples = not isinstance(self.data_collator, DataCollatorWithFlattening)
             try:
                 return super().get_eval_dataloader(eval_dataset)
             finally:
                 self.data_collator = counted
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self._token_loss is not None:
+                # evaluating: the batch's mean over its own tokens, which prediction_step weighs by their number
+                # (across processes the Trainer passes all processes' count, and scales the loss to match)
+                num_items_in_batch = None
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
             targets = inputs.get("labels")
             if loss is not None and self._token_loss is not None and torch.is_tensor(targets):
                 targets = targets[..., 1:] if self._loss_shifts_labels else targets
-                count = targets.ne(-100).sum().to(loss.device)
-                self._token_loss[0] += loss.detach().float() * count
-                self._token_loss[1] += count
+                counts = targets.ne(-100).reshape(len(targets), -1).sum(-1).to(loss.device, torch.float32)
+                # the batch's loss shared out by each row's predicted tokens: the rows sum to the batch's share
+                rows = torch.stack([loss.detach().float() * counts, counts], dim=1)
+                if self.args.world_size > 1:
+                    # gather_for_metrics drops the rows accelerate repeated to even out the processes' last
+                    # batches, as the Trainer drops them from its own losses; a packed row cannot be split
+                    gather = self.accelerator.gather_for_metrics if self._rows_are_examples else self.accelerator.gather
+                    rows = gather(rows)
+                self._token_loss += rows.sum(0).to(self._token_loss.device)
             return loss, logits, labels
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                             metric_key_prefix="eval"):
-            self._token_loss = [torch.zeros((), device=self.args.device), torch.zeros((), device=self.args.device)]
+            self._token_loss = torch.zeros(2, device=self.args.device)
             try:
                 output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                                  metric_key_prefix)
                 total, count = self._token_loss
             finally:
                 self._token_loss = None
-            if self.args.world_size > 1:  # each process saw its shard
-                total, count = self.accelerator.reduce(torch.stack([total, count]), reduction="sum")
             key = f"{metric_key_prefix}_loss"
             # a non-finite batch leaves the Trainer's figure, which drops such batches (--logging_nan_inf_filter)
             if key in output.metrics and count > 0 and torch.isfinite(total):

@@ -27,6 +27,10 @@ pytestmark = pytest.mark.xdist_group("distributed")
 ROWS = [{"prompt": f"Count {w}.", "completion": f"{i} {w} sum"}
         for i, w in enumerate(["books", "cats", "dogs", "the fox", "tables", "rows", "order by", "limit"])]
 STEPS = 3
+# Validation rows, evaluated 2 at a time: 3 batches, so the second process's last batch is accelerate's repeat of the
+# first (even_batches). The validation loss must leave the repeat out, as one process has none.
+VALIDATION = [{"prompt": f"Say {w}.", "completion": f"{w} {i}"}
+              for i, w in enumerate(["a", "bb", "c d", "ee", "f", "g h i"])]
 # Dropout off (lora_dropout 0; the tiny Llama has none), no warmup so that every step moves the weights. float32
 # (--no_bf16, not the bf16 default of a CPU with bf16 instructions): split batches round bf16 matmuls differently, so
 # the two layouts would agree only to bf16's precision, not to the 1e-5 compared here.
@@ -37,12 +41,15 @@ COMMON = ["--method", "lora", "--lora_r", "2", "--lora_dropout", "0", "--no_bf16
 
 def _flags(model: Path, data: Path, out: Path, batch: int) -> list[str]:
     return ["--model_name_or_path", str(model), "--dataset_name_or_path", str(data), "--output_dir", str(out),
-            "--per_device_train_batch_size", str(batch), *COMMON]
+            "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "2", *COMMON]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("ddp") / "rows.jsonl", ROWS)
+    folder = tmp_path_factory.mktemp("ddp")
+    write_jsonl(folder / "train.jsonl", ROWS)
+    write_jsonl(folder / "validation.jsonl", VALIDATION)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +87,11 @@ def _check_against_single(out: Path, reference: tuple[dict, Path], tiny_llama: P
     assert len(got) == len(want) == STEPS
     assert got == pytest.approx(want, rel=1e-5)
     assert got[-1] < got[0], "the run did not train"
+    # The mean loss per predicted token over the 6 validation rows, each counted once and weighed by its own
+    # tokens: 5.879 against 5.799 when the repeated batch counted and each process's loss was read as its own
+    # batch's mean (under several processes the Trainer divides it by all processes' tokens instead).
+    assert single["final_eval_loss"] is not None
+    assert results["final_eval_loss"] == pytest.approx(single["final_eval_loss"], rel=1e-5)
     # Written by the main process: the files of a one-process run, no per-process leftovers.
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_out.iterdir())
     # The adapter loads with plain peft, onto the plain base model.
