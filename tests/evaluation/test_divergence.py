@@ -47,6 +47,19 @@ def test_cross_entropy_is_the_shifted_loss_transformers_computes(tiny_llama):
         assert ref.nll_sum / ref.tokens == pytest.approx(float(loss), rel=1e-5)
 
 
+def test_batched_losses_come_back_in_the_caller_s_order(tiny_llama):
+    """response_losses batches rows of about one length together: each row's figures are the ones it gets alone,
+    at its own position (the longest row first here: the length order is not the caller's)."""
+    base = inference.load(str(tiny_llama), use_cpu=True)
+    rows = [Example(messages=[{"role": "user", "content": "Say it."}, {"role": "assistant", "content": answer}])
+            for answer in ("one two three four five six seven", "one", "one two three")]
+    batched = inference.response_losses(base, rows, batch_size=2)
+    alone = [inference.response_losses(base, [ex], batch_size=1)[0] for ex in rows]
+    assert [r["tokens"] for r in batched] == [r["tokens"] for r in alone]
+    assert len({r["tokens"] for r in alone}) == len(rows)
+    assert [r["nll_sum"] for r in batched] == pytest.approx([r["nll_sum"] for r in alone], rel=1e-5)
+
+
 def test_fresh_lora_is_the_base(tiny_llama):
     from peft import LoraConfig
 
