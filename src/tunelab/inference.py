@@ -358,19 +358,6 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def length_order(lengths: list[int]) -> list[int]:
-    """Positions, shortest first: batches of rows of about one length pad less. Results computed in this order go
-    back to the caller's with :func:`in_caller_order`."""
-    return sorted(range(len(lengths)), key=lengths.__getitem__)
-
-
-def in_caller_order(order: list[int], results: list) -> list:
-    out = [None] * len(results)
-    for position, result in zip(order, results):
-        out[position] = result
-    return out
-
-
 @dataclass
 class GenerationStats:
     seconds: float = 0.0
@@ -413,7 +400,7 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
     names = adapter_names or [None] * len(texts)
     # Batches of similar prompt length (characters stand in for tokens): less padding to attend over; answers
     # come back in the caller's order.
-    order = length_order([len(t) for t in texts])
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     texts, names = [texts[i] for i in order], [names[i] for i in order]
     stats = GenerationStats()
     outputs: list[str] = []
@@ -448,7 +435,9 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
             outputs.append(text.strip() if strip else text)
         bar.update(len(chunk))
     bar.close()
-    answers = in_caller_order(order, outputs)
+    answers = [""] * len(outputs)
+    for position, text in zip(order, outputs):
+        answers[position] = text
     return answers, stats
 
 
@@ -497,8 +486,7 @@ def input_positions(outputs, width: int):
 
 def response_losses(lm: LoadedModel, examples: list[Example], *, batch_size: int = 8, max_seq_length: int = 1024,
                     return_logits: bool = False) -> list[dict[str, Any]]:
-    """Per example, in the caller's order: summed cross-entropy over target tokens and their count (logits shifted
-    against labels). Computed in batches of about one length."""
+    """Per example: summed cross-entropy over target tokens and their count (logits shifted against labels)."""
     import torch
     import torch.nn.functional as F
 
@@ -506,9 +494,13 @@ def response_losses(lm: LoadedModel, examples: list[Example], *, batch_size: int
         raise TunelabError("per-token losses are computed for causal language models only")
     tok = lm.tokenizer
     tok.padding_side = "right"
-    feats = [encode_causal(ex, lm.template, tok, max_seq_length, bos=adds_bos(tok))[0] for ex in examples]
-    order = length_order([len(f["input_ids"]) if f else 0 for f in feats])
-    feats = [feats[i] for i in order]
+    # In the caller's order, not by length as generate batches: which rows share a batch moves the logits slightly
+    # (batched by length, the demo's drift KL moved by up to 1%: 0.3826 -> 0.3803 for QLoRA), and the recorded drift
+    # figures were measured in this order; length batching saved about 3 s of the demo's 6 minutes.
+    feats = []
+    for ex in examples:
+        f, _ = encode_causal(ex, lm.template, tok, max_seq_length, bos=adds_bos(tok))
+        feats.append(f)
     results: list[dict[str, Any]] = []
     for chunk in batches(feats, batch_size):
         width = max(len(f["input_ids"]) for f in chunk if f) if any(chunk) else 1
@@ -534,7 +526,7 @@ def response_losses(lm: LoadedModel, examples: list[Example], *, batch_size: int
             if return_logits:
                 row["logits"] = shift_logits[i][valid[i]]
             results.append(row)
-    return in_caller_order(order, results)
+    return results
 
 
 def embed(lm: LoadedModel, texts: list[str], *, batch_size: int = 32, max_length: int = 256):

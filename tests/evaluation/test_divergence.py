@@ -47,9 +47,9 @@ def test_cross_entropy_is_the_shifted_loss_transformers_computes(tiny_llama):
         assert ref.nll_sum / ref.tokens == pytest.approx(float(loss), rel=1e-5)
 
 
-def test_batched_losses_come_back_in_the_caller_s_order(tiny_llama):
-    """response_losses batches rows of about one length together: each row's figures are the ones it gets alone,
-    at its own position (the longest row first here: the length order is not the caller's)."""
+def test_batched_losses_are_each_row_s_own(tiny_llama):
+    """A row batched with longer and shorter ones (right-padded, masked) gets the figures it gets alone, at its own
+    position."""
     base = inference.load(str(tiny_llama), use_cpu=True)
     rows = [Example(messages=[{"role": "user", "content": "Say it."}, {"role": "assistant", "content": answer}])
             for answer in ("one two three four five six seven", "one", "one two three")]
