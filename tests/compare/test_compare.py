@@ -63,12 +63,19 @@ def test_end_to_end_table_equals_results(comparison):
         for metric, value in rec["task_metrics"].items():
             if metric in header:
                 assert _numbers(row[metric])[0] == pytest.approx(round(value, 4), abs=1e-9)
+        # tokens/s as evaluated (an adapter attached) and, for a method that merges, after merging
+        speeds = rec["inference"]
+        want = [speeds.get("tokens_per_second", speeds.get("adapter_tokens_per_second")),
+                speeds.get("merged_tokens_per_second")]
+        assert (want[1] is not None) == (label in ("lora", "ia3"))
+        assert _numbers(row["Generation tokens/s"]) == pytest.approx([round(v, 1) for v in want if v is not None])
         drift_col = next(h for h in header if h.startswith("drift"))
         kl = rec["retention"]["drift"]["kl_divergence"]
         assert _numbers(row[drift_col])[0] == pytest.approx(kl, rel=1e-3, abs=1e-4)
         lm_col = next(h for h in header if h.startswith("language_modeling"))
         assert _numbers(row[lm_col])[0] == pytest.approx(
             round(rec["retention"][next(k for k in rec["retention"] if k != "drift")]["after"], 4))
+    assert "Generation tokens/s: greedy answers to the same test prompts" in (out / "report.md").read_text()
     # The printed table is the report's table.
     assert "| base (untouched) |" in captured.stdout and f"report: {out / 'report.html'}" in captured.stdout
     # `tunelab report` rebuilds the same files from results.jsonl alone.

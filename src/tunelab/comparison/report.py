@@ -17,8 +17,9 @@ from typing import Any
 
 from tunelab.comparison.figures import figure, pareto_front, png, tradeoff_axes
 from tunelab.comparison.results import ResultsFile
-from tunelab.comparison.rows import (Row, fmt_num, fmt_params, fmt_seconds, fmt_stat, group_rows, is_drift_probe,
-                                     probe_title, probes_of, retention_ratio, retention_value)
+from tunelab.comparison.rows import (Row, fmt_num, fmt_params, fmt_rate, fmt_seconds, fmt_stat, generation_speed,
+                                     group_rows, is_drift_probe, probe_title, probes_of, retention_ratio,
+                                     retention_value)
 from tunelab.errors import TunelabError
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 from tunelab.fileio import atomic_write_text
@@ -89,8 +90,10 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     probes = probes_of(ok)
     # on the CPU, the live tensor bytes beside the resident set size: methods compared rather than allocators
     tensor_peak = any(r.get("peak_tensor_bytes") for r in ok)
+    generation = any(generation_speed(r) is not None for r in ok)
     header = ["Approach", "Trainable params (%)", "Training time", "Peak memory",
-              *(["Tensor peak"] if tensor_peak else []), "Checkpoint size", *metric_names]
+              *(["Tensor peak"] if tensor_peak else []), "Checkpoint size",
+              *(["Generation tokens/s"] if generation else []), *metric_names]
     for p in probes:
         header.append(f"{probe_title(p)} KL ↓" if is_drift_probe(ok, p) else f"{probe_title(p)} (retention)")
     body = []
@@ -109,7 +112,8 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), format_bytes),
                  *(["–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_tensor_bytes")), format_bytes)]
                    if tensor_peak else []),
-                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("checkpoint_bytes")), format_bytes)]
+                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("checkpoint_bytes")), format_bytes),
+                 *([_generation_cell(row)] if generation else [])]
         for m in metric_names:
             cells.append(fmt_stat(row.stat(lambda r, m=m: (r.get("task_metrics") or {}).get(m))))
         for p in probes:
@@ -121,6 +125,13 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         body.append(cells)
     _search_and_difference_columns(rows, header, body)
     return header, body
+
+
+def _generation_cell(row: Row) -> str:
+    """Tokens/s as evaluated and, for an adapter the method merges, after merging it into the base."""
+    text = fmt_stat(row.stat(generation_speed), fmt_rate)
+    merged = row.stat(lambda r: generation_speed(r, merged=True))
+    return text if merged.mean is None else f"{text} (merged {fmt_stat(merged, fmt_rate)})"
 
 
 def _search_and_difference_columns(rows: list[Row], header: list[str], body: list[list[str]]) -> None:
@@ -689,6 +700,8 @@ def _notes(records) -> list[str]:
                      "activations) during the first 2 optimizer steps, counted as tunelab estimate --validate "
                      "counts them: no allocator caching or Python runtime, so it compares the methods; every "
                      "method sees the same first batches.")
+    if any(generation_speed(r) is not None for r in ok):
+        notes.append(generation_note(ok))
     devices = sorted({f"{r.get('device')} ({r.get('device_name')})" for r in ok if r.get("device")})
     if devices:
         notes.append("Device: " + ", ".join(devices) + ".")
@@ -701,6 +714,23 @@ def _notes(records) -> list[str]:
                      "in brackets; a KL column is the mean token-level KL divergence from the base model on the "
                      "base model's own continuations (0 = unchanged).")
     return notes
+
+
+def generation_note(records) -> str:
+    """How the generation column was measured, with the figures' own spread: timings on a shared machine move
+    between processes, so a small difference between two runs is not a difference between their methods."""
+    spreads = [(hi - lo) / hi for r in records for key in ("tokens_per_second_range",
+                                                            "adapter_tokens_per_second_range",
+                                                            "merged_tokens_per_second_range")
+               if (rng := (r.get("inference") or {}).get(key)) and (lo := rng[0]) is not None and (hi := rng[1])]
+    inference = next(r["inference"] for r in records if r.get("inference"))
+    repeats, tokens = inference.get("repeats"), inference.get("new_tokens")
+    spread = f" (within a run the repeats differ by up to {100 * max(spreads):.0f}%)" if spreads else ""
+    return (f"Generation tokens/s: greedy answers to the same test prompts, {tokens} new tokens a repeat, the "
+            f"median of {repeats} timed repeats{spread}, in the dtype each model was evaluated in; each run measures "
+            "in its own process, and timings move between processes and with other load, so compare large gaps "
+            "only. A PEFT model is timed with its adapter attached and, in brackets, after merge_and_unload where "
+            "its method merges (not onto a quantized base).")
 
 
 def _recipe_name(out: Path) -> str:

@@ -82,6 +82,15 @@ def is_drift_probe(records, probe: str) -> bool:
     return any(is_drift((r.get("retention") or {}).get(probe)) for r in records)
 
 
+def generation_speed(rec: dict, merged: bool = False) -> float | None:
+    """A run's generation tokens/s (comparison/worker.py's inference cost): as evaluated (a PEFT model with its
+    adapter attached), or ``merged`` into the base, where the method merges."""
+    speeds = rec.get("inference") or {}
+    if merged:
+        return speeds.get("merged_tokens_per_second")
+    return speeds.get("tokens_per_second", speeds.get("adapter_tokens_per_second"))
+
+
 RUN_COLUMNS = ("label", "method", "seed", "status", "trainable_params", "trainable_percent", "train_seconds",
                "peak_memory_bytes", "peak_tensor_bytes", "checkpoint_bytes", "final_train_loss", "headline_metric",
                "headline_value", "error")
@@ -92,6 +101,8 @@ def run_values(rec: dict[str, Any]) -> dict[str, Any]:
     base (``PROBE_kl``) or the score after tuning and its retention ratio (``PROBE_after``, ``PROBE_retention``):
     the numbers the report's table shows, one run at a time (``tunelab.Comparison.table``)."""
     values = {k: rec.get(k) for k in RUN_COLUMNS}
+    values.update(generation_tokens_per_second=generation_speed(rec),
+                  merged_generation_tokens_per_second=generation_speed(rec, merged=True))
     values.update(rec.get("task_metrics") or {})
     for probe, p in (rec.get("retention") or {}).items():
         if is_drift(p):
@@ -119,6 +130,10 @@ def fmt_params(n: float | None) -> str:
         if n >= size:
             return f"{n / size:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def fmt_rate(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:
