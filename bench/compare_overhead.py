@@ -101,7 +101,7 @@ def main() -> None:
                         "budget": recipe.budget, "eval": recipe.eval, "retention": recipe.retention,
                         "methods": [m.as_dict() for m in recipe.methods],
                         "runs_wall_seconds": runs, "train_seconds": train,
-                        "per_run": [{k: r.get(k) for k in ("label", "wall_seconds", "train_seconds")}
+                        "per_run": [{k: r.get(k) for k in ("label", "wall_seconds", "train_seconds", "inference")}
                                     for r in records],
                         "profile": prof, "table": {"header": header, "rows": body}, **search_summary(records, trials),
                         **trajectory_summary(records, out, name)})

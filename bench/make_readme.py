@@ -60,10 +60,36 @@ def demo_section() -> str | None:
         f"{d['train_seconds']:.0f} s of it, the rest is evaluation, model loading and process start-up. "
         "Peak memory on the CPU is the training process's peak resident set size during training; the tensor peak "
         "is the live tensor bytes of the first two steps, which compares the methods rather than the allocator. "
-        "The Δ column is the paired-bootstrap difference from full fine-tuning. `make demo` "
-        "prints this table and writes `runs/demo/report.html` and `report.md` (plots, one verdict line per method, "
-        "the methods' outputs side by side); a second `make demo` finds every run finished and only rebuilds them.",
+        "The Δ column is the paired-bootstrap difference from full fine-tuning." + _generation_sentence(d) +
+        " `make demo` prints this table and writes `runs/demo/report.html` and `report.md` (plots, one verdict line "
+        "per method, the methods' outputs side by side); a second `make demo` finds every run finished and only "
+        "rebuilds them.",
     ])
+
+
+def _generation_sentence(d: dict) -> str:
+    """What the generation column says, as ratios within this one comparison."""
+    speeds = {r["label"]: r["inference"] for r in d.get("per_run", []) if r.get("inference")}
+    if not speeds:
+        return ""
+    first = next(iter(speeds.values()))
+    base = speeds.get("base", {}).get("tokens_per_second")
+    parts = []
+    for label, s in speeds.items():
+        attached, merged = s.get("adapter_tokens_per_second"), s.get("merged_tokens_per_second")
+        if attached and merged:
+            parts.append(f"{label} generates with its adapter attached at {100 * attached / merged:.0f}% of its "
+                         "merged speed")
+        elif attached and base and s.get("not_merged_because") == "quantized base":
+            parts.append(f"{label}, whose 4-bit base cannot take the adapter in, at {100 * attached / base:.0f}% of "
+                         "the base model's speed")
+    full = speeds.get("full", {}).get("tokens_per_second")
+    same_shape = (f": the base and full fine-tuning, models of one shape, measure {100 * abs(full - base) / base:.0f}% "
+                  "apart here" if base and full else "")
+    return (f" Generation tokens/s: greedy answers forced to one length, {first['new_tokens']} new tokens a repeat, the median of "
+            f"{first['repeats']} repeats, measured in each run's own process after its evaluation, so only large gaps "
+            f"between runs mean something{same_shape}; in brackets, after merge_and_unload" +
+            (f". Here {'; '.join(parts)}." if parts else "."))
 
 
 def _trajectory_points(run: dict) -> list[tuple[str, float, float]]:

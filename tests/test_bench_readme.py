@@ -156,3 +156,18 @@ def test_the_overhead_bound_spreads_every_process_cpu_second_over_the_cores(make
     # 1.3 x 50 s x 2 cores = 130 CPU seconds, 120 of them training's: 10 left for the 280 outside training
     assert "the 280 CPU seconds spent outside the training calls cut to about 10" in text
     assert make_readme._overlap_bound({**prof, "runs": [{"cpu_seconds": {}}]}, 2) == ""  # no CPU figures, no claim
+
+
+def test_the_generation_sentence_states_ratios_of_the_recorded_speeds(make_readme):
+    per_run = [{"label": "base", "inference": {"tokens_per_second": 90.0, "new_tokens": 256, "repeats": 3}},
+               {"label": "full", "inference": {"tokens_per_second": 81.0}},
+               {"label": "lora", "inference": {"adapter_tokens_per_second": 60.0, "merged_tokens_per_second": 80.0,
+                                               "new_tokens": 256, "repeats": 3}},
+               {"label": "qlora", "inference": {"adapter_tokens_per_second": 30.0, "merged_tokens_per_second": None,
+                                                "not_merged_because": "quantized base"}}]
+    text = make_readme._generation_sentence({"per_run": per_run})
+    assert "lora generates with its adapter attached at 75% of its merged speed" in text
+    assert "qlora, whose 4-bit base cannot take the adapter in, at 33% of the base model's speed" in text
+    assert "forced to one length, 256 new tokens a repeat, the median of 3 repeats" in text
+    assert "the base and full fine-tuning, models of one shape, measure 10% apart here" in text
+    assert make_readme._generation_sentence({"per_run": [{"label": "full"}]}) == ""
