@@ -41,6 +41,24 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
         raise TunelabError(f"{path}: not valid JSON ({e}); fix or remove it") from None
 
 
+def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
+    """A JSON-lines file's values with their line numbers (blank lines skipped); a line that is not JSON is one
+    error naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise TunelabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); fix or remove it") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append((number, json.loads(line)))
+            except ValueError as e:
+                raise TunelabError(f"{path} line {number}: not valid JSON ({e}); fix or delete that line") from None
+    return out
+
+
 def read_yaml_mapping(path: str | Path, *, label: str | None = None, fix: str = "fix or remove it") -> dict[str, Any]:
     """A YAML file that must hold a mapping (a run's saved options, a recipe, a --config file); empty is ``{}``.
     Anything else is one line naming ``label`` (the file, or the flag that named it), the line, and ``fix``."""

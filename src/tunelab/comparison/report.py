@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,8 +449,7 @@ def _task_predictions(rec: dict[str, Any]) -> list[dict[str, Any]]:
     if not path or not path.is_file():
         return []
     task = rec.get("task")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if r.get("source") == task]
+    return [r for _, r in run_files.read_jsonl(path) if isinstance(r, dict) and r.get("source") == task]
 
 
 def qualitative(records: list[dict[str, Any]], seed: int = 0, k: int = QUALITATIVE_EXAMPLES) -> list[dict[str, Any]]:

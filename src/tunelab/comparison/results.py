@@ -27,12 +27,8 @@ class ResultsFile:
         record declares, or without one it needs, is an error naming the file and line."""
         if not self.path.is_file():
             return []
-        out = []
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                record = comparison_record(json.loads(line), source=f"{self.path} line {number}").to_json()
-                out.append(self._located(record))
-        return out
+        return [self._located(comparison_record(value, source=f"{self.path} line {number}").to_json())
+                for number, value in run_files.read_jsonl(self.path)]
 
     def by_key(self) -> dict[str, dict[str, Any]]:
         return {r["key"]: r for r in self.records()}

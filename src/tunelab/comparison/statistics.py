@@ -15,9 +15,6 @@ weighted by tokens, Spearman's rho over the resampled pairs).
 
 from __future__ import annotations
 
-from tunelab import run_files
-
-import json
 import logging
 import math
 import warnings
@@ -27,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from tunelab import run_files
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +195,7 @@ RESAMPLERS: dict[str, Callable[[list[dict]], Resampler | None]] = {
 
 @lru_cache(maxsize=256)
 def _read_rows(path: str, mtime_ns: int) -> tuple[dict, ...]:
-    return tuple(json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+    return tuple(row for _, row in run_files.read_jsonl(path))
 
 
 def prediction_rows(record: dict[str, Any]) -> list[dict]:

@@ -1,5 +1,6 @@
-"""YAML files tunelab reads (a run's saved options, a recipe, --config, an evaluation's options): a malformed one is
-one line naming the file and the line, exit 2, no traceback; never a yaml or Unicode exception."""
+"""Files tunelab reads back (a run's saved options, a recipe, --config, a comparison's results.jsonl, an evaluation's
+predictions): a malformed one is one line naming the file and the line, exit 2, no traceback; never a yaml, JSON or
+Unicode exception."""
 
 from __future__ import annotations
 
@@ -73,3 +74,26 @@ def test_a_malformed_yaml_file_is_one_line_exit_2(tmp_path, capsys, place, kind)
     if kind == "syntax":
         assert "line 2" in line, line
     assert not (tmp_path / "out").exists() and not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ('{"label": "broken\n', "results.jsonl line 2: not valid JSON"),
+    (b"\xff\xfe\n", "results.jsonl: not UTF-8 text"),
+])
+def test_a_malformed_results_jsonl_is_one_line_exit_2(tmp_path, capsys, content, needle):
+    out = tmp_path / "cmp"
+    good = b'{"label": "x"}\n' if isinstance(content, bytes) else '{"label": "x"}\n'
+    _write(out / "results.jsonl", good + content if isinstance(content, bytes) else good + content)
+    before = (out / "results.jsonl").read_bytes()
+    code = main(["report", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert needle in err and "fix or" in err, err
+    assert (out / "results.jsonl").read_bytes() == before and not (out / "report.md").exists()
+
+
+def test_read_jsonl_numbers_lines_and_skips_blank_ones(tmp_path):
+    from tunelab import run_files
+
+    path = _write(tmp_path / "rows.jsonl", '{"a": 1}\n\n[2]\n')
+    assert run_files.read_jsonl(path) == [(1, {"a": 1}), (3, [2])]
