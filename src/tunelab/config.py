@@ -364,6 +364,9 @@ class CompareOptions:
                                      "float32", negation="no_bf16", group="overrides")
     max_eval_samples: int | None = option(None, "evaluation examples", group="overrides")
     probe_samples: int | None = option(None, "examples per retention probe", group="overrides")
+    retention: list[str] | None = option(None, "the retention probes of every run instead of the recipe's, named as "
+                                               "`tunelab eval --retention` names them, e.g. general_knowledge,drift "
+                                               "(none: no probes)", group="overrides")
     max_new_tokens: int | None = option(None, "tokens generated per answer", group="overrides")
     curve_points: int | None = option(None, "learning-forgetting trajectories: evaluate each run also at K evenly "
                                             "spaced steps of its training (the recipe's curve_points; 0 turns them "

@@ -174,6 +174,35 @@ def test_builtin_recipes_load():
     assert [m.method for m in demo.methods][:3] == ["full", "lora", "qlora"]
 
 
+@pytest.mark.parametrize(("flag", "want"), [
+    ("general_knowledge,drift", ["general_knowledge", "drift"]),
+    ("none", []),
+    (None, ["general_knowledge", "drift", "arc_easy@80"]),  # the demo recipe's own
+])
+def test_retention_replaces_the_recipe_s_probes(flag, want):
+    from tunelab.comparison.api import recipe_from_options
+    from tunelab.config import CompareOptions
+    from tunelab.options import parse_options
+
+    argv = ["--recipe", "demo", *(["--retention", flag] if flag else [])]
+    recipe = recipe_from_options(parse_options(CompareOptions, argv, "tunelab compare", "")[0])
+    assert recipe.retention == want
+    eval_opts = recipe.eval_options(eval_file="e.jsonl", output_dir="o", model="m", adapter=None, baseline=None,
+                                    data_dir=None, sql_database=None)
+    assert (eval_opts.retention or []) == want
+    if flag:  # other probes are other runs: none of the recipe's finished runs is taken for one of these
+        assert recipe.base_key() != recipe_from_options(parse_options(
+            CompareOptions, ["--recipe", "demo"], "tunelab compare", "")[0]).base_key()
+
+
+def test_an_unknown_retention_probe_is_named_with_its_flag(tmp_path, capsys):
+    out = tmp_path / "unused"
+    assert main(["compare", "demo", "--retention", "general_knowledge,trivia", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --retention trivia: not a built-in probe") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_batching_flags_are_shared_budget_overrides():
     """--group_by_length / --packing on `tunelab compare` reach every method's training, like the other budget
     flags, and a recipe may set them under budget but not per method."""

@@ -33,4 +33,4 @@ def recipe_from_options(opts: CompareOptions) -> Recipe:
                            eval_settings={k: getattr(opts, k) for k in EVAL_OVERRIDES}, model=opts.model_name_or_path,
                            search=opts.search, search_settings={k: getattr(opts, f"search_{k}")
                                                                 for k in SEARCH_OVERRIDES},
-                           curve_points=opts.curve_points, diagnostics=opts.diagnostics)
+                           curve_points=opts.curve_points, diagnostics=opts.diagnostics, retention=opts.retention)

@@ -292,7 +292,7 @@ def apply_overrides(recipe: Recipe, *, methods: list[str] | None = None, seeds: 
                     budget: dict[str, Any] | None = None, eval_settings: dict[str, Any] | None = None,
                     model: str | None = None, search: str | None = None,
                     search_settings: dict[str, Any] | None = None, curve_points: int | None = None,
-                    diagnostics: bool | None = None) -> Recipe:
+                    diagnostics: bool | None = None, retention: list[str] | None = None) -> Recipe:
     """Command-line overrides. --methods picks entries by label or method name (unknown ones become new entries).
     ``search``: learning_rate turns the learning-rate search on (the recipe's settings, else the defaults), none
     turns it off; ``search_settings`` (--search_trials, ...) change its settings."""
@@ -331,4 +331,10 @@ def apply_overrides(recipe: Recipe, *, methods: list[str] | None = None, seeds: 
         recipe.curve_points = curve_points
     if diagnostics is not None:
         recipe.diagnostics = diagnostics
+    if retention is not None:
+        from tunelab.evaluation.probes import parse_probe
+
+        recipe.retention = [] if [r.lower() for r in retention] == ["none"] else list(retention)
+        for spec in recipe.retention:  # (its errors name --retention)
+            parse_probe(spec)
     return recipe
