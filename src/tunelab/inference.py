@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
 from tunelab.data.encode import IGNORE_INDEX, adds_bos, encode_causal
 from tunelab.data.formats import Example
 from tunelab.data.templates import Template, resolve_template

@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-
 from tunelab import run_files
 from tunelab.errors import TunelabError
 

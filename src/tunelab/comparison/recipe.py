@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from tunelab import run_files
 from tunelab.comparison.search_settings import SearchSettings, check_range, check_settings, parse_search
 from tunelab.config import EvalOptions, TrainOptions
-from tunelab import run_files
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method
 

@@ -732,7 +732,6 @@ def generation_note(records) -> str:
 
 
 def _recipe_name(out: Path) -> str:
-
     path = out / "recipe.yaml"
     if path.is_file():
         return run_files.read_yaml_mapping(path).get("name", out.name)
