@@ -251,6 +251,22 @@ def test_prompt_tuned_losses_and_drift_read_the_input_positions(tiny_llama):
     assert moved["kl_divergence"] > 0  # a random soft prompt changes the next-token distributions
 
 
+@pytest.mark.parametrize("cache", ['{"continuations": ["cut', '{"continuations": ["one"]}', "[1, 2]"])
+def test_an_unreadable_drift_cache_is_generated_again(tiny_llama, cache, caplog):
+    """The base's continuations are cached; a cache file that is not what tunelab wrote (cut short, edited, for
+    other prompts) is regenerated, with a warning, never trusted nor a traceback."""
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template="chatml")
+    prompts = drift_prompts(ProbeContext(None, 3, 1))
+    first = retention.drift_references(base, prompts, new_tokens=6)
+    path = retention._drift_cache_path(base, prompts, 6)
+    written = path.read_text(encoding="utf-8")
+    path.write_text(cache, encoding="utf-8")
+    again = retention.drift_references(base, prompts, new_tokens=6)
+    assert [ex.messages for ex in again] == [ex.messages for ex in first]
+    assert json.loads(path.read_text(encoding="utf-8")) == json.loads(written)
+    assert "generating the references again" in caplog.text
+
+
 def test_prompt_tuned_encoder_embeds_the_sentence_tokens(tiny_bert):
     """The STS-B probe mean-pools an encoder's last hidden states over the sentence's tokens; under prompt tuning
     those states come after the virtual tokens' states."""

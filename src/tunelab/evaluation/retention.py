@@ -81,13 +81,28 @@ def _drift_cache_path(base: inference.LoadedModel, prompts: list[Example], new_t
     return cache_dir() / "drift" / f"{digest}.json"
 
 
+def _cached_continuations(path: Path, count: int) -> list[str] | None:
+    """The cached continuations, or None where there are none, or none this cache can use: a file that is not
+    what tunelab writes (edited, or cut short by a full disk) is generated again rather than trusted."""
+    if not path.is_file():
+        return None
+    try:
+        continuations = json.loads(path.read_text(encoding="utf-8"))["continuations"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        continuations = None
+    if isinstance(continuations, list) and len(continuations) == count and all(isinstance(c, str)
+                                                                                for c in continuations):
+        return continuations
+    log.warning("%s: not a drift-reference cache tunelab can read; generating the references again", path)
+    return None
+
+
 def drift_references(base: inference.LoadedModel, prompts: list[Example], *, batch_size: int = 8,
                      new_tokens: int = DRIFT_NEW_TOKENS) -> list[Example]:
     """The base model's greedy continuations of the prompts, generated once per base model and cached."""
     path = _drift_cache_path(base, prompts, new_tokens)
-    if path.is_file():
-        continuations = json.loads(path.read_text(encoding="utf-8"))["continuations"]
-    else:
+    continuations = _cached_continuations(path, len(prompts))
+    if continuations is None:
         continuations, _ = inference.generate(base, [p.messages for p in prompts], max_new_tokens=new_tokens,
                                               batch_size=batch_size, desc="drift references", strip=False)
         atomic_write_json(path, {"model_path": base.model_path, "continuations": continuations})
