@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from tunelab.comparison.report import missing_value_notes
+from tunelab.comparison.rows import generation_speed
 from tunelab.units import format_bytes
 from tunelab.records import ComparisonRecord
 
@@ -69,26 +70,25 @@ def demo_section() -> str | None:
 
 def _generation_sentence(d: dict) -> str:
     """What the generation column says, as ratios within this one comparison."""
-    speeds = {r["label"]: r["inference"] for r in d.get("per_run", []) if r.get("inference")}
-    if not speeds:
+    runs = {r["label"]: r for r in d.get("per_run", []) if r.get("inference")}
+    if not runs:
         return ""
-    first = next(iter(speeds.values()))
-    base = speeds.get("base", {}).get("tokens_per_second")
+    first = next(iter(runs.values()))["inference"]
+    base, full = (generation_speed(runs[label]) if label in runs else None for label in ("base", "full"))
     parts = []
-    for label, s in speeds.items():
-        attached, merged = s.get("adapter_tokens_per_second"), s.get("merged_tokens_per_second")
-        if attached and merged:
-            parts.append(f"{label} generates with its adapter attached at {100 * attached / merged:.0f}% of its "
+    for label, run in runs.items():
+        speed, merged = generation_speed(run), generation_speed(run, merged=True)
+        if speed and merged:
+            parts.append(f"{label} generates with its adapter attached at {100 * speed / merged:.0f}% of its "
                          "merged speed")
-        elif attached and base and s.get("not_merged_because") == "quantized base":
-            parts.append(f"{label}, whose 4-bit base cannot take the adapter in, at {100 * attached / base:.0f}% of "
+        elif speed and base and run["inference"].get("not_merged_because") == "quantized base":
+            parts.append(f"{label}, whose 4-bit base cannot take the adapter in, at {100 * speed / base:.0f}% of "
                          "the base model's speed")
-    full = speeds.get("full", {}).get("tokens_per_second")
-    same_shape = (f": the base and full fine-tuning, models of one shape, measure {100 * abs(full - base) / base:.0f}% "
-                  "apart here" if base and full else "")
-    return (f" Generation tokens/s: greedy answers forced to one length, {first['new_tokens']} new tokens a repeat, the median of "
-            f"{first['repeats']} repeats, measured in each run's own process after its evaluation, so only large gaps "
-            f"between runs mean something{same_shape}; in brackets, after merge_and_unload" +
+    same_shape = (f": the base and full fine-tuning, models of one shape, measure {100 * abs(full - base) / base:.0f}"
+                  "% apart here" if base and full else "")
+    return (f" Generation tokens/s: greedy answers forced to one length, {first['new_tokens']} new tokens a repeat, "
+            f"the median of {first['repeats']} repeats, measured in each run's own process after its evaluation, so "
+            f"only large gaps between runs mean something{same_shape}; in brackets, after merge_and_unload" +
             (f". Here {'; '.join(parts)}." if parts else "."))
 
 

@@ -97,3 +97,14 @@ def test_read_jsonl_numbers_lines_and_skips_blank_ones(tmp_path):
 
     path = _write(tmp_path / "rows.jsonl", '{"a": 1}\n\n[2]\n')
     assert run_files.read_jsonl(path) == [(1, {"a": 1}), (3, [2])]
+
+
+@pytest.mark.parametrize(("config", "needle"), [("{not json", "adapter_config.json is not valid JSON"),
+                                                ("[1, 2]", "adapter_config.json holds a list")])
+def test_a_malformed_adapter_config_is_one_line_exit_2(tmp_path, capsys, config, needle):
+    folder = _adapter(tmp_path, "method: lora\n")
+    _write(folder / "adapter_config.json", config)
+    code = main(["merge", "--adapter", str(folder), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"--adapter {folder}: {needle}" in err, err
+    assert not (tmp_path / "out").exists()

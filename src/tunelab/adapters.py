@@ -108,10 +108,10 @@ class AdapterSession:
 
     # --- loading ---------------------------------------------------------------------------------------------
     def _attach(self, name: str, path: str) -> None:
+        from tunelab import run_files
         from tunelab.data.templates import resolve_template
-        from tunelab.merge import adapter_config
 
-        config = adapter_config(path)  # a clear error when the folder is not an adapter
+        config = run_files.read_adapter_config(path)  # a clear error when the folder is not an adapter
         run = inference.read_run_config(path)
         peft_type = str(config.get("peft_type", "")).upper()
         prefix = _weight_prefix(peft_type)

@@ -42,7 +42,6 @@ def base_for(model_name_or_path: str | None, adapter: str | None) -> str:
     """``--model_name_or_path``, or, left out beside ``--adapter``, the base that adapter was trained on, as peft's
     AutoPeftModel finds it: the run's own ``model_name_or_path`` (tunelab_config.yaml: a built-in name stays one),
     else peft's ``base_model_name_or_path`` (adapter_config.json)."""
-    import json
 
     from tunelab.models import BUILTIN_MODELS
 
@@ -53,15 +52,9 @@ def base_for(model_name_or_path: str | None, adapter: str | None) -> str:
     folder = Path(adapter).expanduser()
     if not folder.is_dir():
         raise TunelabError(f"--adapter {adapter}: no such directory; pass the output_dir of a PEFT run")
-    peft_config = folder / "adapter_config.json"
-    try:
-        names = [read_run_config(folder).get("model_name_or_path"),
-                 json.loads(peft_config.read_text(encoding="utf-8-sig")).get("base_model_name_or_path")
-                 if peft_config.is_file() else None]
-    except (ValueError, UnicodeDecodeError, AttributeError, TunelabError) as e:
-        raise TunelabError(f"--adapter {adapter}: cannot read the base model it names ({e}); pass "
-                           "--model_name_or_path, or the output_dir of a finished PEFT run") from None
-    names = [n for n in names if n]
+    peft_base = run_files.read_adapter_config(folder).get("base_model_name_or_path") \
+        if (folder / run_files.ADAPTER_CONFIG).is_file() else None
+    names = [n for n in (read_run_config(folder).get("model_name_or_path"), peft_base) if n]
     # a run trained from a relative path saved that path: it may not lead anywhere from here
     usable = [n for n in names if n in BUILTIN_MODELS or Path(n).expanduser().exists()] or \
         [n for n in names if not n.startswith((".", "/", "~"))]
@@ -288,16 +281,9 @@ def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_
 
 def check_adapter_dir(adapter: str) -> None:
     """A PEFT adapter folder, checked before anything is loaded: errors name --adapter, the flag the user gave."""
-    import json
-
     path = Path(adapter)
+    run_files.read_adapter_config(adapter)
     hint = "pass the output_dir of a finished PEFT run"
-    if not (path / "adapter_config.json").is_file():
-        raise TunelabError(f"--adapter {adapter}: no adapter_config.json there; {hint}")
-    try:
-        json.loads((path / "adapter_config.json").read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TunelabError(f"--adapter {adapter}: adapter_config.json is not valid JSON ({e}); {hint}") from None
     if not any((path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
         raise TunelabError(f"--adapter {adapter}: no adapter weights (adapter_model.safetensors) beside "
                            f"adapter_config.json; {hint}")
@@ -327,11 +313,9 @@ def attach_adapter(model, adapter: str, name: str, model_path: str):
 
 
 def _adapter_base(adapter: str) -> str:
-    import json
-
     try:
-        return json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"] or "unknown"
-    except (OSError, KeyError, ValueError):
+        return run_files.read_adapter_config(adapter).get("base_model_name_or_path") or "unknown"
+    except TunelabError:
         return "unknown"
 
 

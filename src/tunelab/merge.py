@@ -8,7 +8,6 @@ run trained with --bf16, else float32; ``--torch_dtype`` overrides), and in full
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,16 +29,6 @@ class MergeResult:
     info: dict[str, Any]
 
 
-def adapter_config(adapter: str | os.PathLike) -> dict[str, Any]:
-    path = Path(adapter) / "adapter_config.json"
-    if not path.is_file():
-        raise TunelabError(f"--adapter {adapter}: no adapter_config.json there; pass the output_dir of a PEFT run")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TunelabError(f"--adapter {adapter}: adapter_config.json is not valid JSON ({e})") from None
-
-
 def check_mergeable(adapter: str | os.PathLike, method: str | None = None) -> str:
     """The adapter's peft type; a clear error when its method cannot be folded into the weights: the method's
     declaration (``Method.mergeable``), or for a peft type no tunelab method makes, peft's own (prompt-learning
@@ -47,7 +36,7 @@ def check_mergeable(adapter: str | os.PathLike, method: str | None = None) -> st
     from tunelab.inference import read_run_config
     from tunelab.methods import method_of_adapter
 
-    config = adapter_config(adapter)
+    config = run_files.read_adapter_config(adapter)
     peft_type = str(config.get("peft_type", "")).upper()
     method = method or read_run_config(adapter).get("method")
     known = method_of_adapter(config, method)
@@ -127,7 +116,7 @@ def merge(model_name_or_path: str | None, adapter: str, output_dir: str | os.Pat
 def _merge_info(model_name_or_path: str, model_path: str, adapter: str, directory: Path) -> dict[str, Any]:
     from tunelab.inference import read_run_config
 
-    config = adapter_config(adapter)
+    config = run_files.read_adapter_config(adapter)
     return {
         "tunelab_version": __version__,
         "base_model_name_or_path": model_name_or_path,

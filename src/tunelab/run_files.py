@@ -11,6 +11,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 
 # a training run's output directory
+ADAPTER_CONFIG = "adapter_config.json"   # peft's, in a PEFT run's output directory
 TRAIN_CONFIG = "tunelab_config.yaml"     # the effective options; also copied beside merged models and checkpoints
 TRAIN_RESULTS = "train_results.json"     # written last: its presence marks a finished run
 ICA_TEMPLATES = "ica_templates.json"
@@ -39,6 +40,22 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise TunelabError(f"{path}: not valid JSON ({e}); fix or remove it") from None
+
+
+def read_adapter_config(adapter: str | Path) -> dict[str, Any]:
+    """A PEFT adapter folder's adapter_config.json (a BOM tolerated); errors name --adapter, the flag that gave it."""
+    path = Path(adapter) / ADAPTER_CONFIG
+    hint = "pass the output_dir of a finished PEFT run"
+    if not path.is_file():
+        raise TunelabError(f"--adapter {adapter}: no {ADAPTER_CONFIG} there; {hint}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TunelabError(f"--adapter {adapter}: {ADAPTER_CONFIG} is not valid JSON ({e}); {hint}") from None
+    if not isinstance(config, dict):
+        raise TunelabError(f"--adapter {adapter}: {ADAPTER_CONFIG} holds a {type(config).__name__}, not peft's "
+                           f"settings; {hint}")
+    return config
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:

@@ -207,20 +207,16 @@ def trainer_class(task_kind: str):
       run's padding fraction is its training batches' (the model's train/eval mode cannot tell them apart: the
       Trainer collates a step's batches before it switches the model back to training)."""
     import torch
-    from transformers import Seq2SeqTrainer, Trainer
+    from transformers import DataCollatorWithFlattening, Seq2SeqTrainer, Trainer
 
     base = Seq2SeqTrainer if task_kind == "seq2seq_lm" else Trainer
 
     class TunelabTrainer(base):
         _token_loss = None  # during an evaluation: [loss summed over predicted tokens, their number], all processes
-        _rows_are_examples = True  # False for a packed batch: one row holding several examples
 
         def get_eval_dataloader(self, eval_dataset=None):
-            from transformers import DataCollatorWithFlattening
-
             counted = self.data_collator
             self.data_collator = getattr(counted, "collator", counted)
-            self._rows_are_examples = not isinstance(self.data_collator, DataCollatorWithFlattening)
             try:
                 return super().get_eval_dataloader(eval_dataset)
             finally:
@@ -245,8 +241,9 @@ def trainer_class(task_kind: str):
                 if self.args.world_size > 1:
                     # gather_for_metrics drops the rows accelerate repeated to even out the processes' last
                     # batches, as the Trainer drops them from its own losses; a packed row cannot be split
-                    gather = self.accelerator.gather_for_metrics if self._rows_are_examples else self.accelerator.gather
-                    rows = gather(rows)
+                    packed = isinstance(getattr(self.data_collator, "collator", self.data_collator),
+                                        DataCollatorWithFlattening)
+                    rows = self.accelerator.gather(rows) if packed else self.accelerator.gather_for_metrics(rows)
                 self._token_loss += rows.sum(0).to(self._token_loss.device)
             return loss, logits, labels
 

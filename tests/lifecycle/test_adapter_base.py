@@ -58,4 +58,4 @@ def test_an_unreadable_adapter_config_is_one_clear_error(tmp_path):
     (adapter / "adapter_config.json").write_text("{not json")
     with pytest.raises(TunelabError) as e:
         base_for(None, str(adapter))
-    assert f"--adapter {adapter}: cannot read the base model it names" in str(e.value)
+    assert f"--adapter {adapter}: adapter_config.json is not valid JSON" in str(e.value)
