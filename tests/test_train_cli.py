@@ -264,3 +264,21 @@ def test_help_documents_every_flag_and_default():
         assert f"--{f.name}" in text
     assert "default by method: 5e-5 for full; 2e-4 for lora, qlora, dora" in text  # from the methods
     assert "0.1 for full, 0.03 for PEFT methods" in text
+
+
+def test_the_data_read_is_stated(tiny_llama, alpaca_file, classification_file, tmp_path, capsys):
+    """Before training, one line says what was read: how many rows, in which detected format (classification: its
+    labels), with which template, how many tokens the loss covers, and the validation rows (or how to get some)."""
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", classification_file,
+                            "--validation_split", "0.25", "--output_dir", tmp_path / "cls", *FAST], capsys)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if "[tunelab] data:" in line)
+    assert "classes.jsonl: 3 training rows read as classification" in line
+    assert "2 labels (negative, positive)" in line and "the loss covers" in line
+    assert "1 validation row " in line or line.endswith("1 validation row")
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", alpaca_file,
+                            "--output_dir", tmp_path / "alpaca", *FAST], capsys)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if "[tunelab] data:" in line)
+    assert "alpaca.jsonl: 4 training rows read as alpaca" in line and "labels" not in line
+    assert "no validation rows (--validation_split carves some from the training rows)" in line

@@ -403,6 +403,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
              ", ".join(f"{k}={v}" for k, v in chosen.items()) or "none",
              yaml.safe_dump(_plain(to_dict(opts)), sort_keys=False).rstrip())
     log.info("precision: %s (%s)", prec.name, prec.reason)
+    log.info("data: %s", data.summary(opts.dataset_name_or_path))
     total_steps = total_training_steps(opts, len(data.train), opts.num_processes)
     from tunelab import tracking
 

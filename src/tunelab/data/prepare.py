@@ -33,6 +33,26 @@ class PreparedData:
                 "train": self.train_report.as_dict(),
                 "eval": self.eval_report.as_dict() if self.eval_report else None}
 
+    def summary(self, source) -> str:
+        """One line on what was read, so a user sees how their columns were understood before any step runs."""
+        rep = self.train_report
+        labels = (f", {len(self.label_names)} labels ({_first(self.label_names)})" if self.label_names
+                  else f", {len(set(ex.reference for ex in self.train_examples))} labels "
+                       f"({_first(sorted(set(ex.reference for ex in self.train_examples)))}) answered as text"
+                  if self.format == "classification" else "")
+        evals = (f"{_rows(self.eval_report.kept, 'validation row')}" if self.eval_report
+                 else "no validation rows (--validation_split carves some from the training rows)")
+        return (f"{source}: {_rows(rep.kept, 'training row')} read as {self.format}{labels}, template "
+                f"{self.template.name}; {rep.tokens:,} tokens, the loss covers {rep.target_tokens:,}; {evals}")
+
+
+def _rows(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def _first(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
 
 def load_examples(opts, *, classification: bool) -> tuple[str, list[Example], list[Example] | None]:
     train_rows, eval_rows = sources.load_splits(opts.dataset_name_or_path, train_split=opts.train_split,
