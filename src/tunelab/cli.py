@@ -124,9 +124,15 @@ def _print_comparison(outcome) -> None:
 
 
 def cmd_recipes(argv: list[str]) -> int:
-    from tunelab.comparison.recipe import builtin_recipes, load_recipe
+    from tunelab.comparison.recipe import builtin_recipes, load_recipe, recipe_text
 
-    command_parser("tunelab recipes", "List the built-in comparison recipes.").parse_args(argv)
+    parser = command_parser("tunelab recipes", "List the built-in comparison recipes, or print one: a starting "
+                            "point for your own (`tunelab recipes demo > my_recipe.yaml`).")
+    parser.add_argument("name", nargs="?", help="print this built-in recipe's YAML, with its comments")
+    args = parser.parse_args(argv)
+    if args.name:
+        print(recipe_text(args.name), end="")
+        return 0
     for name, path in sorted(builtin_recipes().items()):
         recipe = load_recipe(str(path))
         print(f"{name:<11} {recipe.description}")
@@ -379,7 +385,7 @@ COMMANDS: dict[str, tuple[str, Command]] = {
     "train": ("fine-tune a model (full or PEFT) and save it with train_results.json", cmd_train),
     "eval": ("task metrics and knowledge retention of a base, adapter or fine-tuned model", cmd_eval),
     "compare": ("the main job: full fine-tuning and PEFT methods side by side, with a report", cmd_compare),
-    "recipes": ("list the built-in comparison recipes", cmd_recipes),
+    "recipes": ("list the built-in comparison recipes, or print one (`tunelab recipes demo`)", cmd_recipes),
     "report": ("rebuild a comparison's report from its results.jsonl", cmd_report),
     "estimate": ("predict peak training memory: will this run fit, and why", cmd_estimate),
     "models": ("list or fetch the built-in offline models", cmd_models),

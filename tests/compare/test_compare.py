@@ -3,6 +3,7 @@ resumes without redoing finished runs, a failing method is recorded and the othe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -150,7 +151,7 @@ def test_recipe_errors_are_clear(tiny_llama, tmp_path, capsys):
                                    "methods": ["lora", "lora"]}))
     assert main(["compare", str(bad), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "give data.eval, or data.holdout" in err
+    assert "give data.eval (a file), or data.holdout: {fraction: 0.1}" in err
     bad.write_text(yaml.safe_dump({"model": str(tiny_llama), "task": "qa",
                                    "data": {"train": "x.jsonl", "eval": "x.jsonl"},
                                    "methods": ["lora", {"method": "lora", "max_steps": 9}]}))
@@ -158,6 +159,22 @@ def test_recipe_errors_are_clear(tiny_llama, tmp_path, capsys):
     assert "part of the shared budget" in capsys.readouterr().err
     assert main(["compare", "--recipe", "no-such-recipe"]) == 2
     assert "built-in: demo" in capsys.readouterr().err
+
+
+def test_a_printed_builtin_recipe_is_a_recipe_to_start_from(tmp_path, capsys):
+    """`tunelab recipes demo > my_recipe.yaml` gives a file `tunelab compare` reads as the demo; an unknown name is
+    one line naming the built-in ones."""
+    from tunelab.comparison.recipe import load_recipe
+
+    assert main(["recipes", "demo"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# The default demo") and "methods:" in printed
+    mine = tmp_path / "my_recipe.yaml"
+    mine.write_text(printed, encoding="utf-8")
+    assert dataclasses.replace(load_recipe(str(mine)), source="") == dataclasses.replace(load_recipe("demo"), source="")
+    assert main(["recipes", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "built-in: demo, demo-ica" in err
 
 
 def test_builtin_recipes_load():

@@ -42,28 +42,42 @@ def resolve_path(value: str, data_dir: Path | None, *, recipe: Recipe, field: st
     return str(path)
 
 
+def split_off(rows: sources.Rows, column: str | None, fraction: float, seed: int, *, recipe: Recipe,
+              fields: tuple[str, str], order) -> tuple[sources.Rows, sources.Rows]:
+    """(held, kept): ``fraction`` of the rows, or of the groups of ``column`` kept whole, drawn with ``seed``.
+    ``order`` puts the groups in order before the shuffle; the evaluation holdout and the search's validation
+    split each keep the order they were first measured with, so that no recorded comparison's rows move.
+    ``fields`` name the recipe's column and fraction fields in errors."""
+    if column is not None and column not in rows.columns:
+        raise TunelabError(f"recipe {recipe.name}: {fields[0]} {column!r} is not a column of {rows.source} "
+                           f"({', '.join(rows.columns)}); name one of them or drop it to split by rows")
+    keys = [str(r.get(column)) for r in rows.rows] if column else [str(i) for i in range(len(rows))]
+    groups = order(set(keys))
+    random.Random(seed).shuffle(groups)
+    n_held = max(1, int(round(len(groups) * fraction)))
+    if n_held >= len(groups):
+        raise TunelabError(f"recipe {recipe.name}: {fields[1]} {fraction} of {len(groups)} "
+                           f"{'groups of ' + column if column else 'training rows'} leaves nothing to train on; "
+                           "use a smaller fraction or more training rows")
+    held = set(groups[:n_held])
+    return (rows.subset([i for i, k in enumerate(keys) if k in held]),
+            rows.subset([i for i, k in enumerate(keys) if k not in held]))
+
+
 def prepare_data(recipe: Recipe, out: Path, data_dir: Path | None) -> ComparisonData:
     d = recipe.data
     train = resolve_path(d["train"], data_dir, recipe=recipe, field="train")
     evals = resolve_path(d["eval"], data_dir, recipe=recipe, field="eval") if d.get("eval") else None
     sql_db = resolve_path(d["sql_database"], data_dir, recipe=recipe, field="sql_database") \
         if d.get("sql_database") else None
-    holdout = d.get("holdout")
+    holdout = d.get("holdout")  # parsed by the recipe: {"column": name or None, "fraction": f}
     limit = d.get("max_train_samples")
-    if not holdout and not limit:
+    if holdout is None and not limit:
         return ComparisonData(train, evals or train, sql_db)
     rows = sources.read_file(Path(train))
-    if holdout:
-        column, fraction = holdout.get("column"), float(holdout.get("fraction", 0.1))
-        if column not in rows.columns:
-            raise TunelabError(f"recipe {recipe.name}: data.holdout.column {column!r} is not a column of {train} "
-                               f"({', '.join(rows.columns)})")
-        groups = sorted({str(r.get(column)) for r in rows.rows})
-        random.Random(DATA_SEED).shuffle(groups)
-        held = set(groups[:max(1, int(round(len(groups) * fraction)))])
-        eval_idx = [i for i, r in enumerate(rows.rows) if str(r.get(column)) in held]
-        train_idx = [i for i, r in enumerate(rows.rows) if str(r.get(column)) not in held]
-        eval_rows, rows = rows.subset(eval_idx), rows.subset(train_idx)
+    if holdout is not None:
+        eval_rows, rows = split_off(rows, holdout["column"], holdout["fraction"], DATA_SEED, recipe=recipe,
+                                    fields=("data.holdout.column", "data.holdout.fraction"), order=sorted)
         evals = str(atomic_write_jsonl(out / "data" / "eval.jsonl", eval_rows.rows))
     if limit:
         rows = sources.sample(rows, int(limit), DATA_SEED)
@@ -87,20 +101,8 @@ def prepare_search_data(recipe: Recipe, data: ComparisonData, out: Path, *, frac
     """Carve ``fraction`` of the training rows (whole groups of ``group_by`` where given, so that no database of
     the validation questions is trained on) out as the search's validation split, shuffled with ``seed``."""
     rows = sources.read_file(Path(data.train))
-    if group_by is not None and group_by not in rows.columns:
-        raise TunelabError(f"recipe {recipe.name}: search.group_by {group_by!r} is not a column of {data.train} "
-                           f"({', '.join(rows.columns)}); name one of them or drop it to split by rows")
-    keys = [str(r.get(group_by)) for r in rows.rows] if group_by else [str(i) for i in range(len(rows))]
-    groups = sorted(set(keys), key=lambda k: (len(k), k))
-    random.Random(seed).shuffle(groups)
-    n_held = max(1, int(round(len(groups) * fraction)))
-    if n_held >= len(groups):
-        raise TunelabError(f"recipe {recipe.name}: search.validation_fraction {fraction} of {len(groups)} "
-                           f"{'groups of ' + group_by if group_by else 'training rows'} leaves nothing to train on; "
-                           "use a smaller fraction or more training rows")
-    held = set(groups[:n_held])
-    validation = rows.subset([i for i, k in enumerate(keys) if k in held])
-    train = rows.subset([i for i, k in enumerate(keys) if k not in held])
+    validation, train = split_off(rows, group_by, fraction, seed, recipe=recipe,
+                                  fields=("search.group_by", "search.validation_fraction"), order=lambda groups: sorted(groups, key=lambda k: (len(k), k)))
     folder = out / "data" / "search"
     atomic_write_jsonl(folder / "train.jsonl", train.rows)
     atomic_write_jsonl(folder / "validation.jsonl", validation.rows)

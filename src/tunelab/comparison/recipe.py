@@ -181,6 +181,14 @@ def builtin_recipes() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
 
 
+def recipe_text(name: str) -> str:
+    """A built-in recipe's YAML as shipped, comments included: what `tunelab recipes NAME` prints."""
+    builtins = builtin_recipes()
+    if name not in builtins:
+        raise TunelabError(f"recipe {name}: not a built-in recipe (built-in: {', '.join(sorted(builtins))})")
+    return builtins[name].read_text(encoding="utf-8")
+
+
 def load_recipe(path_or_name: str) -> Recipe:
     builtins = builtin_recipes()
     path = Path(path_or_name)
@@ -190,7 +198,8 @@ def load_recipe(path_or_name: str) -> Recipe:
         else:
             raise TunelabError(f"recipe {path_or_name}: no such file nor built-in recipe (built-in: "
                                f"{', '.join(sorted(builtins))}); see `tunelab recipes`")
-    raw = run_files.read_yaml_mapping(path, label=f"recipe {path}", fix="see `tunelab recipes` for the fields")
+    raw = run_files.read_yaml_mapping(path, label=f"recipe {path}",
+                                      fix="`tunelab recipes demo` prints a recipe to start from")
     return parse_recipe(raw, source=str(path))
 
 
@@ -216,9 +225,15 @@ def parse_recipe(raw: Any, *, source: str) -> Recipe:
                                f"{', '.join(sorted(allowed))}")
     if "train" not in data:
         raise TunelabError(f"recipe {source}: data.train is required (a file, or builtin:/{{data_dir}} path)")
-    if "eval" not in data and not data.get("holdout"):
-        raise TunelabError(f"recipe {source}: give data.eval, or data.holdout to carve the evaluation set out of "
-                           "the training file")
+    if "eval" not in data and data.get("holdout") is None:
+        raise TunelabError(f"recipe {source}: give data.eval (a file), or data.holdout: {{fraction: 0.1}} to hold "
+                           "out a tenth of the training rows for evaluation (add column: NAME to hold out whole "
+                           "groups of that column, such as spider's db_id)")
+    if data.get("holdout") is not None:
+        if data.get("eval"):
+            raise TunelabError(f"recipe {source}: data gives both eval and holdout; keep eval to score a test file, "
+                               "or holdout to carve the test set out of the training rows")
+        data["holdout"] = _holdout(data["holdout"], source)
     methods = [_method_entry(m, i, source) for i, m in enumerate(raw["methods"], start=1)]
     labels = [m.label for m in methods]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
@@ -246,6 +261,24 @@ def parse_recipe(raw: Any, *, source: str) -> Recipe:
                   description=str(raw.get("description") or ""), source=source, search=search,
                   curve_points=curve_points, curve_full_checkpoints=full_checkpoints,
                   diagnostics=raw.get("diagnostics", False))
+
+
+def _holdout(raw: Any, source: str) -> dict[str, Any]:
+    """data.holdout as {"column": name or None (rows), "fraction": f}."""
+    if not isinstance(raw, dict):
+        raise TunelabError(f"recipe {source}: data.holdout must be a mapping such as {{fraction: 0.1}} or "
+                           f"{{column: db_id, fraction: 0.1}}, got {raw!r}")
+    extra = set(raw) - {"column", "fraction"}
+    if extra:
+        raise TunelabError(f"recipe {source}: data.holdout has unknown key(s) {', '.join(sorted(extra))}; allowed: "
+                           "column, fraction")
+    column, fraction = raw.get("column"), raw.get("fraction", 0.1)
+    if column is not None and not isinstance(column, str):
+        raise TunelabError(f"recipe {source}: data.holdout.column must be a column name, got {column!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise TunelabError(f"recipe {source}: data.holdout.fraction {fraction!r} must be a fraction in (0, 1), "
+                           "such as 0.1")
+    return {"column": column, "fraction": float(fraction)}
 
 
 def _method_entry(item: Any, index: int, source: str) -> MethodEntry:
