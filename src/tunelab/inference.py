@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -381,18 +383,13 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
     tok.padding_side = "left" if lm.task_kind == "causal_lm" else "right"
     texts = [prompt_text(lm, p) for p in prompts]
     names = adapter_names or [None] * len(texts)
-    # Batches of similar prompt length (characters stand in for tokens): less padding to attend over; answers
-    # come back in the caller's order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    texts, names = [texts[i] for i in order], [names[i] for i in order]
     stats = GenerationStats()
-    outputs: list[str] = []
+    answers = [""] * len(texts)
     eos_ids = _stop_ids(tok)
     bar = tqdm(total=len(texts), desc=desc, leave=False)
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
-                  add_special_tokens=lm.task_kind != "causal_lm").to(lm.device)
+    for chunk in _generation_batches(lm, texts, batch_size, max_prompt_tokens):
+        enc = tok([texts[i] for i in chunk], return_tensors="pt", padding=True, truncation=True,
+                  max_length=max_prompt_tokens, add_special_tokens=lm.task_kind != "causal_lm").to(lm.device)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       pad_token_id=tok.pad_token_id, eos_token_id=eos_ids)
         if min_new_tokens:
@@ -402,26 +399,78 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
         if stop_when is not None:
             answer_start = enc["input_ids"].shape[1] if lm.task_kind == "causal_lm" else 0
             kwargs["stopping_criteria"] = [answer_end(tok, answer_start, stop_when)]
-        chunk_names = names[start:start + batch_size]
-        if any(n is not None for n in chunk_names):
-            kwargs["adapter_names"] = [n or "__base__" for n in chunk_names]
+        if any(names[i] is not None for i in chunk):
+            kwargs["adapter_names"] = [names[i] or "__base__" for i in chunk]
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), _prompt_learning_cache_bridge(lm.model):
             out = lm.model.generate(**enc, **kwargs)
         stats.seconds += time.perf_counter() - t0
         new = out[:, enc["input_ids"].shape[1]:] if lm.task_kind == "causal_lm" else out
-        for row in new:
+        for i, row in zip(chunk, new):
             ids = [int(t) for t in row if int(t) != tok.pad_token_id]
             ids = ids[:_first_stop(ids, eos_ids)]
             stats.new_tokens += len(ids)
             text = tok.decode(ids, skip_special_tokens=True)
-            outputs.append(text.strip() if strip else text)
+            answers[i] = text.strip() if strip else text
         bar.update(len(chunk))
     bar.close()
-    answers = [""] * len(outputs)
-    for position, text in zip(order, outputs):
-        answers[position] = text
     return answers, stats
+
+
+def _generation_batches(lm: LoadedModel, texts: list[str], size: int, max_prompt_tokens: int) -> list[list[int]]:
+    """The prompts' indices in batches of similar length (characters stand in for tokens): less padding to attend
+    over. A causal LM with a prompt-tuning adapter gets batches of prompts of one token length, never padded: peft
+    drops the position ids of prompt-tuning models, so left padding would move a short prompt's tokens away from
+    the soft prompt, and its answer would not be the one it gets alone
+    (tests/evaluation/test_prompt_learning_generation.py)."""
+    config = getattr(lm.model, "active_peft_config", None)
+    drops_positions = (lm.task_kind == "causal_lm" and config is not None and config.is_prompt_learning
+                       and str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING")
+    if not drops_positions:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        return list(batches(order, size))
+    lengths = [min(len(ids), max_prompt_tokens)
+               for ids in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    same_length = [list(group) for _, group in itertools.groupby(order, key=lambda i: lengths[i])]
+    return [chunk for group in same_length for chunk in batches(group, size)]
+
+
+@contextlib.contextmanager
+def _prompt_learning_cache_bridge(model) -> Iterator[None]:
+    """Let peft's prompt-learning generation find the key/value cache.
+
+    transformers 5.x passes the cache to ``prepare_inputs_for_generation`` as ``cache``; peft 0.21's prompt-learning
+    code reads and writes ``past_key_values``. Left alone, a causal LM's soft prompt is injected again at every step
+    (the cache looks empty to peft) and a prefix-tuning prefix never reaches the model, so the answers are not the
+    adapter's (tests/evaluation/test_prompt_learning_generation.py). Around peft's step the cache goes by the name
+    peft reads, and back to the name transformers reads; other models are left as they are."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning or not hasattr(model, "base_model_prepare_inputs_for_generation"):
+        yield
+        return
+    base_prepare, peft_prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation
+    own = model.__dict__.get("prepare_inputs_for_generation")  # set by peft's disable_adapter(), or None
+
+    def renaming(prepare, old: str, new: str):
+        @functools.wraps(prepare)  # the same signature: transformers checks generate's arguments against it
+        def prepare_renamed(*args, **kwargs):
+            inputs = prepare(*args, **kwargs)
+            if old in inputs:
+                inputs[new] = inputs.pop(old)
+            return inputs
+        return prepare_renamed
+
+    model.base_model_prepare_inputs_for_generation = renaming(base_prepare, "cache", "past_key_values")
+    model.prepare_inputs_for_generation = renaming(peft_prepare, "past_key_values", "cache")
+    try:
+        yield
+    finally:  # back to what was there: peft's class method, or what disable_adapter() put on the instance
+        model.base_model_prepare_inputs_for_generation = base_prepare
+        if own is None:
+            del model.prepare_inputs_for_generation
+        else:
+            model.prepare_inputs_for_generation = own
 
 
 def answer_end(tokenizer, start: int, done: Callable[[str], bool]):

@@ -1,0 +1,83 @@
+"""Prompt-learning adapters (prompt tuning, prefix tuning) generate what their forward pass predicts.
+
+transformers 5.x hands the key/value cache to ``prepare_inputs_for_generation`` as ``cache``; peft 0.21 looks for
+``past_key_values``. Without tunelab's bridge a causal LM's soft prompt was injected again at every step (prompt
+tuning) or its prefix dropped (prefix tuning), so every generated answer, and every score computed from one, was
+wrong. The reference here is greedy decoding by the adapter's own forward pass on the whole sequence, no cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab import inference
+
+
+def _prompt_learning(model_path, kind: str, task_type: str):
+    """The tiny model with weights drawn wide enough that greedy answers depend on the input (the fixtures' small
+    initialisation repeats one token whatever comes in, which would hide a misplaced prompt)."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    auto = AutoModelForCausalLM if task_type == "CAUSAL_LM" else AutoModelForSeq2SeqLM
+    wide = ({"initializer_range": 0.6} if task_type == "CAUSAL_LM" else {"initializer_factor": 30.0})
+    base = auto.from_config(AutoConfig.from_pretrained(model_path, **wide))
+    config = (PromptTuningConfig(task_type=task_type, num_virtual_tokens=4) if kind == "prompt_tuning"
+              else PrefixTuningConfig(task_type=task_type, num_virtual_tokens=4))
+    return get_peft_model(base, config).eval()
+
+
+def _greedy_by_forward(model, input_ids, steps: int, *, seq2seq: bool, start_id: int | None) -> list[int]:
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            if seq2seq:
+                decoder = torch.tensor([[start_id, *out]])
+                logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                               decoder_input_ids=decoder, use_cache=False).logits
+            else:
+                seq = torch.cat([input_ids, torch.tensor([out], dtype=input_ids.dtype)], dim=1)
+                logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits
+            out.append(int(logits[0, -1].argmax()))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning"])
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_generation_follows_the_adapter(kind, arch, tiny_llama, tiny_t5):
+    path, task_type = (tiny_llama, "CAUSAL_LM") if arch == "llama" else (tiny_t5, "SEQ_2_SEQ_LM")
+    base = inference.load(str(path), None, use_cpu=True, template="plain")
+    model = _prompt_learning(str(path), kind, task_type)
+    lm = inference.LoadedModel(model, base.tokenizer, base.task_kind, base.template, base.model_path,
+                               {"default": "in memory"}, dtype=torch.float32)
+    prompts = [[{"role": "user", "content": "count the books in the shop"}],
+               [{"role": "user", "content": "which author wrote the longest book of all"}]]
+    steps = 8
+    answers, _ = inference.generate(lm, prompts, max_new_tokens=steps, min_new_tokens=steps, strip=False)
+    tok = base.tokenizer
+    seq2seq = arch == "t5"
+    for messages, answer in zip(prompts, answers):
+        ids = tok(inference.prompt_text(lm, messages), return_tensors="pt",
+                  add_special_tokens=seq2seq)["input_ids"]
+        want = _greedy_by_forward(model, ids, steps, seq2seq=seq2seq,
+                                  start_id=model.config.decoder_start_token_id if seq2seq else None)
+        assert answer == tok.decode(want, skip_special_tokens=True), (kind, arch)
+
+
+def test_with_the_adapter_disabled_generation_is_the_base_s(tiny_llama):
+    """The retention probes' adapter-disabled pass: twice in one disable_adapter() block, the base's answers."""
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template="plain")
+    model = _prompt_learning(str(tiny_llama), "prompt_tuning", "CAUSAL_LM")
+    lm = inference.LoadedModel(model, base.tokenizer, base.task_kind, base.template, base.model_path,
+                               {"default": "in memory"}, dtype=torch.float32)
+    plain = inference.LoadedModel(model.get_base_model(), base.tokenizer, base.task_kind, base.template,
+                                  base.model_path, dtype=torch.float32)
+    prompts = [[{"role": "user", "content": "count the books in the shop"}]]
+    settings = dict(max_new_tokens=6, min_new_tokens=6, strip=False)
+    want = inference.generate(plain, prompts, **settings)[0]
+    tuned = inference.generate(lm, prompts, **settings)[0]
+    with inference.adapter_disabled(lm) as off:
+        assert inference.generate(off, prompts, **settings)[0] == want
+        assert inference.generate(off, prompts, **settings)[0] == want
+    assert inference.generate(lm, prompts, **settings)[0] == tuned != want
