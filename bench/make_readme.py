@@ -575,6 +575,10 @@ def _remeasured_section(recipe: str, base: dict) -> list[str]:
             f"`python bench/quality.py --tag {REMEASURED_TAG} {recipe} {' '.join(extra)}`: the {recipe} "
             f"benchmark's budget and data, the prompt-learning methods only, with generation fixed; the runs took "
             f"{_runs_minutes(q):.0f} min:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *_failures(q),
+            "Its own base row: the base is evaluated again with today's code (bf16 where the first table's was "
+            "float32), so compare these rows with it, not with the table above. Prompt tuning generates its prompts "
+            "in batches of one token length (peft drops its position ids, and left padding would change its "
+            "answers), so its generation speed counts smaller batches than the others'.", "",
             f"Machine: {_machine(q['machine'])}.", ""]
 
 
