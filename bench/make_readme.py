@@ -630,8 +630,8 @@ def _against_published(what: str, value: float, se: float, published: float) -> 
 
 
 def _no_skill_benchmarks(b: dict) -> list[str]:
-    """The benchmarks on which the model shows no skill by the probes' own rule (headline within 1.96 standard
-    errors of chance): as retention probes for this model they give no ratio."""
+    """The benchmarks on which the model shows no skill by the probes' own rule (headline not 1.96 standard errors
+    above chance): as retention probes for this model they give no ratio."""
     weak = []
     for name, r in b.items():
         value, se = r["scores"].get(r["metric"]), r["scores"].get(f"{r['metric']}_stderr")
@@ -641,7 +641,8 @@ def _no_skill_benchmarks(b: dict) -> list[str]:
         return []
     easy = "" if any(w.startswith("arc_easy ") for w in weak) else \
         "; ARC-Easy is the one it clearly has, which is why the recipes use it"
-    return [f"At chance by the probes' rule (the headline's 95% interval reaches chance): {', '.join(weak)}. A "
+    return [f"At or below chance by the probes' rule (the headline's 95% interval does not clear chance): "
+            f"{', '.join(weak)}. A "
             f"135M-parameter model shows none of these skills, so as retention probes for it they give no ratio{easy}.",
             ""]
 

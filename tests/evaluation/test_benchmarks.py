@@ -54,6 +54,8 @@ def test_seeded_subset_is_random_reproducible_and_none_for_everything():
 def test_no_skill_floor_is_chance_plus_the_base_interval():
     floor, why = benchmarks.no_skill_floor({"chance_level": 0.25, "stderr": 0.1, "num_examples": 20})
     assert floor == pytest.approx(0.25 + 1.96 * 0.1, abs=1e-3) and "chance level 0.250" in why
+    # true of a base below chance too (BoolQ: the majority answer is right 62% of the time), where "within" was not
+    assert "not 1.96 standard errors (0.196) above chance level 0.250 on 20 examples" in why
     assert benchmarks.no_skill_floor({"chance_level": None, "stderr": 0.1, "num_examples": 20}) == (None, None)
 
 

@@ -429,5 +429,6 @@ def no_skill_floor(before: BenchmarkScore | dict[str, Any]) -> tuple[float | Non
     if chance is None:
         return None, None
     margin = Z95 * (stderr or 0.0)
-    return chance + margin, (f"within 1.96 standard errors ({margin:.3f}) of chance level {chance:.3f} on "
+    # "not ... above", not "within": a base below chance (BoolQ's majority answer is 62%) is no closer to it
+    return chance + margin, (f"not 1.96 standard errors ({margin:.3f}) above chance level {chance:.3f} on "
                              f"{get('num_examples')} examples")
