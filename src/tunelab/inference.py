@@ -446,7 +446,8 @@ def _prompt_learning_cache_bridge(model) -> Iterator[None]:
     adapter's (tests/evaluation/test_prompt_learning_generation.py). Around peft's step the cache goes by the name
     peft reads, and back to the name transformers reads; other models are left as they are."""
     config = getattr(model, "active_peft_config", None)
-    if config is None or not config.is_prompt_learning or not hasattr(model, "base_model_prepare_inputs_for_generation"):
+    if (config is None or not config.is_prompt_learning
+            or not hasattr(model, "base_model_prepare_inputs_for_generation")):
         yield
         return
     base_prepare, peft_prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation

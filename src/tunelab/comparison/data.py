@@ -102,7 +102,8 @@ def prepare_search_data(recipe: Recipe, data: ComparisonData, out: Path, *, frac
     the validation questions is trained on) out as the search's validation split, shuffled with ``seed``."""
     rows = sources.read_file(Path(data.train))
     validation, train = split_off(rows, group_by, fraction, seed, recipe=recipe,
-                                  fields=("search.group_by", "search.validation_fraction"), order=lambda groups: sorted(groups, key=lambda k: (len(k), k)))
+                                  fields=("search.group_by", "search.validation_fraction"),
+                                  order=lambda groups: sorted(groups, key=lambda k: (len(k), k)))
     folder = out / "data" / "search"
     atomic_write_jsonl(folder / "train.jsonl", train.rows)
     atomic_write_jsonl(folder / "validation.jsonl", validation.rows)
