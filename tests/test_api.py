@@ -133,3 +133,23 @@ def test_estimate_api(tiny_llama):
     est = tunelab.estimate(model=str(tiny_llama), method="lora", per_device_train_batch_size=1, max_seq_length=16)
     assert est.peak_bytes == sum(est.breakdown.values()) > 0
     assert est.fits(80) and not est.fits(est.peak_bytes / 2**30 / 10 - 1)
+
+
+def test_an_api_comparison_shows_its_progress_unless_logging_is_configured(tiny_llama, tmp_path):
+    """In a notebook, tunelab.compare() says which run of how many is done, as the command does; a user who set up
+    logging keeps their own configuration."""
+    import subprocess
+    import sys
+
+    from conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, tiny_llama, [{"method": "lora", "lora_r": 2}])
+    call = (f"import tunelab; tunelab.compare({str(recipe)!r}, output_dir={str(tmp_path / 'out')!r}, "
+            "device='cpu')")
+    shown = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "[tunelab] 2 of 2 runs done" in shown.stderr and "[tunelab] lora seed 0: training" in shown.stderr
+    configured = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(level=logging.WARNING); "
+                                 + call], capture_output=True, text=True)
+    assert configured.returncode == 0, configured.stderr[-3000:]
+    assert "already done" not in configured.stderr and "[tunelab]" not in configured.stderr

@@ -142,9 +142,11 @@ class Comparison:
 
 def compare(recipe: str, **overrides: Any) -> Comparison:
     from tunelab.comparison.api import compare_from_options
+    from tunelab.logs import progress_shown
 
     opts, _ = _build(CompareOptions, "tunelab.compare()", {"recipe": recipe, **overrides})
-    outcome = compare_from_options(opts)
+    with progress_shown():
+        outcome = compare_from_options(opts)
     return Comparison(outcome.output_dir, outcome.records)
 
 

@@ -7,10 +7,12 @@ user of tunelab keeps their own logging and warnings configuration).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
+from typing import Iterator
 
 
 class _DropNotices(logging.Filter):
@@ -58,3 +60,25 @@ def setup_logging() -> None:
     # [distributed] the other processes of a launch say only what goes wrong (their warnings repeat the main one's)
     root.setLevel(os.environ.get("TUNELAB_LOG_LEVEL", "INFO") if is_main_process() else "ERROR")
     root.propagate = False
+
+
+@contextlib.contextmanager
+def progress_shown() -> Iterator[None]:
+    """Around a long API call (``tunelab.compare``): tunelab's progress lines (which run of how many is done, the
+    time left, each search trial) on stderr as the command prints them, for a Python user who has not configured
+    logging, who would otherwise see the runs' own progress bars and nothing of the comparison's. Where the user
+    configured logging (a handler on the root or the "tunelab" logger, or a level on "tunelab"), their set-up
+    decides. Taken off afterwards."""
+    logger = logging.getLogger("tunelab")
+    if logger.handlers or logging.getLogger().handlers or logger.level != logging.NOTSET:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[tunelab] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
