@@ -422,7 +422,7 @@ def _generation_batches(lm: LoadedModel, texts: list[str], size: int, max_prompt
     over. A causal LM with a prompt-tuning adapter gets batches of prompts of one token length, never padded: peft
     drops the position ids of prompt-tuning models, so left padding would move a short prompt's tokens away from
     the soft prompt, and its answer would not be the one it gets alone
-    (tests/evaluation/test_prompt_learning_generation.py)."""
+    (tests/evaluation/test_adapter_generation.py)."""
     config = getattr(lm.model, "active_peft_config", None)
     drops_positions = (lm.task_kind == "causal_lm" and config is not None and config.is_prompt_learning
                        and str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING")
@@ -443,7 +443,7 @@ def _prompt_learning_cache_bridge(model) -> Iterator[None]:
     transformers 5.x passes the cache to ``prepare_inputs_for_generation`` as ``cache``; peft 0.21's prompt-learning
     code reads and writes ``past_key_values``. Left alone, a causal LM's soft prompt is injected again at every step
     (the cache looks empty to peft) and a prefix-tuning prefix never reaches the model, so the answers are not the
-    adapter's (tests/evaluation/test_prompt_learning_generation.py). Around peft's step the cache goes by the name
+    adapter's (tests/evaluation/test_adapter_generation.py). Around peft's step the cache goes by the name
     peft reads, and back to the name transformers reads; other models are left as they are."""
     config = getattr(model, "active_peft_config", None)
     if (config is None or not config.is_prompt_learning

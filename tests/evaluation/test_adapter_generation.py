@@ -1,4 +1,5 @@
-"""Prompt-learning adapters (prompt tuning, prefix tuning) generate what their forward pass predicts.
+"""Every method's adapter generates what its forward pass predicts; prompt-learning adapters (prompt tuning, prefix
+tuning) are the ones that did not.
 
 transformers 5.x hands the key/value cache to ``prepare_inputs_for_generation`` as ``cache``; peft 0.21 looks for
 ``past_key_values``. Without tunelab's bridge a causal LM's soft prompt was injected again at every step (prompt
@@ -81,3 +82,43 @@ def test_with_the_adapter_disabled_generation_is_the_base_s(tiny_llama):
         assert inference.generate(off, prompts, **settings)[0] == want
         assert inference.generate(off, prompts, **settings)[0] == want
     assert inference.generate(lm, prompts, **settings)[0] == tuned != want
+
+
+def _every_peft_method():
+    from tunelab.methods import get_method, method_names
+
+    return [name for name in method_names() if get_method(name).peft and "causal_lm" in get_method(name).task_kinds
+            and name != "qlora"]  # (qlora: lora on a 4-bit base, which generates through the same peft path)
+
+
+@pytest.mark.parametrize("name", _every_peft_method())
+def test_every_method_generates_what_its_forward_pass_predicts(name, tiny_llama):
+    """Each method's adapter, its weights moved off their identity start, batched with a prompt of another length:
+    greedy generation equals greedy decoding by the adapter's forward pass on the prompt alone, without a cache."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.config import TrainOptions
+    from tunelab.methods import get_method
+    from tunelab.methods.base import ApplyContext
+
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template="plain")
+    torch.manual_seed(0)
+    wide = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(tiny_llama), initializer_range=0.6))
+    opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path="x.jsonl", output_dir="o", method=name, lora_r=4,
+                        num_virtual_tokens=4, max_steps=10)
+    model = get_method(name).apply(wide, opts, ApplyContext(task_kind="causal_lm", model_path=str(tiny_llama),
+                                                            total_steps=10)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    lm = inference.LoadedModel(model, base.tokenizer, base.task_kind, base.template, base.model_path,
+                               {"default": "in memory"}, dtype=torch.float32)
+    prompts = [[{"role": "user", "content": "count the books in the shop"}],
+               [{"role": "user", "content": "which author wrote the longest book of all"}]]
+    answers, _ = inference.generate(lm, prompts, max_new_tokens=6, min_new_tokens=6, strip=False)
+    for messages, answer in zip(prompts, answers):
+        ids = base.tokenizer(inference.prompt_text(lm, messages), return_tensors="pt",
+                             add_special_tokens=False)["input_ids"]
+        want = _greedy_by_forward(model, ids, 6, seq2seq=False, start_id=None)
+        assert answer == base.tokenizer.decode(want, skip_special_tokens=True), name
