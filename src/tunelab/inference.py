@@ -423,8 +423,8 @@ def _generation_batches(lm: LoadedModel, texts: list[str], size: int, max_prompt
     drops the position ids of prompt-tuning models, so left padding would move a short prompt's tokens away from
     the soft prompt, and its answer would not be the one it gets alone
     (tests/evaluation/test_adapter_generation.py)."""
-    config = getattr(lm.model, "active_peft_config", None)
-    drops_positions = (lm.task_kind == "causal_lm" and config is not None and config.is_prompt_learning
+    config = _active_prompt_learning(lm.model)
+    drops_positions = (lm.task_kind == "causal_lm" and config is not None
                        and str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING")
     if not drops_positions:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -445,13 +445,10 @@ def _prompt_learning_cache_bridge(model) -> Iterator[None]:
     (the cache looks empty to peft) and a prefix-tuning prefix never reaches the model, so the answers are not the
     adapter's (tests/evaluation/test_adapter_generation.py). Around peft's step the cache goes by the name
     peft reads, and back to the name transformers reads; other models are left as they are."""
-    config = getattr(model, "active_peft_config", None)
-    if (config is None or not config.is_prompt_learning
-            or not hasattr(model, "base_model_prepare_inputs_for_generation")):
+    if _active_prompt_learning(model) is None or not hasattr(model, "base_model_prepare_inputs_for_generation"):
         yield
         return
     base_prepare, peft_prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation
-    own = model.__dict__.get("prepare_inputs_for_generation")  # set by peft's disable_adapter(), or None
 
     def renaming(prepare, old: str, new: str):
         @functools.wraps(prepare)  # the same signature: transformers checks generate's arguments against it
@@ -466,12 +463,18 @@ def _prompt_learning_cache_bridge(model) -> Iterator[None]:
     model.prepare_inputs_for_generation = renaming(peft_prepare, "past_key_values", "cache")
     try:
         yield
-    finally:  # back to what was there: peft's class method, or what disable_adapter() put on the instance
+    finally:  # back to peft's own methods (the instance attribute goes, the class's method shows again)
         model.base_model_prepare_inputs_for_generation = base_prepare
-        if own is None:
-            del model.prepare_inputs_for_generation
-        else:
-            model.prepare_inputs_for_generation = own
+        del model.prepare_inputs_for_generation
+
+
+def _active_prompt_learning(model):
+    """The peft config of ``model``'s prompt-learning adapter while it is on, else None: inside peft's
+    ``disable_adapter()`` the model generates as its base does (peft puts the base's methods in place)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning or getattr(model, "_adapters_disabled", False):
+        return None
+    return config
 
 
 def answer_end(tokenizer, start: int, done: Callable[[str], bool]):

@@ -81,6 +81,13 @@ def test_with_the_adapter_disabled_generation_is_the_base_s(tiny_llama):
     with inference.adapter_disabled(lm) as off:
         assert inference.generate(off, prompts, **settings)[0] == want
         assert inference.generate(off, prompts, **settings)[0] == want
+        # batched as the base is (padded batches), so that "adapter disabled equals the base" compares like with
+        # like: in bf16, which rows share a batch moves the answers slightly
+        texts = [inference.prompt_text(lm, p) for p in ([{"role": "user", "content": "a"}],
+                                                           [{"role": "user", "content": "a longer prompt"}])]
+        assert inference._generation_batches(off, texts, 8, 1024) == inference._generation_batches(plain, texts, 8,
+                                                                                                 1024) == [[0, 1]]
+    assert inference._generation_batches(lm, texts, 8, 1024) == [[0], [1]]  # the adapter on: one length a batch
     assert inference.generate(lm, prompts, **settings)[0] == tuned != want
 
 
@@ -104,8 +111,8 @@ def test_every_method_generates_what_its_forward_pass_predicts(name, tiny_llama)
     base = inference.load(str(tiny_llama), None, use_cpu=True, template="plain")
     torch.manual_seed(0)
     wide = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(tiny_llama), initializer_range=0.6))
-    opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path="x.jsonl", output_dir="o", method=name, lora_r=4,
-                        num_virtual_tokens=4, max_steps=10)
+    opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path="x.jsonl", output_dir="o",
+                        method=name, lora_r=4, num_virtual_tokens=4, max_steps=10)
     model = get_method(name).apply(wide, opts, ApplyContext(task_kind="causal_lm", model_path=str(tiny_llama),
                                                             total_steps=10)).eval()
     with torch.no_grad():
