@@ -94,27 +94,31 @@ def test_with_the_adapter_disabled_generation_is_the_base_s(tiny_llama):
 def _every_peft_method():
     from tunelab.methods import get_method, method_names
 
-    return [name for name in method_names() if get_method(name).peft and "causal_lm" in get_method(name).task_kinds
-            and name != "qlora"]  # (qlora: lora on a 4-bit base, which generates through the same peft path)
+    # (qlora: lora on a 4-bit base, which generates through the same peft path)
+    return [(name, arch) for arch, kind in (("llama", "causal_lm"), ("t5", "seq2seq_lm")) for name in method_names()
+            if get_method(name).peft and kind in get_method(name).task_kinds and name != "qlora"]
 
 
-@pytest.mark.parametrize("name", _every_peft_method())
-def test_every_method_generates_what_its_forward_pass_predicts(name, tiny_llama):
+@pytest.mark.parametrize(("name", "arch"), _every_peft_method())
+def test_every_method_generates_what_its_forward_pass_predicts(name, arch, tiny_llama, tiny_t5):
     """Each method's adapter, its weights moved off their identity start, batched with a prompt of another length:
     greedy generation equals greedy decoding by the adapter's forward pass on the prompt alone, without a cache."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from tunelab.config import TrainOptions
     from tunelab.methods import get_method
     from tunelab.methods.base import ApplyContext
 
-    base = inference.load(str(tiny_llama), None, use_cpu=True, template="plain")
+    seq2seq = arch == "t5"
+    path, kind = (str(tiny_t5), "seq2seq_lm") if seq2seq else (str(tiny_llama), "causal_lm")
+    base = inference.load(path, None, use_cpu=True, template="plain")
     torch.manual_seed(0)
-    wide = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(tiny_llama), initializer_range=0.6))
-    opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path="x.jsonl", output_dir="o",
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    wide = auto.from_config(AutoConfig.from_pretrained(path, **({"initializer_factor": 30.0} if seq2seq
+                                                                 else {"initializer_range": 0.6})))
+    opts = TrainOptions(model_name_or_path=path, dataset_name_or_path="x.jsonl", output_dir="o",
                         method=name, lora_r=4, num_virtual_tokens=4, max_steps=10)
-    model = get_method(name).apply(wide, opts, ApplyContext(task_kind="causal_lm", model_path=str(tiny_llama),
-                                                            total_steps=10)).eval()
+    model = get_method(name).apply(wide, opts, ApplyContext(task_kind=kind, model_path=path, total_steps=10)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -126,6 +130,7 @@ def test_every_method_generates_what_its_forward_pass_predicts(name, tiny_llama)
     answers, _ = inference.generate(lm, prompts, max_new_tokens=6, min_new_tokens=6, strip=False)
     for messages, answer in zip(prompts, answers):
         ids = base.tokenizer(inference.prompt_text(lm, messages), return_tensors="pt",
-                             add_special_tokens=False)["input_ids"]
-        want = _greedy_by_forward(model, ids, 6, seq2seq=False, start_id=None)
-        assert answer == base.tokenizer.decode(want, skip_special_tokens=True), name
+                             add_special_tokens=seq2seq)["input_ids"]
+        want = _greedy_by_forward(model, ids, 6, seq2seq=seq2seq,
+                                  start_id=model.config.decoder_start_token_id if seq2seq else None)
+        assert answer == base.tokenizer.decode(want, skip_special_tokens=True), (name, arch)
