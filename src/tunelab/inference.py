@@ -402,7 +402,7 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
         if any(names[i] is not None for i in chunk):
             kwargs["adapter_names"] = [names[i] or "__base__" for i in chunk]
         t0 = time.perf_counter()
-        with torch.inference_mode(), _prompt_learning_cache_bridge(lm.model):
+        with torch.inference_mode(), prompt_learning_cache_bridge(lm.model):
             out = lm.model.generate(**enc, **kwargs)
         stats.seconds += time.perf_counter() - t0
         new = out[:, enc["input_ids"].shape[1]:] if lm.task_kind == "causal_lm" else out
@@ -423,10 +423,7 @@ def _generation_batches(lm: LoadedModel, texts: list[str], size: int, max_prompt
     drops the position ids of prompt-tuning models, so left padding would move a short prompt's tokens away from
     the soft prompt, and its answer would not be the one it gets alone
     (tests/evaluation/test_adapter_generation.py)."""
-    config = _active_prompt_learning(lm.model)
-    drops_positions = (lm.task_kind == "causal_lm" and config is not None
-                       and str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING")
-    if not drops_positions:
+    if not (lm.task_kind == "causal_lm" and padding_moves_soft_prompt(lm.model)):
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         return list(batches(order, size))
     lengths = [min(len(ids), max_prompt_tokens)
@@ -437,7 +434,7 @@ def _generation_batches(lm: LoadedModel, texts: list[str], size: int, max_prompt
 
 
 @contextlib.contextmanager
-def _prompt_learning_cache_bridge(model) -> Iterator[None]:
+def prompt_learning_cache_bridge(model) -> Iterator[None]:
     """Let peft's prompt-learning generation find the key/value cache.
 
     transformers 5.x passes the cache to ``prepare_inputs_for_generation`` as ``cache``; peft 0.21's prompt-learning
@@ -466,6 +463,13 @@ def _prompt_learning_cache_bridge(model) -> Iterator[None]:
     finally:  # back to peft's own methods (the instance attribute goes, the class's method shows again)
         model.base_model_prepare_inputs_for_generation = base_prepare
         del model.prepare_inputs_for_generation
+
+
+def padding_moves_soft_prompt(model) -> bool:
+    """Whether ``model`` (a causal LM) answers a left-padded prompt differently than the prompt alone: an active
+    prompt-tuning adapter, whose position ids peft drops (prefix tuning offsets them, and answers the same)."""
+    config = _active_prompt_learning(model)
+    return config is not None and str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING"
 
 
 def _active_prompt_learning(model):

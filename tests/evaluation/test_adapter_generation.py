@@ -134,3 +134,29 @@ def test_every_method_generates_what_its_forward_pass_predicts(name, arch, tiny_
         want = _greedy_by_forward(model, ids, 6, seq2seq=seq2seq,
                                   start_id=model.config.decoder_start_token_id if seq2seq else None)
         assert answer == base.tokenizer.decode(want, skip_special_tokens=True), (name, arch)
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning"])
+def test_lm_eval_generation_follows_the_adapter(kind, tiny_llama):
+    """A benchmark that generates (lm-eval's generate_until) through the HFLM tunelab builds: the adapter's answers,
+    documents of different lengths in one call."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from tunelab.evaluation.benchmarks import lm_eval_model
+
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template="plain")
+    model = _prompt_learning(str(tiny_llama), kind, "CAUSAL_LM")
+    contexts = ["count the books in the shop", "which author wrote the longest book of all"]
+    until = {"until": ["<never written>"], "max_gen_toks": 6, "do_sample": False}
+    requests = [Instance(request_type="generate_until", doc={}, arguments=(c, until), idx=i)
+                for i, c in enumerate(contexts)]
+    with lm_eval_model(model, base.tokenizer, batch_size=8, generates=True) as lm:
+        answers = lm.generate_until(requests, disable_tqdm=True)
+    tok = base.tokenizer
+    for context, answer in zip(contexts, answers):
+        ids = tok(context, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        want = _greedy_by_forward(model, ids, 6, seq2seq=False, start_id=None)
+        if tok.eos_token_id in want:  # generation stops there
+            want = want[:want.index(tok.eos_token_id)]
+        assert answer == tok.decode(want), kind

@@ -22,6 +22,7 @@ steps without changing the run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -349,7 +350,6 @@ class BenchmarkProbe:
     def __call__(self, model, tokenizer, *, limit: int | None = None, batch_size: int = 8) -> BenchmarkScore:
         """Score ``model`` (a transformers or peft model, as it is: adapter on, or inside ``disable_adapter()``)."""
         from lm_eval.evaluator import evaluate
-        from lm_eval.models.huggingface import HFLM
 
         loaded = self.tasks()
         n = limit if limit is not None else self.limit
@@ -359,11 +359,12 @@ class BenchmarkProbe:
             samples = {name: s if s is not None else list(range(len(loaded["tasks"][name].eval_docs)))
                        for name, s in subsets.items()}
         was_training = model.training
+        generates = any(task.config.output_type == "generate_until" for task in loaded["tasks"].values())
         try:
-            wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            # lm-eval's evaluate(), not simple_evaluate(): the latter reseeds the global generators (random, numpy,
-            # torch) and collects the environment (subprocesses, seconds) on every call.
-            out = evaluate(lm=wrapped, task_dict=loaded["loaded"], samples=samples, log_samples=True)
+            with lm_eval_model(model, tokenizer, batch_size=batch_size, generates=generates) as wrapped:
+                # lm-eval's evaluate(), not simple_evaluate(): the latter reseeds the global generators (random,
+                # numpy, torch) and collects the environment (subprocesses, seconds) on every call.
+                out = evaluate(lm=wrapped, task_dict=loaded["loaded"], samples=samples, log_samples=True)
         finally:
             model.train(was_training)  # HFLM switches the model to eval mode
         return self._score(out, loaded)
@@ -405,6 +406,24 @@ def _zero_shot(loaded: dict[str, Any]) -> dict[str, Any]:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=1234)
     return {"loaded": loaded, "tasks": loaded["tasks"]}
+
+
+@contextlib.contextmanager
+def lm_eval_model(model, tokenizer, *, batch_size: int, generates: bool):
+    """lm-eval's ``HFLM`` around a model in memory, generating as tunelab's own evaluation does: a prompt-learning
+    adapter's cache bridged to peft (``inference.prompt_learning_cache_bridge``) and, where the tasks generate,
+    a prompt-tuned causal LM given one document a batch (lm-eval left-pads a batch, which moves such a model's
+    answers: ``inference.padding_moves_soft_prompt``). Log-likelihood scoring needs neither: lm-eval pads those
+    batches on the right and drops the virtual tokens' logits itself."""
+    from lm_eval.models.huggingface import HFLM
+
+    from tunelab import inference
+
+    causal = not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    if generates and causal and inference.padding_moves_soft_prompt(model):
+        batch_size = 1
+    with inference.prompt_learning_cache_bridge(model):
+        yield HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def benchmark_probe(spec: str) -> BenchmarkProbe:
