@@ -1,5 +1,6 @@
 """tunelab estimate: predicted peak memory against measured, the breakdown, offline big models, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -230,6 +231,20 @@ def test_fit_proposes_settings_that_fit():
                          headroom_gb=0.0, device="cuda")
     assert result["fits"] and result["changes"]
     assert result["peak_bytes"] <= budget_gb * 1024 ** 3 < big.peak_bytes
+
+
+
+def test_fit_estimates_no_setting_twice():
+    """With checkpointing already on, halving the batch comes first; giving the batch back stops short of the one
+    already found too big (before: it was estimated again, a second trace, printed as "back to ... too big")."""
+    given = opts(method="full", per_device_train_batch_size=8, max_seq_length=128, gradient_checkpointing=True)
+    eight = estimate(given, device="cuda").peak_bytes
+    four = estimate(dataclasses.replace(given, per_device_train_batch_size=4, gradient_accumulation_steps=2),
+                    device="cuda").peak_bytes
+    result = propose_fit(given, (eight + four) / 2 / 1024 ** 3, headroom_gb=0.0, device="cuda")
+    assert result["fits"] and "--per_device_train_batch_size 4" in result["changes"]
+    settings = [tuple(sorted((k, str(v)) for k, v in t.items() if k != "change")) for t in result["tried"]]
+    assert len(settings) == len(set(settings)), [t["change"] for t in result["tried"]]
 
 
 def test_validate_command_passes_on_the_tiny_model(monkeypatch, capsys):

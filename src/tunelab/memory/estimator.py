@@ -733,12 +733,18 @@ def propose_fit(opts, gpu_gb: float, *, headroom_gb: float = 1.0, device: str = 
     opts, prec = settle_precision(opts, device)
     opts, _ = resolve(opts, set())
     tried: list[dict[str, Any]] = []
+    # Each setting is estimated and listed once: giving a batch back can reach one already found too big.
+    seen: dict[str, tuple[Any, bool]] = {}
 
     def attempt(o, change: str):
+        key = repr(dataclasses.asdict(o))
+        if key in seen:
+            return seen[key]
         est = estimate(o, device=device, num_labels=num_labels)
         ok = fits(est.peak_bytes, gpu_gb, headroom_gb)
         tried.append({"change": change, "peak_bytes": est.peak_bytes, "fits": ok, "method": o.method,
                       **est.settings})
+        seen[key] = est, ok
         return est, ok
 
     def batch(o, b: int):
