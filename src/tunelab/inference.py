@@ -423,7 +423,7 @@ def _generation_batches(lm: LoadedModel, texts: list[str], size: int, max_prompt
     drops the position ids of prompt-tuning models, so left padding would move a short prompt's tokens away from
     the soft prompt, and its answer would not be the one it gets alone
     (tests/evaluation/test_adapter_generation.py)."""
-    if not (lm.task_kind == "causal_lm" and padding_moves_soft_prompt(lm.model)):
+    if not padding_moves_soft_prompt(lm.model):
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         return list(batches(order, size))
     lengths = [min(len(ids), max_prompt_tokens)
@@ -466,10 +466,12 @@ def prompt_learning_cache_bridge(model) -> Iterator[None]:
 
 
 def padding_moves_soft_prompt(model) -> bool:
-    """Whether ``model`` (a causal LM) answers a left-padded prompt differently than the prompt alone: an active
-    prompt-tuning adapter, whose position ids peft drops (prefix tuning offsets them, and answers the same)."""
+    """Whether ``model`` answers a left-padded prompt differently than the prompt alone: a causal LM with an active
+    prompt-tuning adapter, whose position ids peft drops (for prefix tuning it offsets them, as
+    ``PeftModel._adjust_prompt_learning_kwargs`` does, and the answers are the same)."""
     config = _active_prompt_learning(model)
-    return config is not None and str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING"
+    return (config is not None and config.task_type == "CAUSAL_LM"
+            and config.peft_type not in ("PREFIX_TUNING", "CARTRIDGE"))
 
 
 def _active_prompt_learning(model):

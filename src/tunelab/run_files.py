@@ -63,16 +63,23 @@ def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
     error naming the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise TunelabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); fix or remove it") from None
+    return parse_jsonl(text, path, fix="fix or delete that line")
+
+
+def parse_jsonl(text: str, path: str | Path, *, fix: str) -> list[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of JSON-lines ``text``; a line that is not JSON is one error
+    naming the file, the line and ``fix``. Shared by tunelab's own files and the users' datasets."""
     out = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 out.append((number, json.loads(line)))
-            except ValueError as e:
-                raise TunelabError(f"{path} line {number}: not valid JSON ({e}); fix or delete that line") from None
+            except json.JSONDecodeError as e:
+                raise TunelabError(f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno}); "
+                                   f"{fix}") from None
     return out
 
 

@@ -36,10 +36,12 @@ class PreparedData:
     def summary(self, source) -> str:
         """One line on what was read, so a user sees how their columns were understood before any step runs."""
         rep = self.train_report
-        labels = (f", {len(self.label_names)} labels ({_first(self.label_names)})" if self.label_names
-                  else f", {len(set(ex.reference for ex in self.train_examples))} labels "
-                       f"({_first(sorted(set(ex.reference for ex in self.train_examples)))}) answered as text"
-                  if self.format == "classification" else "")
+        labels = ""
+        if self.label_names:  # a classification head
+            labels = f", {len(self.label_names)} labels ({_first(self.label_names)})"
+        elif self.format == "classification":  # a generative model, taught to write the label
+            answers = label_set(self.train_examples, key=lambda ex: ex.reference)
+            labels = f", {len(answers)} labels ({_first(answers)}) answered as text"
         evals = (f"{_rows(self.eval_report.kept, 'validation row')}" if self.eval_report
                  else "no validation rows (--validation_split carves some from the training rows)")
         return (f"{source}: {_rows(rep.kept, 'training row')} read as {self.format}{labels}, template "
@@ -69,8 +71,8 @@ def load_examples(opts, *, classification: bool) -> tuple[str, list[Example], li
     return fmt, train, evals
 
 
-def label_set(examples: list[Example]) -> list[str]:
-    labels = {ex.label for ex in examples}
+def label_set(examples: list[Example], key=lambda ex: ex.label) -> list[str]:
+    labels = {key(ex) for ex in examples}
     try:
         return sorted(labels, key=lambda x: float(x))
     except ValueError:

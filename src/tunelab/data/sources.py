@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab import run_files
 from tunelab.errors import TunelabError
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,7 @@ def read_file(path: Path) -> Rows:
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
     rows, locs = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TunelabError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno}); each line "
-                               "must be one JSON object") from None
+    for lineno, obj in run_files.parse_jsonl(text, path, fix="each line must be one JSON object"):
         if not isinstance(obj, dict):
             raise TunelabError(f"{path} line {lineno}: expected a JSON object with named fields, got "
                                f"{type(obj).__name__}")

@@ -419,8 +419,7 @@ def lm_eval_model(model, tokenizer, *, batch_size: int, generates: bool):
 
     from tunelab import inference
 
-    causal = not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
-    if generates and causal and inference.padding_moves_soft_prompt(model):
+    if generates and inference.padding_moves_soft_prompt(model):
         batch_size = 1
     with inference.prompt_learning_cache_bridge(model):
         yield HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
