@@ -42,6 +42,10 @@ BAD_DATA = {
     "missing_value": ("nulls.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": null, "output": "x"}\n',
                       ["nulls.jsonl line 2", "'instruction' is empty"]),
     "csv_extra_fields": ("rows.csv", "prompt,completion\na,b\nc,d,e\n", ["rows.csv line 3", "fields"]),
+    # STS-B's own sts-train.csv: tab-separated, no header, named .csv
+    "csv_with_tabs": ("sts.csv", "main\tMSRvid\t2012test\t0001\t5.000\tA plane.\tAn air plane.\n"
+                      "main\tMSRvid\t2012test\t0004\t3.800\tA man, a flute.\tA man.\n",
+                      ["sts.csv line 1", "tab-separated", ".tsv"]),
 }
 
 
@@ -72,6 +76,31 @@ def test_label_outside_the_training_label_set(tiny_bert, tmp_path, capsys):
     assert code == 2
     assert "validation.jsonl line 1" in err and "'neutral'" in err and "label set" in err
     assert not out.exists()
+
+
+def test_continuous_labels_are_not_classes(tiny_bert, tmp_path, capsys):
+    """Similarity scores (STS-B's 0-5) are not a label set: 66 classes of them would train and mean nothing."""
+    rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": label}
+            for i, label in enumerate(["5.000", "3.800", "0.143", "2.000", "4.250"])]
+    data = write_jsonl(tmp_path / "sts.jsonl", rows)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_bert, "--dataset_name_or_path", data, "--output_dir", out,
+                            *FAST], capsys)
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "sts.jsonl line 2" in line and "'3.800'" in line and "continuous" in line, line
+    assert not out.exists()
+
+
+def test_whole_number_labels_written_as_decimals_are_classes(tiny_bert, tmp_path, capsys):
+    rows = [{"text": f"text {i}", "label": label} for i, label in enumerate(["0.0", "1.0", "1.0", "0.0"])]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_bert, "--dataset_name_or_path", data, "--output_dir", out,
+                            *FAST], capsys)
+    assert code == 0, err
+    results = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    assert results["data"]["labels"] == ["0.0", "1.0"]
 
 
 def test_a_data_error_comes_before_the_configuration(tiny_llama, tmp_path, capsys):

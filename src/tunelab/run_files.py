@@ -5,6 +5,7 @@ so a file cannot be renamed on one side only."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ WORKER_ERROR = "run_error.json"
 
 # what a model card's folder keeps of a run beside the weights (hub.py)
 RESULT_FILES = (TRAIN_CONFIG, TRAIN_RESULTS, EVAL_RESULTS, MERGE_INFO)
+
+
+def slug(text: str, *, empty: str) -> str:
+    """``text`` as a folder-name part: runs of characters other than letters, digits, '.', '_' and '-' become one '-'.
+    ``empty`` stands in when nothing is left; run folders and study names are built from it, so it stays fixed."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or empty
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:

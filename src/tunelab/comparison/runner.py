@@ -4,7 +4,6 @@ subprocess of its own. Each finished run is recorded in results.jsonl at once; a
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,6 @@ from tunelab.records import ComparisonRecord
 log = logging.getLogger(__name__)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
-
 
 def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
          gpu_bf16: bool | None = None) -> list[PlannedRun]:
@@ -45,7 +41,7 @@ def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
     for entry in recipe.methods:
         for seed in recipe.seeds:
             key = recipe.run_key(entry, seed)
-            run_dir = out / "runs" / f"{_slug(entry.label)}-seed{seed}-{key[:8]}"
+            run_dir = out / "runs" / f"{run_files.slug(entry.label, empty='run')}-seed{seed}-{key[:8]}"
             topts = recipe.train_options(entry, seed, train_file=data.train, output_dir=str(run_dir / "model"),
                                          device=device, gpu_bf16=gpu_bf16)
             eopts = recipe.eval_options(eval_file=data.eval, output_dir=str(run_dir / "eval"), model=recipe.model,

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -92,9 +91,6 @@ def grid(low: float, high: float, n: int, seed: int) -> list[float]:
     return points
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "method"
-
 
 @dataclass
 class MethodStudy:
@@ -131,7 +127,7 @@ def study_name(recipe: "Recipe", entry: "MethodEntry", settings: SearchSettings,
         shared = {k: v for k, v in shared.items() if k not in ("eval", "retention")}
     blob = json.dumps({"shared": shared, "method": method, "search": settings.identity(),
                        "range": [low, high], "seed": seed}, sort_keys=True, default=str)
-    return f"{_slug(entry.label)}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return f"{run_files.slug(entry.label, empty='method')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def full_budget_steps(recipe: "Recipe", train_rows: int) -> int:
@@ -316,7 +312,8 @@ class Search:
                 allowance = min(ms.total_steps, ms.budget_steps - ms.steps_spent())
                 trial = ms.study.ask({"learning_rate": FloatDistribution(ms.low, ms.high, log=True)})
                 lr = float(trial.params["learning_rate"])
-                run_dir = self.out / "search" / f"{_slug(ms.entry.label)}-trial{trial.number}-{ms.name[-8:]}"
+                slug = run_files.slug(ms.entry.label, empty='method')
+                run_dir = self.out / "search" / f"{slug}-trial{trial.number}-{ms.name[-8:]}"
                 trial.set_user_attr("run_dir", str(run_dir))
                 ms.asked[trial.number] = allowance
                 spec = self._spec(ms, trial, lr, run_dir, allowance)

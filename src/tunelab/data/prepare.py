@@ -79,6 +79,21 @@ def label_set(examples: list[Example], key=lambda ex: ex.label) -> list[str]:
         return sorted(labels)
 
 
+def _refuse_continuous_labels(examples: list[Example], source) -> None:
+    """Scores such as STS-B's 0-5 similarity are numbers with fractions; as a label set each value would be a class
+    of its own. Whole numbers written as decimals ("1.0") stay classes."""
+    try:
+        values = [float(ex.label) for ex in examples]
+    except (TypeError, ValueError):
+        return
+    fractional = next((ex for ex, v in zip(examples, values) if not v.is_integer()), None)
+    if fractional is not None:
+        raise TunelabError(f"{fractional.locator}: label {fractional.label!r} looks like a continuous score "
+                           f"({len(set(values))} different values in {source}); a sequence-classification run learns a "
+                           "fixed set of classes and tunelab has no regression head: round the scores to classes, "
+                           "or score sentence similarity with `tunelab eval --task similarity`")
+
+
 def prepare(opts, tokenizer, task_kind: str) -> PreparedData:
     fmt, train_ex, eval_ex = load_examples(opts, classification=task_kind == "seq_cls")
     template = resolve_template(opts.template, tokenizer, opts.system_prompt, task_kind=task_kind)
@@ -89,6 +104,7 @@ def prepare(opts, tokenizer, task_kind: str) -> PreparedData:
                                f"data (a text or sentence pair and a label), but the rows are in {fmt} format; pass "
                                "--input_columns/--target_column or a generative --task_type")
         label_names = label_set(train_ex)
+        _refuse_continuous_labels(train_ex, opts.dataset_name_or_path)
         if len(label_names) < 2:
             raise TunelabError(f"{opts.dataset_name_or_path}: classification needs at least two labels; the training "
                                f"rows all have label {label_names[0]!r}")

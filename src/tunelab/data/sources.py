@@ -109,6 +109,9 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[dict], 
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
     if not reader.fieldnames:
         return [], []
+    if delimiter == "," and len(reader.fieldnames) == 1 and "\t" in reader.fieldnames[0]:
+        raise TunelabError(f"{path} line 1: the file looks tab-separated (tabs, no commas); name it .tsv, with a "
+                           "first line naming the columns")
     rows, locs = [], []
     for row in reader:
         if None in row:
