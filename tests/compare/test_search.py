@@ -446,3 +446,18 @@ def test_a_study_is_kept_across_changes_its_trials_do_not_depend_on():
     assert name(other_eval, objective="metric") != name(base, objective="metric")
     assert name(parse_recipe({**raw, "budget": {"max_steps": 40}}, source="r")) != name(base)
     assert name(base, validation_fraction=0.2) != name(base)
+
+
+@pytest.mark.parametrize("se, needle", [(0.02, "about 377 test examples would separate a 2-point difference)"),
+                                        (0.005, "its 48 test examples would separate a 2-point difference)")])
+def test_the_sample_size_to_separate_two_points_reads_right(se, needle):
+    """A verdict never says 'about 3 examples would separate' of a measure already scored on 48: there the
+    examples at hand would show a 2-point difference, and the one measured is smaller."""
+    from tunelab.comparison.report import _indistinguishable
+    from tunelab.comparison.statistics import Difference
+
+    d = Difference(measure="contains_answer", metric="contains_answer", estimate=0.01, low=-0.01, high=0.03,
+                   standard_error=se, n_examples=48, n_seeds=(1, 1))
+    text = _indistinguishable(d, "full fine-tuning")
+    assert text.startswith("indistinguishable from full fine-tuning at this sample size ([-1.0, +3.0] points; ")
+    assert text.endswith(needle), text

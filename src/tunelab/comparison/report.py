@@ -62,13 +62,18 @@ def differences(row: Row, ref: Row) -> dict:
     return _DIFFERENCES[key]
 
 
-def _indistinguishable(d, ref_name: str) -> str:
+def _indistinguishable(d, ref_name: str, examples: str = "test examples") -> str:
+    """``examples``: what the measure is scored on (the task's test examples, a probe's examples)."""
     interval = d.format().split(" [", 1)[-1].rstrip("]")
     text = f"indistinguishable from {ref_name} at this sample size ([{interval}]{' ' + d.unit if d.unit else ''}"
     if d.identical:
-        return text + ": the same score on every test example)"
+        return text + f": the same score on every one of its {examples})"
     n = d.examples_to_separate()
-    return text + ")" + (f"; about {n} test examples would separate a 2-point difference" if n else "")
+    if not n:
+        return text + ")"
+    if n <= d.n_examples:  # a 2-point difference would show at this size: the one measured is smaller
+        return text + f"; its {d.n_examples} {examples} would separate a 2-point difference)"
+    return text + f"; about {n} {examples} would separate a 2-point difference)"
 
 
 # --- the table -----------------------------------------------------------------------------------------------
@@ -231,9 +236,9 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         for probe, pd in diffs.items():  # the task probes' retention: a difference only where it is one
             if probe != headline and probe != drift_probe:
                 parts.append(f"{probe_title(probe)} {pd.format()}" if pd.excludes_zero
-                             else f"{probe_title(probe)} {_indistinguishable(pd, ref_name)}")
+                             else f"{probe_title(probe)} {_indistinguishable(pd, ref_name, 'probe examples')}")
         if drift_probe and drift_probe in diffs and not diffs[drift_probe].excludes_zero:
-            parts.append(f"drift {_indistinguishable(diffs[drift_probe], ref_name)}")
+            parts.append(f"drift {_indistinguishable(diffs[drift_probe], ref_name, 'probe examples')}")
         elif drift_probe:
             d = row.stat(lambda r: retention_value(r, drift_probe)).mean
             interval = f" (KL {diffs[drift_probe].format()})" if drift_probe in diffs else ""
