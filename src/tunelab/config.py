@@ -513,7 +513,8 @@ class ExportOptions:
                                                   "fully fine-tuned model's output_dir; left out beside --adapter: "
                                                   "the base the adapter was trained on", group="model")
     adapter: str | None = option(None, "a PEFT adapter to merge into the model before writing", group="model")
-    output: str = option(help="the .gguf file to write", group="output")
+    output: str = option(help="the .gguf file to write (--outfile, llama.cpp's convert_hf_to_gguf.py name, works too)",
+                         aliases=("--outfile",), group="output")
     outtype: str = option("f16", "tensor type of the weight matrices (norms stay f32)",
                           choices=("f32", "f16", "q8_0"), group="output")
     overwrite: bool = option(False, "replace an existing --output file", group="output")

@@ -211,17 +211,18 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("outtype,tolerance", [("f32", 0.0), ("f16", 2e-3), ("q8_0", 3e-2)])
-def test_gguf_round_trip_through_transformers(outtype, tolerance, runs, tmp_path, capsys):
+@pytest.mark.parametrize("outtype,tolerance,flag", [("f32", 0.0, "--output"), ("f16", 2e-3, "--outfile"),
+                                                    ("q8_0", 3e-2, "--output")])
+def test_gguf_round_trip_through_transformers(outtype, tolerance, flag, runs, tmp_path, capsys):
     """Export base + adapter (merged), load the file back with transformers' GGUF loader: same tokenizer, same
-    chat template, and logits equal to the merged model's (exactly for f32)."""
+    chat template, and logits equal to the merged model's (exactly for f32). --outfile is llama.cpp's name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.merge import load_merged
 
     path = tmp_path / f"tiny-{outtype}.gguf"
     code = main(["export", "gguf", "--model_name_or_path", str(runs["base"]), "--adapter", str(runs["chat"]),
-                 "--output", str(path), "--outtype", outtype, "--use_cpu"])
+                 flag, str(path), "--outtype", outtype, "--use_cpu"])
     assert code == 0, capsys.readouterr().err
     assert f"wrote {path}" in capsys.readouterr().out
     source = load_merged(str(runs["base"]), str(runs["chat"]))
