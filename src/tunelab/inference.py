@@ -226,7 +226,7 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     adapters = {}
     if adapter is not None:
         model = attach_adapter(model, adapter, adapter_name, model_path)
-        _adapter_in_float32(model, adapter_name)
+        _adapter_dtypes(model, adapter_name, dtype)
         adapters[adapter_name] = str(adapter)
     model.eval()
     tmpl = resolve_template(template or run_config.get("template", "auto"), tokenizer,
@@ -235,15 +235,19 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     return LoadedModel(model, tokenizer, task_kind, tmpl, model_path, adapters, run_config, dtype)
 
 
-def _adapter_in_float32(model, adapter_name: str) -> None:
-    """An adapter's own tensors in float32 on a half-precision base, as training kept them (peft upcasts LoRA-type
-    weights itself; a trained head or other --modules_to_save copy would otherwise take the base's dtype)."""
+def _adapter_dtypes(model, adapter_name: str, dtype) -> None:
+    """An adapter's own tensors as training kept and computed them beside a half-precision base: peft's adapter
+    weights (LoRA and kin) in float32, their inputs cast by peft itself; the modules trained in full (a
+    classification head, --modules_to_save copies) in the base's ``dtype``, which training's autocast computed them
+    in (in float32 they would refuse the base's half-precision hidden states)."""
     import torch
 
-    marker = f".{adapter_name}."
+    marker, copy = f".{adapter_name}.", f".modules_to_save.{adapter_name}."
     for name, p in model.named_parameters():
-        if marker in f".{name}" and p.dtype in (torch.bfloat16, torch.float16):
-            p.data = p.data.float()
+        if marker in f".{name}" and p.is_floating_point():
+            wanted = dtype if copy in f".{name}" and dtype in (torch.bfloat16, torch.float16) else torch.float32
+            if p.dtype != wanted:
+                p.data = p.data.to(wanted)
 
 
 def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_cpu: bool = False,
@@ -268,7 +272,8 @@ def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_
         for p in model.parameters():
             if p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)
-    # (a PEFT model's base is already in the run's dtype and its adapter in float32: what load() rebuilds)
+    else:  # the base is already in the run's dtype (model_setup.weights_dtype)
+        _adapter_dtypes(model, model.active_adapter, dtype)
     if hasattr(model, "disable_input_require_grads"):
         with contextlib.suppress(AttributeError):  # hooks for training with checkpointing: none at inference
             model.disable_input_require_grads()

@@ -17,7 +17,7 @@ from tunelab.evaluation.tasks import TaskSettings, run_task
 from tunelab.data.formats import Example
 from tunelab.training import train
 
-from conftest import ALPACA_ROWS, write_jsonl
+from conftest import ALPACA_ROWS, CLASSIFICATION_ROWS, write_jsonl
 
 QA_ROWS = [{"question": "What is the capital of France?", "answer": "Paris"},
            {"question": "Count the books.", "answer": "SELECT count(*) FROM books"},
@@ -77,6 +77,31 @@ def test_a_bf16_run_is_evaluated_in_bf16_and_in_memory_equals_the_saved_run(tiny
     # --torch_dtype overrides the run's dtype.
     fp32 = evaluate(_eval_options(tiny_llama, trained, tmp_path / "fp32", qa_file, torch_dtype="float32"))
     assert fp32.results["torch_dtype"] == "float32" and fp32.model.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_a_bf16_classifier_runs_head_is_evaluated_in_the_bases_dtype(tiny_bert, tmp_path, method):
+    """A sequence-classification adapter trains its head in full (peft's modules_to_save), kept float32 beside the
+    bf16 base; the head computed in bf16 under training's autocast, and must at evaluation too (a float32 head
+    refused the base's bf16 hidden states: the sst2-sts recipe's lora and prompt_tuning runs failed)."""
+    data = write_jsonl(tmp_path / "train.jsonl", CLASSIFICATION_ROWS)
+    opts = TrainOptions(model_name_or_path=str(tiny_bert), dataset_name_or_path=str(data),
+                        output_dir=str(tmp_path / "run"), method=method, max_steps=2, per_device_train_batch_size=4,
+                        max_seq_length=32, learning_rate=1e-2, warmup_ratio=0.0, save_steps=100, seed=0,
+                        use_cpu=True, bf16=True)
+    trained = train(opts)
+    eval_opts = dict(model_name_or_path=str(tiny_bert), adapter=str(trained.output_dir), task="classification",
+                     dataset_name_or_path=str(data), per_device_eval_batch_size=4, use_cpu=True)
+    from_disk = evaluate(EvalOptions(**eval_opts, output_dir=str(tmp_path / "from-disk")))
+    assert from_disk.results["torch_dtype"] == "bfloat16"
+    heads = [p for n, p in from_disk.model.model.named_parameters() if ".modules_to_save." in n]
+    assert heads and all(p.dtype == torch.bfloat16 for p in heads)
+    in_memory = inference.from_trained(trained.model, trained.tokenizer, trained.output_dir,
+                                       model_path=trained.results["base_model_path"], use_cpu=True)
+    mem = evaluate(EvalOptions(**eval_opts, output_dir=str(tmp_path / "in-memory")), model=in_memory).results
+    assert mem["metrics"] == from_disk.results["metrics"]
+    rows = lambda d: (d / "predictions.jsonl").read_text()  # noqa: E731
+    assert rows(tmp_path / "in-memory") == rows(tmp_path / "from-disk")
 
 
 def test_a_float32_run_and_a_quantized_runs_other_weights_are_float32():
