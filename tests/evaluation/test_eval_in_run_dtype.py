@@ -79,7 +79,7 @@ def test_a_bf16_run_is_evaluated_in_bf16_and_in_memory_equals_the_saved_run(tiny
     assert fp32.results["torch_dtype"] == "float32" and fp32.model.dtype == torch.float32
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+@pytest.mark.parametrize("method", ["lora", "ia3", "prompt_tuning"])
 def test_a_bf16_classifier_runs_head_is_evaluated_in_the_bases_dtype(tiny_bert, tmp_path, method):
     """A sequence-classification adapter trains its head in full (peft's modules_to_save), kept float32 beside the
     bf16 base; the head computed in bf16 under training's autocast, and must at evaluation too (a float32 head
