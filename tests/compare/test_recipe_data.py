@@ -89,3 +89,13 @@ def test_the_readme_s_recipe_example_is_a_recipe_and_names_every_field():
     assert [m.label for m in recipe.methods] == ["full", "lora r=16"] and recipe.seeds == [0, 1, 2]
     words = set(re.findall(r"[a-z_]+", block))
     assert RECIPE_KEYS | DATA_KEYS | EVAL_KEYS <= words, sorted((RECIPE_KEYS | DATA_KEYS | EVAL_KEYS) - words)
+
+
+def test_the_readme_lists_every_built_in_recipe():
+    from conftest import REPO
+    from tunelab.comparison.recipe import builtin_recipes
+
+    line = next(x for x in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+                if x.startswith("| `tunelab recipes [NAME]`"))
+    missing = [name for name in builtin_recipes() if f"`{name}`" not in line]
+    assert not missing, f"README's commands table does not name the built-in recipes {missing}"
