@@ -226,7 +226,6 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     adapters = {}
     if adapter is not None:
         model = attach_adapter(model, adapter, adapter_name, model_path)
-        _adapter_dtypes(model, adapter_name, dtype)
         adapters[adapter_name] = str(adapter)
     model.eval()
     tmpl = resolve_template(template or run_config.get("template", "auto"), tokenizer,
@@ -235,19 +234,28 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     return LoadedModel(model, tokenizer, task_kind, tmpl, model_path, adapters, run_config, dtype)
 
 
-def _adapter_dtypes(model, adapter_name: str, dtype) -> None:
+def _adapter_dtypes(model, adapter_name: str) -> None:
     """An adapter's own tensors as training kept and computed them beside a half-precision base: peft's adapter
     weights (LoRA and kin) in float32, their inputs cast by peft itself; the modules trained in full (a
-    classification head, --modules_to_save copies) in the base's ``dtype``, which training's autocast computed them
-    in (in float32 they would refuse the base's half-precision hidden states)."""
+    classification head, --modules_to_save copies) in the dtype of the base module they replace, which training's
+    autocast computed them in (in float32 they would refuse the base's half-precision hidden states)."""
     import torch
+    from peft.utils.other import ModulesToSaveWrapper
 
-    marker, copy = f".{adapter_name}.", f".modules_to_save.{adapter_name}."
+    half = (torch.bfloat16, torch.float16)
+    copies = set()
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+            copy = module.modules_to_save[adapter_name]
+            base = next((p.dtype for p in module.original_module.parameters() if p.is_floating_point()), None)
+            for p in copy.parameters():
+                copies.add(id(p))
+                if base in half and p.is_floating_point() and p.dtype != base:
+                    p.data = p.data.to(base)
+    marker = f".{adapter_name}."
     for name, p in model.named_parameters():
-        if marker in f".{name}" and p.is_floating_point():
-            wanted = dtype if copy in f".{name}" and dtype in (torch.bfloat16, torch.float16) else torch.float32
-            if p.dtype != wanted:
-                p.data = p.data.to(wanted)
+        if marker in f".{name}" and id(p) not in copies and p.dtype in half:
+            p.data = p.data.float()
 
 
 def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_cpu: bool = False,
@@ -273,7 +281,7 @@ def from_trained(model, tokenizer, run_dir: str | Path, *, model_path: str, use_
             if p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)
     else:  # the base is already in the run's dtype (model_setup.weights_dtype)
-        _adapter_dtypes(model, model.active_adapter, dtype)
+        _adapter_dtypes(model, model.active_adapter)
     if hasattr(model, "disable_input_require_grads"):
         with contextlib.suppress(AttributeError):  # hooks for training with checkpointing: none at inference
             model.disable_input_require_grads()
@@ -304,8 +312,8 @@ def attach_adapter(model, adapter: str, name: str, model_path: str):
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(adapter, adapter_name=name)
-            return model
-        return PeftModel.from_pretrained(model, adapter, adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, adapter, adapter_name=name)
     except SafetensorError as e:
         raise TunelabError(f"--adapter {adapter}: cannot read its weights (adapter_model.safetensors: {e}); the file "
                            "is damaged or was not fully written: pass the output_dir of a finished PEFT run") from None
@@ -317,6 +325,8 @@ def attach_adapter(model, adapter: str, name: str, model_path: str):
             raise TunelabError(f"--adapter {adapter}: made for another base model ({trained_on}), not "
                                f"{model_path}; pass the base model it was trained on") from None
         raise
+    _adapter_dtypes(model, name)
+    return model
 
 
 def _adapter_base(adapter: str) -> str:
