@@ -51,6 +51,18 @@ class _Group:
     names: list[str] = field(default_factory=list)
 
 
+def _mixed_batches_allowed(model) -> bool:
+    """peft's mixed batches pass ``adapter_names`` through the modules an adapter trains in full too, and refuse
+    those that are not Linear, Embedding or Conv (peft 0.21, utils/other.py): one such copy (a --modules_to_save
+    norm) of any adapter rules them out for every adapter on that model, and for the base in their batches."""
+    import torch
+    from peft.utils.other import ModulesToSaveWrapper
+
+    supported = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    return all(isinstance(m.original_module, supported) for m in model.modules()
+               if isinstance(m, ModulesToSaveWrapper))
+
+
 def parse_adapter_specs(specs: Sequence[str] | None) -> dict[str, str]:
     """``NAME=DIR`` (or just ``DIR``, named after its folder) -> {name: dir}, with clear errors."""
     out: dict[str, str] = {}
@@ -146,6 +158,9 @@ class AdapterSession:
         group.names.append(name)
         mixed = peft_type in MIXED_BATCH_PEFT_TYPES and not config.get("use_dora")
         self._adapters[name] = _Adapter(name, str(path), peft_type, key, template, mixed)
+        if not _mixed_batches_allowed(group.lm.model):
+            for other in group.names:
+                self._adapters[other].mixed_batches = False
         group.lm.model.eval()
 
     # --- queries ---------------------------------------------------------------------------------------------

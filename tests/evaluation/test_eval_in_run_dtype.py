@@ -25,12 +25,12 @@ QA_ROWS = [{"question": "What is the capital of France?", "answer": "Paris"},
            {"question": "Give the label.", "answer": "positive"}]
 
 
-def _train(tiny_llama, tmp, method: str, bf16: bool):
+def _train(tiny_llama, tmp, method: str, bf16: bool, name: str | None = None, **kw):
     data = write_jsonl(tmp / "train.jsonl", ALPACA_ROWS)
     opts = TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data),
-                        output_dir=str(tmp / f"{method}-{bf16}"), method=method, max_steps=3,
+                        output_dir=str(tmp / (name or f"{method}-{bf16}")), method=method, max_steps=3,
                         per_device_train_batch_size=4, max_seq_length=64, lora_r=4, learning_rate=2e-2,
-                        warmup_ratio=0.0, save_steps=100, seed=0, use_cpu=True, bf16=bf16)
+                        warmup_ratio=0.0, save_steps=100, seed=0, use_cpu=True, bf16=bf16, **kw)
     return train(opts)
 
 
@@ -102,6 +102,26 @@ def test_a_bf16_classifier_runs_head_is_evaluated_in_the_bases_dtype(tiny_bert, 
     assert mem["metrics"] == from_disk.results["metrics"]
     rows = lambda d: (d / "predictions.jsonl").read_text()  # noqa: E731
     assert rows(tmp_path / "in-memory") == rows(tmp_path / "from-disk")
+
+
+def test_a_second_adapter_in_a_session_computes_its_full_modules_in_the_bases_dtype(tiny_llama, tmp_path):
+    """--modules_to_save copies (here the norms) of an adapter attached beside another one: in float32 their output
+    would refuse the bf16 layers after them. The session answers as the adapter loaded alone does, and does not
+    batch adapters together where peft cannot."""
+    from tunelab.adapters import AdapterSession
+
+    plain = _train(tiny_llama, tmp_path, "lora", bf16=True)
+    normed = _train(tiny_llama, tmp_path, "lora", bf16=True, name="normed", modules_to_save=["norm"])
+    prompts = ["Count the books.", "Say hello."]
+    both = AdapterSession(str(tiny_llama), {"plain": str(plain.output_dir), "normed": str(normed.output_dir)},
+                          use_cpu=True)
+    assert both.loaded_bases == 1
+    alone = AdapterSession(str(tiny_llama), {"normed": str(normed.output_dir)}, use_cpu=True)
+    assert both.generate(prompts, "normed", max_new_tokens=6) == alone.generate(prompts, max_new_tokens=6)
+    # peft's mixed batches refuse a trained-in-full norm, whichever adapter a batch names: one adapter at a time
+    assert not any(info["mixed_batches"] for info in both.adapter_info().values())
+    assert both.generate(prompts, ["plain", "base"], max_new_tokens=6)[0] == \
+        both.generate(prompts[:1], "plain", max_new_tokens=6)[0]
 
 
 def test_a_float32_run_and_a_quantized_runs_other_weights_are_float32():

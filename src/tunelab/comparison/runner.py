@@ -24,7 +24,6 @@ from tunelab.records import ComparisonRecord
 log = logging.getLogger(__name__)
 
 
-
 def plan(recipe: Recipe, out: Path, *, data_dir: Path | None, device: str,
          gpu_bf16: bool | None = None) -> list[PlannedRun]:
     """Every run of the comparison (the base first), with the options its subprocess will use. ``gpu_bf16``: the

@@ -91,7 +91,6 @@ def grid(low: float, high: float, n: int, seed: int) -> list[float]:
     return points
 
 
-
 @dataclass
 class MethodStudy:
     """One method entry's search: its Optuna study and what its trials may spend."""
@@ -312,7 +311,7 @@ class Search:
                 allowance = min(ms.total_steps, ms.budget_steps - ms.steps_spent())
                 trial = ms.study.ask({"learning_rate": FloatDistribution(ms.low, ms.high, log=True)})
                 lr = float(trial.params["learning_rate"])
-                slug = run_files.slug(ms.entry.label, empty='method')
+                slug = run_files.slug(ms.entry.label, empty="method")
                 run_dir = self.out / "search" / f"{slug}-trial{trial.number}-{ms.name[-8:]}"
                 trial.set_user_attr("run_dir", str(run_dir))
                 ms.asked[trial.number] = allowance
