@@ -557,6 +557,19 @@ def _prompt_learning_note(q: dict, recipe: str) -> list[str]:
             f"unaffected.{where}", ""]
 
 
+def _precision(q: dict) -> str:
+    """How the runs trained: results recorded before runs recorded their precision (2026-12-02) trained in float32,
+    the default then."""
+    trained = [r for r in q["records"] if r.get("status") == "ok" and r.get("method") not in (None, "base")]
+    kinds = {(r.get("precision") or "fp32", r.get("precision_reason")) for r in trained}
+    if len(kinds) != 1:
+        return "in " + ", ".join(sorted(f"{r['label']} {r.get('precision') or 'fp32'}" for r in trained))
+    precision, reason = kinds.pop()
+    if precision == "bf16":
+        return f"in bf16 autocast ({reason})" if reason else "in bf16 autocast"
+    return "in float32" + ("" if reason else " (the default when they were measured)")
+
+
 def _remeasured_title(recipe: str) -> str:
     return f"Prompt-learning methods on {recipe}, re-measured"
 
@@ -594,7 +607,7 @@ def bench_section() -> str:
         parts += [f"### Quality and retention: {recipe}", "",
                   f"`python bench/quality.py {recipe}` (budget: {' '.join(q['budget'])}; seeds "
                   f"{','.join(map(str, q['seeds']))} for the main methods); the runs took {_runs_minutes(q):.0f} "
-                  "min:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *_failures(q),
+                  f"min, training {_precision(q)}:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *_failures(q),
                   *_prompt_learning_note(q, recipe), *plot,
                   *(_dialogsum_against_seed(q) if recipe == "dialogsum" else []), *_memory_table(q),
                   f"Machine: {_machine(q['machine'])}.", "", *_remeasured_section(recipe, q)]
