@@ -307,7 +307,7 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         _table(["method", "range", "trials", "chosen rate", "search cost", "× one run", "steps × budget"],
                search_rows), "",
         *([f"Load while measured: {d['load']}.", ""] if d.get("load") else []),
-        *([f"Note: {d['note']}.", ""] if d.get("note") else []),
+        *([f"Note: {d['note'].rstrip('.')}.", ""] if d.get("note") else []),
         "Verdicts of the searched comparison (95% paired bootstrap intervals over the test examples):", "",
         *[f"- {line}" for line in d.get("verdicts", [])],
     ])
@@ -897,7 +897,7 @@ def curves_section(name: str = "compare-demo-curves",
         parts += [f"![weight diagnostics by layer](bench/results/{plots['weights']})", ""]
     parts.append(f"Wall time {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}."
                  + (f" Load while measured: {d['load']}." if d.get("load") else "")
-                 + (f" Note: {d['note']}." if d.get("note") else ""))
+                 + (f" Note: {d['note'].rstrip('.')}." if d.get("note") else ""))
     return "\n".join(parts)
 
 
