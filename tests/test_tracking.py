@@ -176,14 +176,17 @@ def test_bad_tracking_flags_are_one_line(case, tiny_llama, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_tracking_needs_a_causal_lm(tiny_bert, tmp_path, capsys):
+@pytest.mark.parametrize("flags, named", [(["--track_retention", "drift"], "--track_retention"),
+                                          (["--curve_points", "2"], "--curve_points 2")])
+def test_tracking_needs_a_causal_lm(tiny_bert, tmp_path, capsys, flags, named):
     d = tmp_path / "cls"
     d.mkdir()
     write_jsonl(d / "train.jsonl", [{"text": "a good one", "label": "positive"}, {"text": "bad", "label": "negative"}])
     out = tmp_path / "out"
     code = main(["train", "--model_name_or_path", str(tiny_bert), "--dataset_name_or_path", str(d), "--output_dir",
-                 str(out), "--max_steps", "2", "--use_cpu", "--track_retention", "drift"])
-    assert code == 2 and "need a causal language model" in capsys.readouterr().err
+                 str(out), "--max_steps", "2", "--use_cpu", *flags])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"error: {named}") and "needs a causal language model" in err, err
     assert not out.exists()
 
 

@@ -395,8 +395,10 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
     if not signals:
         return None
     if task_kind != "causal_lm":
-        raise TunelabError(f"--track_retention / --max_forgetting compare next-token distributions: they need a "
-                           f"causal language model, and {opts.model_name_or_path} is a {task_kind} model")
+        flags = "--track_retention / --max_forgetting" if opts.track_retention or opts.max_forgetting \
+            else f"--curve_points {opts.curve_points}"
+        raise TunelabError(f"{flags}: retention tracking compares next-token distributions and needs a causal "
+                           f"language model; {opts.model_name_or_path} is a {task_kind} model")
     lm = inference.LoadedModel(model=None, tokenizer=tokenizer, task_kind=task_kind, template=data.template,
                                model_path=model_path)
     split = "validation" if data.eval_examples else "train"

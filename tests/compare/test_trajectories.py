@@ -65,6 +65,19 @@ def test_compare_with_curve_points_plots_the_trajectories_from_results(tiny_llam
     assert "interpolated" in matched[0] or "never reaches" in matched[0] or "does not reach" in matched[0]
 
 
+def test_curve_points_on_a_classifier_fail_before_any_run(tiny_bert, tmp_path):
+    """Trajectories track next-token signals: a sequence-classification model is refused at once, not after the
+    base's evaluation in every run."""
+    recipe = tiny_recipe(tmp_path, tiny_bert, ["lora"], curve_points=2)
+    out = tmp_path / "cmp"
+    done = subprocess.run([sys.executable, "-m", "tunelab", "compare", str(recipe), "--output_dir", str(out),
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: --curve_points 2:") and "seq_cls" in line and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
 def test_interpolation_reads_off_the_curve_and_never_extrapolates():
     curve = [{"step": 0, "x": 0.0, "y": 0.1}, {"step": 10, "x": 0.2, "y": 0.5}, {"step": 20, "x": 0.4, "y": 0.6}]
     assert interpolate(curve, "x", 0.1) == (pytest.approx(0.3), 0, 10)

@@ -93,6 +93,23 @@ class ComparisonOutcome:
     report_md: Path | None
 
 
+def _check_curve_points(recipe: Recipe) -> None:
+    """Trajectories track next-token signals during training (tracking.py): a model of another kind would fail
+    every run after the base's evaluation; it fails here, before any work."""
+    if not recipe.curve_points:
+        return
+    from tunelab.models import detect_task_kind, load_config, resolve_model
+
+    try:
+        kind = detect_task_kind(load_config(resolve_model(recipe.model)))
+    except TunelabError:
+        return  # (a model that cannot be read fails in its runs, with their own message)
+    if kind != "causal_lm":
+        raise TunelabError(f"--curve_points {recipe.curve_points}: trajectories track next-token signals (drift, "
+                           f"general text, task KL) and need a causal language model; {recipe.model} is a {kind} "
+                           "model: drop --curve_points (or the recipe's curve_points)")
+
+
 def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, device: str = "auto",
                    force: bool = False, retry_failed: bool = False, run_timeout: float | None = None,
                    report: bool = True, parallel: int | None = None, launcher: str = "local",
@@ -109,6 +126,7 @@ def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, de
     resolved_data_dir = default_data_dir(data_dir)
     for entry in recipe.methods:  # impossible entries fail per run; unknown options fail here, before any work
         get_method(entry.method)
+    _check_curve_points(recipe)
     # (impossible --parallel / --launcher settings fail here too, before the directory is made)
     launch = make_launcher(launcher, parallel=parallel, device=device, out=out, ray_address=ray_address,
                            ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus)
