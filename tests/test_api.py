@@ -26,7 +26,8 @@ def _cli_flags(cls) -> set[str]:
     for action in parser._actions:
         if isinstance(action, argparse._StoreConstAction) and action.const is False:
             continue  # a negation of a bool field (--no_bf16 = --bf16 false), not an option of its own
-        flags.update(s[2:] for s in action.option_strings if s.startswith("--") and s != "--help")
+        # the field's own flag comes first; others are aliases of it (--outfile for --output, llama.cpp's name)
+        flags.update(s[2:] for s in action.option_strings[:1] if s.startswith("--") and s != "--help")
         if not action.option_strings and action.dest != "help":
             flags.add(action.dest)
     return flags
