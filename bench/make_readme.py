@@ -64,7 +64,9 @@ def demo_section() -> str | None:
         "The Δ column is the paired-bootstrap difference from full fine-tuning." + _generation_sentence(d) +
         " `make demo` prints this table and writes `runs/demo/report.html` and `report.md` (plots, one verdict line "
         "per method, the methods' outputs side by side); a second `make demo` finds every run finished and only "
-        "rebuilds them.",
+        "rebuilds them. The scores are a bf16 computation, and bf16 matrix kernels round differently from one CPU to "
+        "another: on another machine or installation `make demo` can answer a question or two differently (one "
+        "gave the base executable 0.5417 and general_knowledge 0.5625, running code that reproduces this table on the machine it was measured on).",
     ])
 
 
