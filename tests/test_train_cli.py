@@ -81,7 +81,8 @@ def test_label_outside_the_training_label_set(tiny_bert, tmp_path, capsys):
 def test_continuous_labels_are_not_classes(tiny_bert, tmp_path, capsys):
     """Similarity scores (STS-B's 0-5) are not a label set: 66 classes of them would train and mean nothing."""
     rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": label}
-            for i, label in enumerate(["5.000", "3.800", "0.143", "2.000", "4.250"])]
+            for i, label in enumerate(["5.000", "3.800", "0.143", "2.000", "4.250", "1.600", "2.750", "0.400",
+                                       "3.200", "4.600", "1.250"])]
     data = write_jsonl(tmp_path / "sts.jsonl", rows)
     out = tmp_path / "out"
     code, _, err = run_cli(["--model_name_or_path", tiny_bert, "--dataset_name_or_path", data, "--output_dir", out,
@@ -92,15 +93,33 @@ def test_continuous_labels_are_not_classes(tiny_bert, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_whole_number_labels_written_as_decimals_are_classes(tiny_bert, tmp_path, capsys):
-    rows = [{"text": f"text {i}", "label": label} for i, label in enumerate(["0.0", "1.0", "1.0", "0.0"])]
+@pytest.mark.parametrize("labels", [["0.0", "1.0", "1.0", "0.0"], ["0.5", "1.0", "1.5", "4.5", "5.0"]])
+def test_whole_numbers_written_as_decimals_and_half_stars_are_classes(labels, tiny_bert, tmp_path, capsys):
+    rows = [{"text": f"text {i}", "label": label} for i, label in enumerate(labels)]
     data = write_jsonl(tmp_path / "cls.jsonl", rows)
     out = tmp_path / "out"
     code, _, err = run_cli(["--model_name_or_path", tiny_bert, "--dataset_name_or_path", data, "--output_dir", out,
                             *FAST], capsys)
     assert code == 0, err
     results = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
-    assert results["data"]["labels"] == ["0.0", "1.0"]
+    assert results["data"]["labels"] == sorted(set(labels), key=float)
+
+
+def test_a_head_with_another_number_of_labels_is_replaced(tiny_bert, tmp_path, capsys):
+    """tiny_bert's saved head has 2 labels; data with 3 trains a head of its own (as run_glue's
+    --ignore_mismatched_sizes), says so, and the adapter evaluates on that base: no transformers traceback."""
+    from tunelab.cli import main as cli
+
+    data = write_jsonl(tmp_path / "three.jsonl", [{"text": f"text {i}", "label": "abc"[i % 3]} for i in range(6)])
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_bert, "--dataset_name_or_path", data, "--output_dir", out,
+                            "--method", "lora", *FAST], capsys)
+    assert code == 0, err
+    assert "its classification head has 2 labels (LABEL_0, LABEL_1), this run's has 3" in err
+    code = cli(["eval", "--model_name_or_path", str(tiny_bert), "--adapter", str(out), "--task", "classification",
+                "--dataset_name_or_path", str(data), "--output_dir", str(tmp_path / "eval"), "--use_cpu"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["num_examples"] == 6
 
 
 def test_a_data_error_comes_before_the_configuration(tiny_llama, tmp_path, capsys):

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tunelab.errors import TunelabError
 from tunelab.fileio import make_shared_dir
@@ -286,6 +286,8 @@ def load_model(model_path: str, task_kind: str, *, dtype=None, quantization=None
 
     cls = auto_class(task_kind)
     kwargs = dict(model_kwargs)
+    if "num_labels" in kwargs:
+        kwargs.update(_head_of_another_size(model_path, kwargs["num_labels"], trust_remote_code))
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = device_map or ({"": 0} if torch.cuda.is_available() else "cpu")
@@ -299,6 +301,20 @@ def load_model(model_path: str, task_kind: str, *, dtype=None, quantization=None
     if quantization is not None:
         keep_4bit_weights_unpacked(model)
     return model
+
+
+def _head_of_another_size(model_path: str, num_labels: int, trust_remote_code: bool) -> dict[str, Any]:
+    """A checkpoint whose classification head has another number of labels (an SST-2 model trained on AG News' four)
+    cannot give its head to this run: transformers refuses the shapes unless told to leave that head out, as
+    run_glue's --ignore_mismatched_sizes does. Said in one line; a checkpoint without a head needs nothing."""
+    config = load_config(model_path, trust_remote_code=trust_remote_code)
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "ForSequenceClassification" not in archs or config.num_labels == num_labels:
+        return {}
+    names = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
+    log.info("%s: its classification head has %d labels (%s), this run's has %d: that head is left out and the "
+             "run's own is used", model_path, config.num_labels, names, num_labels)
+    return {"ignore_mismatched_sizes": True}
 
 
 def keep_4bit_weights_unpacked(model) -> None:

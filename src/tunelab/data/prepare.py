@@ -79,15 +79,19 @@ def label_set(examples: list[Example], key=lambda ex: ex.label) -> list[str]:
         return sorted(labels)
 
 
+CLASSES_WITH_FRACTIONS = 10  # at most this many fractional labels are still classes (half-star ratings 0.5-5.0)
+
+
 def _refuse_continuous_labels(examples: list[Example], source) -> None:
-    """Scores such as STS-B's 0-5 similarity are numbers with fractions; as a label set each value would be a class
-    of its own. Whole numbers written as decimals ("1.0") stay classes."""
+    """Scores such as STS-B's 0-5 similarity are numbers with fractions and many values; as a label set each value
+    would be a class of its own. Whole numbers written as decimals ("1.0") and a few fractional values (half-star
+    ratings) stay classes."""
     try:
         values = [float(ex.label) for ex in examples]
     except (TypeError, ValueError):
         return
     fractional = next((ex for ex, v in zip(examples, values) if not v.is_integer()), None)
-    if fractional is not None:
+    if fractional is not None and len(set(values)) > CLASSES_WITH_FRACTIONS:
         raise TunelabError(f"{fractional.locator}: label {fractional.label!r} looks like a continuous score "
                            f"({len(set(values))} different values in {source}); a sequence-classification run learns a "
                            "fixed set of classes and tunelab has no regression head: round the scores to classes, "
