@@ -393,7 +393,8 @@ def generate(lm: LoadedModel, prompts: list[list[dict[str, str]]], *, max_new_to
     from tqdm.auto import tqdm
 
     if lm.task_kind == "seq_cls":
-        raise TunelabError("this is a classification model: it predicts labels, it does not generate text")
+        raise TunelabError("this is a classification model: it predicts labels, it does not generate text; score it "
+                           "with `tunelab eval --task classification`")
     tok = lm.tokenizer
     tok.padding_side = "left" if lm.task_kind == "causal_lm" else "right"
     texts = [prompt_text(lm, p) for p in prompts]
