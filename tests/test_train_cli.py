@@ -65,6 +65,19 @@ def test_bad_data_is_one_clear_line(case, tiny_llama, tmp_path, capsys):
     assert not out.exists(), "nothing may be written for bad input"
 
 
+def test_a_folder_without_a_training_file_says_what_it_holds(tiny_llama, tmp_path, capsys):
+    d = tmp_path / "parallel"
+    d.mkdir()
+    for name in ("train.en", "train.fr", "val.en", "val.fr"):  # Multi30k's layout
+        (d / name).write_text("a line\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d, "--output_dir", out,
+                            *FAST], capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "no file named train.jsonl" in line and "(it holds train.en, train.fr, val.en, val.fr)" in line
+    assert not out.exists()
+
+
 def test_label_outside_the_training_label_set(tiny_bert, tmp_path, capsys):
     d = tmp_path / "data"
     d.mkdir()

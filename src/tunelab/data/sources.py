@@ -153,6 +153,16 @@ def check_local(name_or_path: str | None, flag: str = "--dataset_name_or_path") 
         raise TunelabError(f"{flag} {name_or_path}: no such file or directory")
 
 
+def _listing(folder: Path, most: int = 6) -> str:
+    """What a folder holds, for an error that did not find what it looked for: parallel text files (Multi30k's
+    train.en / train.fr) show the user why their data was not read."""
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if not names:
+        return "it is empty"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return "it holds " + ", ".join(names[:most]) + more
+
+
 def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: str | None = None,
                 dataset_config: str | None = None, flag: str = "--dataset_name_or_path") -> tuple[Rows, Rows | None]:
     """(train rows, validation rows or None) from a file, a directory of split files, or a Hub dataset."""
@@ -166,7 +176,8 @@ def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: st
         train_file = split_file(path, train_split)
         if train_file is None:
             raise TunelabError(f"{flag} {path}: no file named {train_split}.jsonl/.json/.csv/.tsv/.parquet in the "
-                               "directory; name the training file after its split or pass the file itself")
+                               f"directory ({_listing(path)}); name the training file after its split or pass the "
+                               "file itself")
         candidates = [eval_split] if eval_split else list(VALIDATION_NAMES)
         eval_file = next((f for f in (split_file(path, c) for c in candidates) if f is not None), None)
         if eval_split and eval_file is None:
