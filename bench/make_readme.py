@@ -66,7 +66,8 @@ def demo_section() -> str | None:
         "per method, the methods' outputs side by side); a second `make demo` finds every run finished and only "
         "rebuilds them. The scores are a bf16 computation, and bf16 matrix kernels round differently from one CPU to "
         "another: on another machine or installation `make demo` can answer a question or two differently (one "
-        "gave the base executable 0.5417 and general_knowledge 0.5625, running code that reproduces this table on the machine it was measured on).",
+        "gave the base executable 0.5417 and general_knowledge 0.5625, running code that reproduces this table on "
+        "the machine it was measured on).",
     ])
 
 
@@ -609,7 +610,8 @@ def bench_section() -> str:
         parts += [f"### Quality and retention: {recipe}", "",
                   f"`python bench/quality.py {recipe}` (budget: {' '.join(q['budget'])}; seeds "
                   f"{','.join(map(str, q['seeds']))} for the main methods); the runs took {_runs_minutes(q):.0f} "
-                  f"min, training {_precision(q)}:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *_failures(q),
+                  f"min, training {_precision(q)}:", "", _table(q["table"]["header"], q["table"]["rows"]), "",
+                  *_failures(q),
                   *_prompt_learning_note(q, recipe), *plot,
                   *(_dialogsum_against_seed(q) if recipe == "dialogsum" else []), *_memory_table(q),
                   f"Machine: {_machine(q['machine'])}.", "", *_remeasured_section(recipe, q)]

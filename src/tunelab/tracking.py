@@ -386,6 +386,14 @@ class RetentionTracker:
         return result
 
 
+def require_causal_lm(task_kind: str, model: str, flag: str) -> None:
+    """Tracking compares next-token distributions: the one rule for a run (tracker) and for a comparison, which
+    checks it before any run (comparison/runner.py)."""
+    if task_kind != "causal_lm":
+        raise TunelabError(f"{flag}: retention tracking compares next-token distributions and needs a causal "
+                           f"language model; {model} is a {task_kind} model")
+
+
 def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_steps: int) -> RetentionTracker | None:
     """The run's tracker, or None when nothing is tracked. ``data`` is the PreparedData of the run."""
     from tunelab import inference
@@ -394,11 +402,9 @@ def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_ste
     signals = tracked_signals(opts)
     if not signals:
         return None
-    if task_kind != "causal_lm":
-        flags = "--track_retention / --max_forgetting" if opts.track_retention or opts.max_forgetting \
-            else f"--curve_points {opts.curve_points}"
-        raise TunelabError(f"{flags}: retention tracking compares next-token distributions and needs a causal "
-                           f"language model; {opts.model_name_or_path} is a {task_kind} model")
+    require_causal_lm(task_kind, opts.model_name_or_path,
+                      "--track_retention / --max_forgetting" if opts.track_retention or opts.max_forgetting
+                      else f"--curve_points {opts.curve_points}")
     lm = inference.LoadedModel(model=None, tokenizer=tokenizer, task_kind=task_kind, template=data.template,
                                model_path=model_path)
     split = "validation" if data.eval_examples else "train"

@@ -94,20 +94,18 @@ class ComparisonOutcome:
 
 
 def _check_curve_points(recipe: Recipe) -> None:
-    """Trajectories track next-token signals during training (tracking.py): a model of another kind would fail
-    every run after the base's evaluation; it fails here, before any work."""
+    """Trajectories track next-token signals during training: a model of another kind would fail every run after
+    the base's evaluation; it fails here, before any work, by the runs' own rule."""
     if not recipe.curve_points:
         return
     from tunelab.models import detect_task_kind, load_config, resolve_model
+    from tunelab.tracking import require_causal_lm
 
     try:
         kind = detect_task_kind(load_config(resolve_model(recipe.model)))
     except TunelabError:
         return  # (a model that cannot be read fails in its runs, with their own message)
-    if kind != "causal_lm":
-        raise TunelabError(f"--curve_points {recipe.curve_points}: trajectories track next-token signals (drift, "
-                           f"general text, task KL) and need a causal language model; {recipe.model} is a {kind} "
-                           "model: drop --curve_points (or the recipe's curve_points)")
+    require_causal_lm(kind, recipe.model, f"--curve_points {recipe.curve_points}")
 
 
 def run_comparison(recipe: Recipe, out: Path, *, data_dir: str | None = None, device: str = "auto",

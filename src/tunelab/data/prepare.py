@@ -91,9 +91,10 @@ def _refuse_continuous_labels(examples: list[Example], source) -> None:
     except (TypeError, ValueError):
         return
     fractional = next((ex for ex, v in zip(examples, values) if not v.is_integer()), None)
-    if fractional is not None and len(set(values)) > CLASSES_WITH_FRACTIONS:
+    distinct = len(set(values))
+    if fractional is not None and distinct > CLASSES_WITH_FRACTIONS:
         raise TunelabError(f"{fractional.locator}: label {fractional.label!r} looks like a continuous score "
-                           f"({len(set(values))} different values in {source}); a sequence-classification run learns a "
+                           f"({distinct} different values in {source}); a sequence-classification run learns a "
                            "fixed set of classes and tunelab has no regression head: round the scores to classes, "
                            "or score sentence similarity with `tunelab eval --task similarity`")
 
