@@ -391,7 +391,7 @@ def require_causal_lm(task_kind: str, model: str, flag: str) -> None:
     checks it before any run (comparison/runner.py)."""
     if task_kind != "causal_lm":
         raise TunelabError(f"{flag}: retention tracking compares next-token distributions and needs a causal "
-                           f"language model; {model} is a {task_kind} model")
+                           f"language model; {model} is a {task_kind} model: drop {flag}")
 
 
 def tracker(opts, *, data, tokenizer, model_path: str, task_kind: str, total_steps: int) -> RetentionTracker | None:
