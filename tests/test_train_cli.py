@@ -46,6 +46,10 @@ BAD_DATA = {
     "csv_with_tabs": ("sts.csv", "main\tMSRvid\t2012test\t0001\t5.000\tA plane.\tAn air plane.\n"
                       "main\tMSRvid\t2012test\t0004\t3.800\tA man, a flute.\tA man.\n",
                       ["sts.csv line 1", "tab-separated", ".tsv"]),
+    # the Hub's translation rows: the direction is the user's to say
+    "translation_pairs": ("pairs.jsonl", '{"translation": {"en": "A dog.", "fr": "Un chien."}}\n',
+                          ["cannot tell the data format from the columns en, fr",
+                           "--input_columns en --target_column fr (or the other way round)"]),
 }
 
 
@@ -66,15 +70,57 @@ def test_bad_data_is_one_clear_line(case, tiny_llama, tmp_path, capsys):
 
 
 def test_a_folder_without_a_training_file_says_what_it_holds(tiny_llama, tmp_path, capsys):
-    d = tmp_path / "parallel"
+    d = tmp_path / "corpus"
     d.mkdir()
-    for name in ("train.en", "train.fr", "val.en", "val.fr"):  # Multi30k's layout
+    for name in ("corpus.en", "corpus.fr", "notes.txt"):
         (d / name).write_text("a line\n", encoding="utf-8")
     out = tmp_path / "out"
     code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d, "--output_dir", out,
                             *FAST], capsys)
     line = err.strip().splitlines()[-1]
-    assert code == 2 and "no file named train.jsonl" in line and "(it holds train.en, train.fr, val.en, val.fr)" in line
+    assert code == 2 and "no file named train.jsonl" in line and "(it holds corpus.en, corpus.fr, notes.txt)" in line
+    assert not out.exists()
+
+
+EN = ["A dog runs.", "Two men talk.", "A girl sings.", "The sun is up.", "A cat sleeps.", "Kids play ball."]
+FR = ["Un chien court.", "Deux hommes parlent.", "Une fille chante.", "Le soleil est levé.", "Un chat dort.",
+      "Des enfants jouent au ballon."]
+
+
+def _parallel_folder(tmp_path, train_fr=FR):
+    """Multi30k's layout: train.en beside train.fr, val.en beside val.fr, one sentence per line."""
+    d = tmp_path / "multi30k"
+    d.mkdir()
+    for name, lines in (("train.en", EN), ("train.fr", train_fr), ("val.en", EN[:2]), ("val.fr", FR[:2]),
+                        ("test_2016_flickr.en", EN[:1])):
+        (d / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
+
+
+def test_parallel_text_files_train_in_the_direction_the_columns_say(tiny_llama, tmp_path, capsys):
+    d = _parallel_folder(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d,
+                                 "--input_columns", "en", "--target_column", "fr", "--output_dir", out, *FAST], capsys)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if "[tunelab] data:" in line)
+    assert "multi30k: 6 training rows read as columns" in line
+    assert line.endswith("2 validation rows")  # val.en / val.fr, not the test files
+    from tunelab.data import sources
+    from tunelab.data.formats import normalise
+    train, evals = sources.load_splits(str(d))
+    _, examples = normalise(evals, input_columns=["en"], target_column="fr")
+    assert [(ex.prompt_messages[-1]["content"], ex.reference) for ex in examples] == list(zip(EN[:2], FR[:2]))
+    assert train.locators[2] == "train.en + train.fr line 3"
+
+
+def test_parallel_files_of_different_lengths_are_one_line(tiny_llama, tmp_path, capsys):
+    d = _parallel_folder(tmp_path, train_fr=FR[:5])
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d,
+                            "--input_columns", "en", "--target_column", "fr", "--output_dir", out, *FAST], capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "line counts differ (train.en 6, train.fr 5)" in line, line
     assert not out.exists()
 
 
@@ -190,9 +236,9 @@ def _flags_case(tiny_llama, tiny_t5, data, out):
     }
 
 
-CASES = ["model_is_an_adapter", "unknown_method", "targets_match_nothing", "model_path_missing", "bf16_and_fp16", "full_on_4bit",
-         "early_stopping_without_eval", "prompt_init_text_missing", "method_not_for_kind", "unknown_flag",
-         "bad_number"]
+CASES = ["model_is_an_adapter", "unknown_method", "targets_match_nothing", "model_path_missing", "bf16_and_fp16",
+         "full_on_4bit", "early_stopping_without_eval", "prompt_init_text_missing", "method_not_for_kind",
+         "unknown_flag", "bad_number"]
 
 
 @pytest.mark.parametrize("case", CASES)

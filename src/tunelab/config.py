@@ -46,7 +46,8 @@ class TrainOptions:
 
     # --- data --------------------------------------------------------------------------------------------------
     dataset_name_or_path: str = option(help="a .json/.jsonl/.csv/.parquet file, a directory holding "
-                                            "train.* and validation.* files, or a Hub dataset name", group="data")
+                                            "train.* and validation.* files (or parallel text files: train.en "
+                                            "beside train.fr), or a Hub dataset name", group="data")
     dataset_config: str | None = option(None, "the Hub dataset's configuration name", group="data")
     train_split: str = option("train", "split to train on", group="data")
     eval_split: str | None = option(None, "split to evaluate on (default: one named validation/val/dev/valid, "

@@ -110,6 +110,23 @@ def test_generation_task_writes_predictions_and_ci(tiny_llama, trained_adapter, 
     assert again.skipped
 
 
+def test_translation_on_parallel_text_files(tiny_llama, trained_adapter, tmp_path):
+    """Multi30k's layout (test.en beside test.fr, one sentence per line) is evaluated as the columns say: English
+    prompts, French references, scored by sacrebleu."""
+    d = tmp_path / "multi30k"
+    d.mkdir()
+    pairs = {"en": ["A dog runs.", "Two men talk.", "A cat sleeps."],
+             "fr": ["Un chien court.", "Deux hommes parlent.", "Un chat dort."]}
+    for split, n in (("train", 3), ("val", 2), ("test", 3)):
+        for lang, lines in pairs.items():
+            (d / f"{split}.{lang}").write_text("\n".join(lines[:n]) + "\n", encoding="utf-8")
+    result = _eval(tmp_path, model_name_or_path=str(tiny_llama), adapter=str(trained_adapter), task="translation",
+                   dataset_name_or_path=str(d), input_columns=["en"], target_column="fr")
+    assert result.results["num_examples"] == 3 and set(result.results["metrics"]) >= {"bleu", "chrf"}
+    rows = [json.loads(x) for x in (result.output_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [row["reference"] for row in rows] == pairs["fr"]
+
+
 def _as_loaded(model, like: inference.LoadedModel, adapters=None) -> inference.LoadedModel:
     return inference.LoadedModel(model.eval(), like.tokenizer, like.task_kind, like.template, like.model_path,
                                  adapters or {})

@@ -173,8 +173,11 @@ def detect_format(columns: list[str], source: str) -> str:
         if fmt.matches(cols):
             return fmt.name
     known = "; ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
+    # Two columns (a sentence pair in two languages, say) are most likely a prompt and its answer: name them.
+    flags = (f"--input_columns {columns[0]} --target_column {columns[1]} (or the other way round)"
+             if len(columns) == 2 else "--input_columns and --target_column")
     raise TunelabError(f"{source}: cannot tell the data format from the columns {', '.join(columns)}; rename "
-                       f"columns to a known format ({known}) or pass --input_columns and --target_column")
+                       f"columns to a known format ({known}) or pass {flags}")
 
 
 def normalise(rows, *, dataset_format: str = "auto", input_columns: list[str] | None = None,

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,62 @@ def read_file(path: Path) -> Rows:
         raise TunelabError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
     if not rows:
         raise TunelabError(f"{path}: no rows; the file is empty")
+    rows = _flatten_translation(rows)
     return Rows(rows, locs, str(path), _columns(rows))
+
+
+def _flatten_translation(rows: list[dict]) -> list[dict]:
+    """The Hub's translation datasets (wmt, opus_books, iwslt) hold each pair as {"translation": {"en": ..., "fr":
+    ...}}: its languages become columns, so --input_columns en --target_column fr says which way to translate (the
+    dict's order says nothing about the direction)."""
+    if not rows or not all(isinstance(r.get("translation"), dict) for r in rows):
+        return rows
+    flat = []
+    for row in rows:
+        pair = {str(k): v for k, v in row["translation"].items()}
+        flat.append({**{k: v for k, v in row.items() if k != "translation"}, **pair})
+    return flat
+
+
+# A language code as a file suffix (train.en, train.pt_br, newstest2014.de), not a data format's suffix.
+_LANGUAGE_SUFFIX = re.compile(r"^\.[a-z]{2,3}([-_][a-z0-9]{2,4})?$", re.IGNORECASE)
+
+
+def _parallel_files(directory: Path, split: str) -> list[Path]:
+    return [f for f in sorted(directory.iterdir()) if f.is_file() and f.stem.lower() == split
+            and _LANGUAGE_SUFFIX.match(f.suffix) and f.suffix.lower() not in FILE_SUFFIXES]
+
+
+def _read_parallel(files: list[Path]) -> Rows:
+    """Parallel text files, one sentence per line (Multi30k's train.en beside train.fr, WMT's raw files): line N of
+    each file is one row, with a column per language."""
+    texts = {}
+    for f in files:
+        try:
+            texts[f.suffix[1:]] = f.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise TunelabError(f"{f}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+    counts = {len(lines) for lines in texts.values()}
+    if len(counts) > 1:
+        sizes = ", ".join(f"{f.name} {len(texts[f.suffix[1:]]):,}" for f in files)
+        raise TunelabError(f"{files[0].parent}: parallel files must have one line per sentence pair, but their line "
+                           f"counts differ ({sizes}); align them line by line")
+    n = counts.pop()
+    if n == 0:
+        raise TunelabError(f"{files[0]}: no rows; the file is empty")
+    names = " + ".join(f.name for f in files)
+    rows = [{lang: lines[i] for lang, lines in texts.items()} for i in range(n)]
+    return Rows(rows, [f"{names} line {i}" for i in range(1, n + 1)], f"{files[0].parent} ({names})", list(texts))
+
+
+def read_split(directory: Path, split: str) -> Rows | None:
+    """A directory's rows of one split: its split file (train.jsonl, dev.csv...) or its parallel text files
+    (train.en and train.fr); None when it has neither."""
+    found = split_file(directory, split)
+    if found is not None:
+        return read_file(found)
+    parallel = _parallel_files(directory, split)
+    return _read_parallel(parallel) if len(parallel) >= 2 else None
 
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
@@ -173,16 +229,16 @@ def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: st
                                "--validation_split FRACTION or a directory of split files")
         return read_file(path), None
     if path.is_dir():
-        train_file = split_file(path, train_split)
-        if train_file is None:
-            raise TunelabError(f"{flag} {path}: no file named {train_split}.jsonl/.json/.csv/.tsv/.parquet in the "
-                               f"directory ({_listing(path)}); name the training file after its split or pass the "
-                               "file itself")
+        train = read_split(path, train_split)
+        if train is None:
+            raise TunelabError(f"{flag} {path}: no file named {train_split}.jsonl/.json/.csv/.tsv/.parquet (or "
+                               f"parallel text files {train_split}.en, {train_split}.fr ...) in the directory "
+                               f"({_listing(path)}); name the training file after its split or pass the file itself")
         candidates = [eval_split] if eval_split else list(VALIDATION_NAMES)
-        eval_file = next((f for f in (split_file(path, c) for c in candidates) if f is not None), None)
-        if eval_split and eval_file is None:
+        evals = next((r for r in (read_split(path, c) for c in candidates) if r is not None), None)
+        if eval_split and evals is None:
             raise TunelabError(f"--eval_split {eval_split}: no such split file in {path}")
-        return read_file(train_file), read_file(eval_file) if eval_file else None
+        return train, evals
     check_local(name_or_path, flag)
     return _load_hub(name_or_path, dataset_config, train_split, eval_split, flag)
 
@@ -203,9 +259,9 @@ def _load_hub(name: str, config: str | None, train_split: str, eval_split: str |
         raise TunelabError(f"--eval_split {eval_split}: {name} has splits {', '.join(dd)}")
 
     def rows(split: str) -> Rows:
-        data = dd[split].to_list()
+        data = _flatten_translation(dd[split].to_list())
         return Rows(data, [f"{name}[{split}] row {i}" for i in range(1, len(data) + 1)], f"{name}[{split}]",
-                    list(dd[split].column_names))
+                    _columns(data))
 
     return rows(train_split), (rows(names[0]) if names else None)
 
