@@ -151,7 +151,7 @@ def test_recipe_errors_are_clear(tiny_llama, tmp_path, capsys):
                                    "methods": ["lora", "lora"]}))
     assert main(["compare", str(bad), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "give data.eval (a file), or data.holdout: {fraction: 0.1}" in err
+    assert "give data.eval (a file, or a folder: its test split), or data.holdout: {fraction: 0.1}" in err
     bad.write_text(yaml.safe_dump({"model": str(tiny_llama), "task": "qa",
                                    "data": {"train": "x.jsonl", "eval": "x.jsonl"},
                                    "methods": ["lora", {"method": "lora", "max_steps": 9}]}))

@@ -39,6 +39,25 @@ def test_held_out_rows_are_fixed_and_never_trained_on(holdout, held, tmp_path):
         assert not {r["topic"] for r in train} & {r["topic"] for r in evals}
 
 
+def test_folders_of_parallel_text_files_are_a_recipe_s_data(tmp_path):
+    """data.train and data.eval may be folders (Multi30k's train.en / train.fr, test.en / test.fr): their train and
+    test splits are written as the comparison's files, so every run reads the same rows."""
+    folder = tmp_path / "multi30k"
+    folder.mkdir()
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        for lang in ("en", "fr"):
+            (folder / f"{split}.{lang}").write_text("".join(f"{split} {lang} {i}\n" for i in range(n)), "utf-8")
+    recipe = parse_recipe({"model": "m", "task": "translation", "methods": ["lora"],
+                           "data": {"train": str(folder), "eval": str(folder), "input_columns": ["en"],
+                                    "target_column": "fr"}}, source="r.yaml")
+    data = prepare_data(recipe, tmp_path / "out", None)
+    assert _rows(data.train) == [{"en": f"train en {i}", "fr": f"train fr {i}"} for i in range(6)]
+    assert _rows(data.eval) == [{"en": f"test en {i}", "fr": f"test fr {i}"} for i in range(3)]
+    (folder / "train.fr").unlink()
+    with pytest.raises(TunelabError, match=r"recipe r: data.train .*multi30k: no file named train.jsonl"):
+        prepare_data(recipe, tmp_path / "again", None)
+
+
 @pytest.mark.parametrize(("holdout", "message"), [
     (0.1, "data.holdout must be a mapping such as {fraction: 0.1}"),
     ({"fraction": 1.5}, "data.holdout.fraction 1.5 must be a fraction in (0, 1)"),
@@ -61,7 +80,7 @@ def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path):
 
 
 def test_a_recipe_without_an_evaluation_set_says_how_to_hold_one_out():
-    with pytest.raises(TunelabError, match=r"give data.eval \(a file\), or data.holdout: \{fraction: 0.1\}"):
+    with pytest.raises(TunelabError, match=r"give data.eval \(a file, or a folder: its test split\), or data.holdout: \{fraction: 0.1\}"):
         parse_recipe({"model": "m", "task": "qa", "data": {"train": "x.jsonl"}, "methods": ["lora"]},
                      source="r.yaml")
 

@@ -72,9 +72,13 @@ def prepare_data(recipe: Recipe, out: Path, data_dir: Path | None) -> Comparison
         if d.get("sql_database") else None
     holdout = d.get("holdout")  # parsed by the recipe: {"column": name or None, "fraction": f}
     limit = d.get("max_train_samples")
-    if holdout is None and not limit:
+    if evals is not None and Path(evals).is_dir():  # its test split (else validation), fixed as a file like the rest
+        rows = sources.evaluation_rows(Path(evals), flag=f"recipe {recipe.name}: data.eval")
+        evals = str(atomic_write_jsonl(out / "data" / "eval.jsonl", rows.rows))
+    if holdout is None and not limit and not Path(train).is_dir():
         return ComparisonData(train, evals or train, sql_db)
-    rows = sources.read_file(Path(train))
+    rows = (sources.load_splits(train, flag=f"recipe {recipe.name}: data.train")[0] if Path(train).is_dir()
+            else sources.read_file(Path(train)))
     if holdout is not None:
         eval_rows, rows = split_off(rows, holdout["column"], holdout["fraction"], DATA_SEED, recipe=recipe,
                                     fields=("data.holdout.column", "data.holdout.fraction"), order=sorted)

@@ -224,11 +224,12 @@ def parse_recipe(raw: Any, *, source: str) -> Recipe:
             raise TunelabError(f"recipe {source}: {section} has unknown key(s) {', '.join(sorted(extra))}; allowed: "
                                f"{', '.join(sorted(allowed))}")
     if "train" not in data:
-        raise TunelabError(f"recipe {source}: data.train is required (a file, or builtin:/{{data_dir}} path)")
+        raise TunelabError(f"recipe {source}: data.train is required (a file or folder, or a builtin:/{{data_dir}} "
+                           "path)")
     if "eval" not in data and data.get("holdout") is None:
-        raise TunelabError(f"recipe {source}: give data.eval (a file), or data.holdout: {{fraction: 0.1}} to hold "
-                           "out a tenth of the training rows for evaluation (add column: NAME to hold out whole "
-                           "groups of that column, such as spider's db_id)")
+        raise TunelabError(f"recipe {source}: give data.eval (a file, or a folder: its test split), or "
+                           "data.holdout: {fraction: 0.1} to hold out a tenth of the training rows for evaluation "
+                           "(add column: NAME to hold out whole groups of that column, such as spider's db_id)")
     if data.get("holdout") is not None:
         if data.get("eval"):
             raise TunelabError(f"recipe {source}: data gives both eval and holdout; keep eval to score a test file, "

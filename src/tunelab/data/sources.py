@@ -123,6 +123,20 @@ def read_split(directory: Path, split: str) -> Rows | None:
     return _read_parallel(parallel) if len(parallel) >= 2 else None
 
 
+def read_first_split(directory: Path, splits) -> Rows | None:
+    """The rows of the first of ``splits`` the directory holds (an evaluation's test, else its validation split)."""
+    return next((rows for rows in (read_split(directory, s) for s in splits) if rows is not None), None)
+
+
+def evaluation_rows(directory: Path, split: str = "test", flag: str = "--dataset_name_or_path") -> Rows:
+    """A directory's evaluation split: ``split``, else the validation split (val, dev...)."""
+    rows = read_first_split(directory, (split, *VALIDATION_NAMES))
+    if rows is None:
+        raise TunelabError(f"{flag} {directory}: no {split}/validation/dev file in the directory "
+                           f"({_listing(directory)}); pass the file")
+    return rows
+
+
 def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
     rows, locs = [], []
     for lineno, obj in run_files.parse_jsonl(text, path, fix="each line must be one JSON object"):
@@ -234,8 +248,7 @@ def load_splits(name_or_path: str, *, train_split: str = "train", eval_split: st
             raise TunelabError(f"{flag} {path}: no file named {train_split}.jsonl/.json/.csv/.tsv/.parquet (or "
                                f"parallel text files {train_split}.en, {train_split}.fr ...) in the directory "
                                f"({_listing(path)}); name the training file after its split or pass the file itself")
-        candidates = [eval_split] if eval_split else list(VALIDATION_NAMES)
-        evals = next((r for r in (read_split(path, c) for c in candidates) if r is not None), None)
+        evals = read_first_split(path, [eval_split] if eval_split else VALIDATION_NAMES)
         if eval_split and evals is None:
             raise TunelabError(f"--eval_split {eval_split}: no such split file in {path}")
         return train, evals

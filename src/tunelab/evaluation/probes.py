@@ -175,10 +175,7 @@ def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test"
     if task == "similarity" and path.is_file() and path.suffix in (".csv", ".tsv") and _looks_stsb(path):
         return read_stsb(path)
     if path.is_dir():
-        rows = next((r for r in (sources.read_split(path, s) for s in (eval_split, *sources.VALIDATION_NAMES))
-                     if r is not None), None)
-        if rows is None:
-            raise TunelabError(f"{flag} {path}: no {eval_split}/validation/dev file in the directory; pass the file")
+        rows = sources.evaluation_rows(path, eval_split, flag)
     elif path.is_file():
         rows = sources.read_file(path)
     else:
