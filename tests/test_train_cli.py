@@ -181,6 +181,47 @@ def test_a_head_with_another_number_of_labels_is_replaced(tiny_bert, tmp_path, c
     assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["num_examples"] == 6
 
 
+def _load_reports(load) -> list[str]:
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logger, keep = logging.getLogger("transformers.modeling_utils"), Keep()
+    logger.addHandler(keep)
+    try:
+        load()
+    finally:
+        logger.removeHandler(keep)
+    return [m for m in keep.messages if "LOAD REPORT" in m]
+
+
+def test_transformers_load_report_stays_only_where_it_tells_something(tiny_bert, tmp_path):
+    """A head the base lacks is reported by transformers ("MISSING ... newly initialized"): true when training it,
+    false when an adapter brings the head it trained (modules_to_save), where it read as if the evaluation used a
+    random head. A head of another size tunelab has said it leaves out is not reported twice."""
+    from transformers import BertForSequenceClassification
+
+    from tunelab.model_setup import label_kwargs
+    from tunelab.models import load_model
+
+    headless = tmp_path / "headless"
+    BertForSequenceClassification.from_pretrained(tiny_bert).bert.save_pretrained(headless)
+    two = label_kwargs(["neg", "pos"])
+    missing = _load_reports(lambda: load_model(str(headless), "seq_cls", **two))
+    assert len(missing) == 1 and "classifier.weight" in missing[0] and "MISSING" in missing[0]
+    assert _load_reports(lambda: load_model(str(headless), "seq_cls", supplied=("classifier", "score"), **two)) == []
+    assert _load_reports(lambda: load_model(str(tiny_bert), "seq_cls", **label_kwargs("abc"))) == []
+    # a key outside what the adapter brings is still reported
+    other = _load_reports(lambda: load_model(str(headless), "seq_cls", supplied=("score",), **two))
+    assert len(other) == 1 and "classifier.bias" in other[0]
+
+
 def test_a_data_error_comes_before_the_configuration(tiny_llama, tmp_path, capsys):
     """The effective configuration (some 80 lines) is printed once the inputs are checked, so a data error is what
     the user sees; a good run prints it."""

@@ -220,7 +220,7 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
     if labels:  # the base's config does not know the head an adapter was trained with
         extra = label_kwargs(labels)
     model = load_model(model_path, task_kind, dtype=dtype, quantization=quant,
-                       device_map="cpu" if quant and use_cpu else None, **extra)
+                       device_map="cpu" if quant and use_cpu else None, supplied=_trained_in_full(adapter), **extra)
     if quant is None:
         model.to(device)
     adapters = {}
@@ -232,6 +232,16 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
                             system_prompt if system_prompt is not None else run_config.get("system_prompt"),
                             task_kind=task_kind)
     return LoadedModel(model, tokenizer, task_kind, tmpl, model_path, adapters, run_config, dtype)
+
+
+def _trained_in_full(adapter: str | None) -> tuple[str, ...]:
+    """The modules an adapter brings whole (modules_to_save: a classification head, say): the base's checkpoint
+    need not hold them."""
+    if adapter is None:
+        return ()
+    from peft import PeftConfig
+
+    return tuple(getattr(PeftConfig.from_pretrained(adapter), "modules_to_save", None) or ())
 
 
 def _adapter_dtypes(model, adapter_name: str) -> None:

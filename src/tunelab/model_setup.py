@@ -28,7 +28,9 @@ def weights_dtype(opts):
 def label_kwargs(label_names) -> dict[str, Any]:
     """The config overrides that give a sequence-classification model a head for these labels."""
     names = list(label_names)
-    return dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    # (the label count follows from id2label; num_labels beside a checkpoint's own id2label of another length made
+    # transformers warn that the two disagree)
+    return dict(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 
 
 def prepare_model(model, opts, method, ctx: ApplyContext):

@@ -12,6 +12,7 @@ import fcntl
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -280,22 +281,25 @@ def quantization_config(*, use_4bit: bool, use_8bit: bool, quant_type: str = "nf
 
 
 def load_model(model_path: str, task_kind: str, *, dtype=None, quantization=None, device_map=None,
-               trust_remote_code: bool = False, **model_kwargs):
-    """Load weights with the AutoModel class of the task kind; errors that a user can fix become TunelabError."""
+               trust_remote_code: bool = False, supplied: tuple[str, ...] = (), **model_kwargs):
+    """Load weights with the AutoModel class of the task kind; errors that a user can fix become TunelabError.
+    ``supplied``: modules whose weights come from elsewhere (an adapter's trained-in-full copies, such as its
+    classification head), which the checkpoint need not hold."""
     import torch
 
     cls = auto_class(task_kind)
     kwargs = dict(model_kwargs)
-    if "num_labels" in kwargs:
-        kwargs.update(_head_of_another_size(model_path, kwargs["num_labels"], trust_remote_code))
+    if "id2label" in kwargs:
+        kwargs.update(_head_of_another_size(model_path, len(kwargs["id2label"]), trust_remote_code))
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = device_map or ({"": 0} if torch.cuda.is_available() else "cpu")
     elif device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = cls.from_pretrained(model_path, dtype=dtype if dtype is not None else torch.float32,
-                                    trust_remote_code=trust_remote_code, **kwargs)
+        with _load_report_without(supplied, mismatches_said=bool(kwargs.get("ignore_mismatched_sizes"))):
+            model = cls.from_pretrained(model_path, dtype=dtype if dtype is not None else torch.float32,
+                                        trust_remote_code=trust_remote_code, **kwargs)
     except OSError as e:
         raise TunelabError(f"--model_name_or_path {model_path}: cannot load weights ({_first_line(e)})") from None
     if quantization is not None:
@@ -315,6 +319,45 @@ def _head_of_another_size(model_path: str, num_labels: int, trust_remote_code: b
     log.info("%s: its classification head has %d labels (%s), this run's has %d: that head is left out and the "
              "run's own is used", model_path, config.num_labels, names, num_labels)
     return {"ignore_mismatched_sizes": True}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _ExplainedLoadReport(logging.Filter):
+    """Drops transformers' LOAD REPORT when each key it lists is explained otherwise: under a module an adapter
+    supplies (its report calls a classification head "MISSING ... newly initialized" while evaluating the head the
+    adapter trained), or a size mismatch tunelab has said it leaves out (_head_of_another_size)."""
+
+    def __init__(self, supplied: tuple[str, ...], mismatches_said: bool):
+        super().__init__()
+        self.supplied, self.mismatches_said = supplied, mismatches_said
+
+    def _explained(self, key: str, status: str) -> bool:
+        return (any(key == m or key.startswith(m + ".") for m in self.supplied)
+                or (self.mismatches_said and status == "MISMATCH"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = _ANSI.sub("", str(record.msg))
+        if "LOAD REPORT" not in text.split("\n", 1)[0]:
+            return True
+        rows = [[cell.strip() for cell in line.split("|")] for line in text.splitlines()[1:] if "|" in line]
+        rows = [r for r in rows if len(r) >= 2 and r[0] not in ("Key", "") and not set(r[0]) <= set("-+")]
+        return not rows or not all(self._explained(r[0], r[1]) for r in rows)
+
+
+@contextlib.contextmanager
+def _load_report_without(supplied: tuple[str, ...], *, mismatches_said: bool):
+    if not supplied and not mismatches_said:
+        yield
+        return
+    logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _ExplainedLoadReport(supplied, mismatches_said)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def keep_4bit_weights_unpacked(model) -> None:
