@@ -403,6 +403,33 @@ def _records_with_predictions(tmp_path, scores: dict[str, list[float]]) -> list[
     return records
 
 
+def test_a_classifier_is_read_against_the_commonest_label(tmp_path):
+    """A classification report says what always answering the commonest test label scores, and which models gave
+    every test example one label (ag_news at 10 steps: full and ia3 did, at accuracy 0.23, the commonest share)."""
+    from tunelab.comparison.report import classification_notes
+
+    refs = ["world", "sports", "world", "tech", "world", "sports", "business", "world"]
+    answers = {"full": ["world"] * 8, "lora": ["world", "sports", "tech", "tech", "world", "sports", "world", "tech"],
+               "ia3": ["world"] * 8}
+    records = []
+    for label, preds in answers.items():
+        eval_dir = tmp_path / label
+        eval_dir.mkdir()
+        rows = [{"source": "classification", "input": f"t{i}", "reference": r, "prediction": p, "score": float(p == r)}
+                for i, (r, p) in enumerate(zip(refs, preds))]
+        (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        records.append({"key": label, "label": label, "method": label, "seed": 0, "status": "ok",
+                        "task": "classification", "headline_metric": "accuracy",
+                        "headline_value": float(np.mean([p == r for p, r in zip(preds, refs)])),
+                        "eval_dir": str(eval_dir)})
+    notes = classification_notes(records)
+    assert notes[0] == "Always answering the test set's commonest label (world) would score accuracy 0.5000 (4 of 8)."
+    assert notes[1] == ("Every test example got the same label from full (world), ia3 (world): those models do not "
+                        "tell the labels apart on this test set.")
+    assert classification_notes(records[1:2]) == notes[:1]
+    assert classification_notes([{**r, "task": "qa"} for r in records]) == []
+
+
 def test_verdicts_claim_a_difference_only_when_its_interval_excludes_zero(tmp_path):
     from tunelab.comparison.report import table, verdicts
 

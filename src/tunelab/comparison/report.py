@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -691,6 +692,33 @@ def missing_value_notes(records) -> list[str]:
     return [f"{name}: {why}." for name, why in {**tasks, **probes, **rows}.items()]
 
 
+def classification_notes(records) -> list[str]:
+    """What a classification accuracy is read against: always answering the test set's commonest label, and which
+    models gave every test example one label (a model that cannot tell the labels apart on this test set, whatever
+    its accuracy: on SST-2 that is about 0.51)."""
+    refs: list[str] = []
+    constant = []
+    for row in group_rows(records):
+        rec = min(row.records, key=lambda r: r.get("seed") or 0) if row.records else None
+        if rec is None or rec.get("task") != "classification" or rec.get("headline_value") is None:
+            continue
+        preds = _task_predictions(rec)
+        refs = refs or [str(p.get("reference")).strip() for p in preds]
+        answers = {str(p.get("prediction")).strip() for p in preds}
+        if len(preds) > 1 and len(answers) == 1:
+            constant.append(f"{row.label} ({answers.pop()})")
+    if not refs:
+        return []
+    common, count = Counter(refs).most_common(1)[0]
+    notes = [f"Always answering the test set's commonest label ({common}) would score accuracy "
+             f"{count / len(refs):.4f} ({count} of {len(refs)})."]
+    if constant:
+        notes.append(f"Every test example got the same label from {', '.join(constant)}: "
+                     f"{'that model does' if len(constant) == 1 else 'those models do'} not tell the labels apart "
+                     "on this test set.")
+    return notes
+
+
 def _notes(records) -> list[str]:
     ok = [r for r in records if r["status"] == "ok"]
     notes = []
@@ -710,7 +738,7 @@ def _notes(records) -> list[str]:
         notes.append("Device: " + ", ".join(devices) + ".")
     if any(len([q for q in ok if q["label"] == r["label"]]) > 1 for r in ok):
         notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
-    notes += missing_value_notes(ok)
+    notes += missing_value_notes(ok) + classification_notes(ok)
     probes = probes_of(ok)
     if probes:
         notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "
