@@ -593,7 +593,7 @@ class DiagnoseOptions:
     """`tunelab diagnose RUN_DIR`: what fine-tuning did to the weights (ΔW = W_tuned − W_base per adapted matrix)."""
 
     run_dir: str = option(help="the output_dir of a `tunelab train` run (full fine-tuning, or a PEFT method that "
-                               "changes weights)", positional=True, group="run")
+                               "changes weights)", positional=True, aliases=("--adapter",), group="run")
     base_model_name_or_path: str | None = option(None, "the base the run was trained from (default: read from the "
                                                        "run's tunelab_config.yaml)", group="run")
     energy: float = option(0.9, "effective rank: the fewest singular values of ΔW holding this share of its energy",

@@ -94,9 +94,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
         if meta.get("positional"):
+            # also a flag (--run_dir, and its aliases such as --adapter, as the other commands take a run): then
+            # the positional may be left out, and a missing value is reported by build() as for any option
+            flags = [f"--{f.name}", *meta.get("aliases", ())]
             kwargs.pop("dest")
-            group.add_argument(f.name, nargs="?" if default is not None or f.default is not _MISSING else None,
-                               **kwargs)
+            group.add_argument(f.name, nargs="?", **kwargs)
+            group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=f"same as {f.name.upper()}")
             continue
         names = [f"--{f.name}", *meta.get("aliases", ())]
         if elem is bool:

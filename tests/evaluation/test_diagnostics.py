@@ -105,6 +105,11 @@ def test_diagnose_cli_full_and_mitigate(tiny_llama, tmp_path, capsys):
     assert str(mitigated) in printed
     # the mitigated adapter is an adapter like any other: it loads, and it is diagnosed too
     assert json.loads((mitigated / "diagnostics.json").read_text())["method"] == "lora"
+    # the run as the other commands take it, by flag
+    (mitigated / "diagnostics.json").unlink()
+    assert main(["diagnose", "--adapter", str(mitigated)]) == 0
+    assert (mitigated / "diagnostics.json").is_file()
+    assert main(["diagnose"]) == 2 and "missing required option(s): --run_dir" in capsys.readouterr().err
     assert main(["diagnose", str(tmp_path / "nowhere")]) == 2
     assert main(["diagnose", str(full), "--mitigate"]) == 2
     assert "for LoRA adapters" in capsys.readouterr().err
