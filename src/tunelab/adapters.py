@@ -331,6 +331,18 @@ def _row_messages(row: dict[str, Any], loc: str) -> list[dict[str, str]]:
 
 # --- the command ---------------------------------------------------------------------------------------------------
 
+def _shared_base(model_name_or_path: str | None, specs: dict[str, str]) -> str:
+    """--model_name_or_path, or, left out, the base every --adapter was trained on (as tunelab eval finds it)."""
+    if model_name_or_path or not specs:
+        return inference.base_for(model_name_or_path, None)
+    bases = {name: inference.base_for(None, folder) for name, folder in specs.items()}
+    if len(set(bases.values())) > 1:
+        raise TunelabError("--adapter: the adapters were trained on different bases ("
+                           + ", ".join(f"{name}: {base}" for name, base in bases.items())
+                           + "); pass --model_name_or_path with the one they all fit")
+    return next(iter(bases.values()))
+
+
 def run_generate(opts) -> list[dict[str, Any]]:
     """``tunelab generate``: answer --prompt or every row of --input_file; write --output_file if given.
     Returns one record per input: its prompt, the adapter that answered and the response."""
@@ -363,8 +375,8 @@ def run_generate(opts) -> list[dict[str, Any]]:
     if opts.output_file and Path(opts.output_file).exists() and not opts.overwrite:
         raise TunelabError(f"--output_file {opts.output_file}: already exists; choose another path or pass "
                            "--overwrite")
-    session = AdapterSession(opts.model_name_or_path, specs, use_cpu=opts.use_cpu, template=opts.template,
-                             system_prompt=opts.system_prompt, torch_dtype=opts.torch_dtype)
+    session = AdapterSession(_shared_base(opts.model_name_or_path, specs), specs, use_cpu=opts.use_cpu,
+                             template=opts.template, system_prompt=opts.system_prompt, torch_dtype=opts.torch_dtype)
     answers = session.generate([item["messages"] for item in inputs], names, max_new_tokens=opts.max_new_tokens,
                                batch_size=opts.per_device_eval_batch_size, max_prompt_tokens=opts.max_seq_length)
     records = [{**item["row"], "adapter": name, "response": answer}

@@ -454,8 +454,9 @@ class IcaBuildOptions:
 class GenerateOptions:
     """`tunelab generate`: one base, several adapters, each input answered by the adapter it names."""
 
-    model_name_or_path: str = option(help="the base model (built-in name, folder or Hub id) or a fully fine-tuned "
-                                          "model's output_dir", group="model")
+    model_name_or_path: str | None = option(None, "the base model (built-in name, folder or Hub id) or a fully "
+                                                  "fine-tuned model's output_dir (default: the base the --adapter "
+                                                  "runs were trained on)", group="model")
     adapter: list[str] | None = option(None, "NAME=DIR of a PEFT adapter trained on this base; repeat the flag (or "
                                              "list several) to load more; the name 'base' is reserved for the base "
                                              "with adapters disabled", metavar="NAME=DIR", group="model")

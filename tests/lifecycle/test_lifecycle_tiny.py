@@ -102,6 +102,28 @@ def test_generate_single_prompt_prints_the_answer(runs, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "Paris"
 
 
+def test_generate_finds_the_base_its_adapters_were_trained_on(runs, other_base, tmp_path, capsys):
+    """As tunelab eval and merge do: left out, --model_name_or_path is the base the adapters name; adapters that
+    name different bases are one line."""
+    import shutil
+
+    import yaml
+
+    code = main(["generate", "--adapter", f"paris={runs['paris']}", f"sql={runs['sql']}", "--use", "paris",
+                 "--prompt", "Name the capital of France.", "--max_new_tokens", "8", "--use_cpu"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip().splitlines()[-1] == "Paris"
+    assert f"--model_name_or_path {runs['base']}: the base --adapter {runs['paris']} was trained on" in captured.err
+    elsewhere = shutil.copytree(runs["sql"], tmp_path / "elsewhere")
+    saved = yaml.safe_load((elsewhere / "tunelab_config.yaml").read_text())
+    (elsewhere / "tunelab_config.yaml").write_text(yaml.safe_dump({**saved, "model_name_or_path": str(other_base)}))
+    code = main(["generate", "--adapter", f"paris={runs['paris']}", f"sql={elsewhere}", "--use", "paris",
+                 "--prompt", "x", "--use_cpu"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "the adapters were trained on different bases" in line
+    assert f"sql: {other_base}" in line and "pass --model_name_or_path" in line
+
+
 @pytest.fixture(scope="module")
 def other_base(tmp_path_factory, tiny_tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
