@@ -530,7 +530,8 @@ class PushOptions:
     """`tunelab push`: upload an adapter or a full/merged model to the Hugging Face Hub with a model card."""
 
     model_name_or_path: str = option(help="the folder to upload: a PEFT run's output_dir (adapter only), a full "
-                                          "fine-tuning run's output_dir, or a `tunelab merge` output", group="upload")
+                                          "fine-tuning run's output_dir, or a `tunelab merge` output",
+                                     aliases=("--adapter",), group="upload")
     repo_id: str = option(help="the Hub repository, e.g. your-name/smollm2-sql-lora (created if missing)",
                           group="upload")
     private: bool = option(False, "create the repository as private", group="upload")

@@ -115,6 +115,9 @@ def test_dry_run_shows_files_and_card(folders, capsys):
     assert code == 0
     assert out.startswith("would upload adapter to me/tiny-lora: ") and "eval_results.json" in out
     assert "library_name: peft" in out
+    # an adapter named as the other commands name one
+    assert main(["push", "--adapter", str(folders["lora"]), "--repo_id", "me/tiny-lora", "--dry_run"]) == 0
+    assert capsys.readouterr().out.startswith("would upload adapter to me/tiny-lora: ")
 
 
 def _push(folder: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
