@@ -72,13 +72,13 @@ def test_bad_data_is_one_clear_line(case, tiny_llama, tmp_path, capsys):
 def test_a_folder_without_a_training_file_says_what_it_holds(tiny_llama, tmp_path, capsys):
     d = tmp_path / "corpus"
     d.mkdir()
-    for name in ("corpus.en", "corpus.fr", "notes.txt"):
+    for name in ("corpus.en", "corpus.fr", "train.md", "train.txt"):  # .md and .txt name no language
         (d / name).write_text("a line\n", encoding="utf-8")
     out = tmp_path / "out"
     code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d, "--output_dir", out,
                             *FAST], capsys)
     line = err.strip().splitlines()[-1]
-    assert code == 2 and "no file named train.jsonl" in line and "(it holds corpus.en, corpus.fr, notes.txt)" in line
+    assert code == 2 and "no file named train.jsonl" in line and "(it holds corpus.en, corpus.fr, train.md, train.txt)" in line
     assert not out.exists()
 
 

@@ -82,13 +82,15 @@ def _flatten_translation(rows: list[dict]) -> list[dict]:
     return flat
 
 
-# A language code as a file suffix (train.en, train.pt_br, newstest2014.de), not a data format's suffix.
+# A language code as a file suffix (train.en, train.pt_br, newstest2014.de), not a file type's.
 _LANGUAGE_SUFFIX = re.compile(r"^\.[a-z]{2,3}([-_][a-z0-9]{2,4})?$", re.IGNORECASE)
+_NOT_LANGUAGES = {*FILE_SUFFIXES, ".txt", ".md", ".gz", ".xz", ".zip", ".tar", ".py", ".log", ".yml", ".bin", ".sql",
+                  ".db", ".pdf", ".png", ".jpg"}
 
 
 def _parallel_files(directory: Path, split: str) -> list[Path]:
     return [f for f in sorted(directory.iterdir()) if f.is_file() and f.stem.lower() == split
-            and _LANGUAGE_SUFFIX.match(f.suffix) and f.suffix.lower() not in FILE_SUFFIXES]
+            and _LANGUAGE_SUFFIX.match(f.suffix) and f.suffix.lower() not in _NOT_LANGUAGES]
 
 
 def _read_parallel(files: list[Path]) -> Rows:
