@@ -192,12 +192,18 @@ def _load_reports(load) -> list[str]:
         def emit(self, record):
             self.messages.append(record.getMessage())
 
-    logger, keep = logging.getLogger("transformers.modeling_utils"), Keep()
+    # (another test in this process may have set transformers' verbosity: the report is a warning)
+    logger, parent, keep = logging.getLogger("transformers.modeling_utils"), logging.getLogger("transformers"), Keep()
+    levels = logger.level, parent.level
+    logger.setLevel(logging.WARNING)
+    parent.setLevel(logging.WARNING)
     logger.addHandler(keep)
     try:
         load()
     finally:
         logger.removeHandler(keep)
+        logger.setLevel(levels[0])
+        parent.setLevel(levels[1])
     return [m for m in keep.messages if "LOAD REPORT" in m]
 
 
