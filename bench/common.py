@@ -38,7 +38,10 @@ def machine() -> dict:
 def write_result(name: str, payload: dict) -> Path:
     from tunelab.fileio import atomic_write_json
 
-    payload = {"benchmark": name, "machine": machine(), **payload}
+    from tunelab.evaluation.retention import PROBE_PROMPTING
+
+    # how retention probes were asked (files written before 2026-12-06 lack it: under the recipe's system prompt)
+    payload = {"benchmark": name, "machine": machine(), "probe_prompting": PROBE_PROMPTING, **payload}
     path = atomic_write_json(RESULTS / f"{name}.json", payload)
     print(f"wrote {path}")
     return path

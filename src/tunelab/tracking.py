@@ -187,10 +187,13 @@ class RetentionTracker:
         with self._evaluating(self.lm.model), base_view(self.lm) as base:
             own_text = "general_text" in self.signals and self.text_examples is not None
             if "drift" in self.signals or ("general_text" in self.signals and not own_text):
+                # asked as the evaluation's drift probe asks, without the run's system prompt
                 prompts = drift_prompts(ProbeContext(None, self.samples, self.seed))
-                continuations = retention.drift_references(base, prompts, batch_size=self.batch_size)
+                continuations = retention.drift_references(retention.general_view(base), prompts,
+                                                           batch_size=self.batch_size)
                 self.references["drift"] = BaseReference.of(base, continuations, batch_size=self.batch_size,
-                                                            max_seq_length=self.max_seq_length)
+                                                            max_seq_length=self.max_seq_length,
+                                                            asks=retention.general_view)
             if own_text:
                 self.references["general_text"] = BaseReference.of(
                     base, sample_examples(self.text_examples, self.samples, self.seed), batch_size=self.batch_size,

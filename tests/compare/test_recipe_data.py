@@ -80,7 +80,8 @@ def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path):
 
 
 def test_a_recipe_without_an_evaluation_set_says_how_to_hold_one_out():
-    with pytest.raises(TunelabError, match=r"give data.eval \(a file, or a folder: its test split\), or data.holdout: \{fraction: 0.1\}"):
+    with pytest.raises(TunelabError, match=r"give data.eval \(a file, or a folder: its test split\), or "
+                                           r"data.holdout: \{fraction: 0.1\}"):
         parse_recipe({"model": "m", "task": "qa", "data": {"train": "x.jsonl"}, "methods": ["lora"]},
                      source="r.yaml")
 
@@ -118,3 +119,13 @@ def test_the_readme_lists_every_built_in_recipe():
                 if x.startswith("| `tunelab recipes [NAME]`"))
     missing = [name for name in builtin_recipes() if f"`{name}`" not in line]
     assert not missing, f"README's commands table does not name the built-in recipes {missing}"
+
+
+def test_runs_whose_probes_were_asked_under_the_system_prompt_are_not_reused():
+    """Probes are asked without the run's system prompt since 2026-12-06: a comparison with a system prompt started
+    before holds runs whose retention was measured under it; they get new keys and run again. A recipe without a
+    system prompt measured the same either way and keeps its keys."""
+    raw = {"model": "m", "task": "qa", "data": {"train": "x.jsonl", "eval": "y.jsonl"}, "methods": ["lora"]}
+    plain, prompted = parse_recipe(raw, source="r"), parse_recipe({**raw, "system_prompt": "Answer."}, source="r")
+    assert "probes" not in plain.shared_content()
+    assert prompted.shared_content()["probes"] == "without the system prompt"

@@ -127,6 +127,43 @@ def test_translation_on_parallel_text_files(tiny_llama, trained_adapter, tmp_pat
     assert [row["reference"] for row in rows] == pairs["fr"]
 
 
+def test_probes_are_asked_without_the_run_s_system_prompt(tiny_llama, tmp_path):
+    """The task is asked as the run was trained (its system prompt); retention probes ask what the model still
+    knows, without it: the demo's "Reply with SQL only" had the tuned model answer general questions in SQL, which
+    read as forgetting. A baseline written before (probes under the system prompt) is not reused as 'before'."""
+    data = write_jsonl(tmp_path / "train.jsonl", ALPACA_ROWS)
+    system = "Reply with SQL only."
+    run = train(TrainOptions(model_name_or_path=str(tiny_llama), dataset_name_or_path=str(data), method="lora",
+                             output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4,
+                             max_seq_length=64, lora_r=4, learning_rate=5e-2, save_steps=100, seed=0, use_cpu=True,
+                             system_prompt=system)).output_dir
+    result = _eval(tmp_path, model_name_or_path=str(tiny_llama), adapter=str(run), retention=["drift"])
+    drift = result.results["retention"]["drift"]
+    assert drift["asked_without_system_prompt"] is True
+    lm = inference.load(str(tiny_llama), str(run), use_cpu=True, torch_dtype="auto")
+    base = inference.load(str(tiny_llama), None, use_cpu=True, template=lm.template.name, system_prompt=system,
+                          torch_dtype=result.results["base_torch_dtype"])
+    assert lm.template.system_prompt == system  # the task's prompt: the run's
+    prompts = drift_prompts(ProbeContext(None, 6, 42))
+
+    def kl(base_view, lm_view):
+        refs = retention.drift_references(base_view, prompts, batch_size=2)
+        return retention.drift(base_view, lm_view, refs, batch_size=2)["kl_divergence"]
+
+    asked, under_system = kl(retention.general_view(base), retention.general_view(lm)), kl(base, lm)
+    assert drift["kl_divergence"] == pytest.approx(asked, rel=1e-4)
+    assert abs(under_system - asked) > 1e-3 * asked  # under the system prompt it is another number
+    # a baseline without the mark is scored again, not read
+    old = json.loads((result.output_dir / "eval_results.json").read_text())
+    old["retention"]["drift"].pop("asked_without_system_prompt")
+    old["retention"]["drift"]["kl_divergence"] = 99.0
+    baseline = tmp_path / "old_base.json"
+    baseline.write_text(json.dumps(old))
+    again = _eval(tmp_path, output_dir=str(tmp_path / "again"), model_name_or_path=str(tiny_llama), adapter=str(run),
+                  retention=["drift"], baseline=str(baseline))
+    assert again.results["retention"]["drift"]["kl_divergence"] == pytest.approx(asked, rel=1e-4)
+
+
 def _as_loaded(model, like: inference.LoadedModel, adapters=None) -> inference.LoadedModel:
     return inference.LoadedModel(model.eval(), like.tokenizer, like.task_kind, like.template, like.model_path,
                                  adapters or {})

@@ -80,6 +80,8 @@ class Recipe:
             shared.update(curve_points=self.curve_points, curve_full_checkpoints=self.curve_full_checkpoints)
         if self.diagnostics:
             shared["diagnostics"] = True
+        if self.system_prompt is not None:  # probes are asked without it (retention.general_view): runs whose probes
+            shared["probes"] = "without the system prompt"  # were asked under it are not finished runs of this recipe
         return shared
 
     def run_key(self, entry: MethodEntry, seed: int) -> str:

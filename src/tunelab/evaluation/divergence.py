@@ -43,19 +43,21 @@ class BaseReference:
     log_probs: list[Any]        # per example: a [target tokens, vocab] float32 CPU tensor of the base's log-probs
     nll_sum: float
     tokens: int
+    asks: Any = None            # how a model is asked for these examples (retention.general_view); None: as given
 
     @classmethod
     def of(cls, base: inference.LoadedModel, examples: list[Example], *, batch_size: int = 8,
-           max_seq_length: int = 1024) -> "BaseReference":
+           max_seq_length: int = 1024, asks=None) -> "BaseReference":
         import torch
 
+        base = asks(base) if asks is not None else base
         rows = inference.response_losses(base, examples, batch_size=batch_size, max_seq_length=max_seq_length,
                                          return_logits=True)
         kept = [(i, ex, row) for i, (ex, row) in enumerate(zip(examples, rows)) if row["tokens"]]
         return cls(examples=[ex for _, ex, _ in kept], indices=[i for i, _, _ in kept],
                    log_probs=[torch.log_softmax(row["logits"], -1) for _, _, row in kept],
                    nll_sum=sum(row["nll_sum"] for _, _, row in kept),
-                   tokens=sum(row["tokens"] for _, _, row in kept))
+                   tokens=sum(row["tokens"] for _, _, row in kept), asks=asks)
 
     @property
     def nbytes(self) -> int:
@@ -69,6 +71,7 @@ class BaseReference:
 
         if not self.tokens:
             return {"kl_divergence": None, "delta_cross_entropy": None, "num_tokens": 0, "num_examples": 0}
+        lm = self.asks(lm) if self.asks is not None else lm
         rows = inference.response_losses(lm, self.examples, batch_size=batch_size, max_seq_length=max_seq_length,
                                          return_logits=True)
         kl_sum, nll_sum, each = 0.0, 0.0, []

@@ -7,6 +7,7 @@ Two kinds of probe:
   which the tuned model's mean token-level KL divergence from the base and its change in cross-entropy are
   measured. Logits are shifted against labels, and "before" is always the base model itself.
 For PEFT models every probe is also scored with the adapter disabled, which must reproduce the base model.
+Probes are asked in the run's template but without its system prompt (:func:`general_view`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ DRIFT_NEW_TOKENS = 48
 NO_SKILL_BELOW = {"bleu": 1.0}
 
 DRIFT_METRIC = "kl_divergence"  # the "metric" of a drift result: a divergence from the base, not a score before/after
+
+
+def general_view(lm: inference.LoadedModel) -> inference.LoadedModel:
+    """The model as retention probes ask it: in the run's template, without the run's system prompt. A probe asks
+    what the model still knows, not whether it follows the task's instruction: under the demo's "Reply with SQL
+    only" the fully fine-tuned model answered "What is the capital of France?" with SELECT capital() FROM France,
+    which scored as forgetting (general knowledge 0.19 against 0.47 asked without it; the base 0.56 and 0.53)."""
+    import dataclasses
+
+    if lm.template.system_prompt is None:
+        return lm
+    return dataclasses.replace(lm, template=dataclasses.replace(lm.template, system_prompt=None))
+
+
+# Marks a probe result asked as general_view asks (results written before lack it: asked under the system prompt).
+ASKED_WITHOUT_SYSTEM_PROMPT = "asked_without_system_prompt"
+PROBE_PROMPTING = "without the run's system prompt"  # how probes are asked, as benchmark result files record it
 
 
 def is_drift(result: dict[str, Any] | None) -> bool:

@@ -144,19 +144,23 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
         started = time.perf_counter()
         base_lm = _load_base(base_ref, lm, opts) if base_ref else lm
         timings["base_load_seconds"] = time.perf_counter() - started
+        # both asked without the run's system prompt (retention.general_view); the same object when they are one
+        asked = retention.general_view(lm)
+        asked_base = asked if base_lm is lm else retention.general_view(base_lm)
         retention_results = {}
         for probe, sql_db in probes:
             examples = probe_examples[probe.name]
             started = time.perf_counter()
             if probe.task == "drift":
-                result, rows = _run_drift(base_lm, lm, examples, settings)
+                result, rows = _run_drift(asked_base, asked, examples, settings)
             elif probe.task == "benchmark":
-                result, rows = _run_benchmark_probe(examples, base_lm, lm, settings, baseline)
+                result, rows = _run_benchmark_probe(examples, asked_base, asked, settings, baseline)
             else:
                 cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
                 probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
-                result, rows = _run_task_probe(probe, base_lm, lm, examples, probe_settings, baseline)
-            retention_results[probe.name] = {**result, "seconds": time.perf_counter() - started}
+                result, rows = _run_task_probe(probe, asked_base, asked, examples, probe_settings, baseline)
+            retention_results[probe.name] = {**result, "seconds": time.perf_counter() - started,
+                                             retention.ASKED_WITHOUT_SYSTEM_PROMPT: True}
             prediction_rows += [dict(row, source=f"retention:{probe.name}") for row in rows]
         results["retention"] = retention_results
         results["base_model_name_or_path"] = base_ref or opts.model_name_or_path
@@ -216,6 +220,10 @@ def _comparable(baseline: EvalRecord | None, lm: inference.LoadedModel, opts: Ev
     dtype the base is scored in here (files older than the dtype record were float32): bf16 and float32 answers
     differ, which is no forgetting."""
     if baseline is None:
+        return None
+    if not all((r or {}).get(retention.ASKED_WITHOUT_SYSTEM_PROMPT) for r in (baseline.retention or {}).values()):
+        log.info("--baseline %s asked its probes under the run's system prompt (written by an older tunelab): the "
+                 "base is scored again", opts.baseline)
         return None
     theirs, ours = baseline.torch_dtype or "float32", _base_dtype(lm, opts)
     if theirs == ours:
