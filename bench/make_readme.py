@@ -40,6 +40,42 @@ def _machine(m: dict) -> str:
             f"transformers {m.get('transformers')}, peft {m.get('peft')}; {m.get('date', '')[:10]}")
 
 
+def probes_caveat(d: dict, recipe: str) -> list[str]:
+    """For a result measured before retention probes were asked without the run's system prompt (its file has no
+    probe_prompting), of a recipe with a system prompt: a line saying its probes were asked under it."""
+    from tunelab.comparison.recipe import load_recipe
+
+    if d.get("probe_prompting") or not load_recipe(recipe).system_prompt:
+        return []
+    return [f"The retention probes here were asked under the recipe's system prompt, as tunelab asked them when this "
+            f"was measured ({d['machine']['date'][:10]}): general knowledge and drift read lower where a model "
+            "follows that prompt (see [Evaluation and retention](#evaluation-and-retention)); re-running the command "
+            "measures them without it.", ""]
+
+
+def probe_prompting_section(name: str = "probe-prompting") -> str | None:
+    """bench/probe_prompting.py: a probe asked under the run's system prompt and without it, on each model of a
+    finished comparison."""
+    d = _load(name)
+    if not d:
+        return None
+
+    def answer(text: str) -> str:  # one table cell: the first 48 characters, no line breaks, pipes or backticks
+        return "`" + " ".join(text[:48].split()).replace("|", "/").replace("`", "'") + "`"
+
+    rows = [[label, f"{r['under the system prompt']['value']:.4f}", f"{r['without it']['value']:.4f}",
+             answer(r["under the system prompt"]["first_answer"]), answer(r["without it"]["first_answer"])]
+            for label, r in d["runs"].items()]
+    first = next(iter(d["runs"].values()))
+    return "\n".join([
+        f"`python bench/probe_prompting.py` on the demo comparison's models (`python bench/compare_overhead.py`): "
+        f"the {d['probe']} probe ({first['num_examples']} questions, {d['metric']}) asked under the recipe's system "
+        f"prompt (\"{first['system_prompt']}\") and without it, with each model's answer to "
+        f"\"{first['first_question']}\":", "",
+        _table(["model", "under the system prompt", "without it", "its answer under it", "its answer without it"],
+               rows), "", f"Machine: {_machine(d['machine'])}."])
+
+
 def demo_section() -> str | None:
     d = _load("compare-demo")
     if not d:
@@ -56,7 +92,7 @@ def demo_section() -> str | None:
         "size: arc_easy@80 is ARC-Easy through lm-evaluation-harness on 80 seeded questions). Every run trains in "
         "bf16 autocast, the default on this CPU (it has avx512_bf16). Measured with `python "
         "bench/compare_overhead.py` (the same recipe):", "",
-        _table(d["table"]["header"], d["table"]["rows"]), "",
+        _table(d["table"]["header"], d["table"]["rows"]), "", *probes_caveat(d, "demo"),
         f"Wall time {int(minutes)} min {seconds:.0f} s on {_machine(d['machine'])}; training took "
         f"{d['train_seconds']:.0f} s of it, the rest is evaluation, model loading and process start-up. "
         "Peak memory on the CPU is the training process's peak resident set size during training; the tensor peak "
@@ -195,7 +231,7 @@ def ica_section() -> str | None:
         f"Measured with `{command}` (the demo's task, data, probes and budget: {budget['max_steps']} steps of batch "
         f"{budget['per_device_train_batch_size']}, one seed, {d['eval'].get('max_eval_samples')} test questions), "
         f"{d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}:", "",
-        _table(d["table"]["header"], d["table"]["rows"]), ""]
+        _table(d["table"]["header"], d["table"]["rows"]), "", *probes_caveat(d, d.get("recipe") or "demo-ica")]
     if curves and curves.get("runs") and any(m.get("mask_mode") for m in curves.get("methods") or []):
         placed = ica_front(curves["runs"], {m["label"] for m in curves["methods"] if m.get("mask_mode")})
         metric = _headline(curves["runs"])
@@ -296,7 +332,7 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         f"is not read by the search). The whole command took {minutes:.0f} min on {_machine(d['machine'])}, of "
         f"which the search took {d['search']['seconds'] / 60:.0f} min.", "",
         f"The fixed rates (`{short}`, from bench/results/{fixed_name}.json) beside the searched ones:", "",
-        _table(header, rows), "",
+        _table(header, rows), "", *probes_caveat(d, d["recipe"]),
         f"Ranking by {metric}: {short} {rank_fixed or '–'}; searched {rank_searched} "
         f"({'the same order' if same else 'a different order'} of the point estimates; the verdicts below say "
         "which differences their intervals support). The searched comparison evaluated "
@@ -590,7 +626,8 @@ def _remeasured_section(recipe: str, base: dict) -> list[str]:
     return [f"### {_remeasured_title(recipe)}", "",
             f"`python bench/quality.py --tag {REMEASURED_TAG} {recipe} {' '.join(extra)}`: the {recipe} "
             f"benchmark's budget and data, the prompt-learning methods only, with generation fixed; the runs took "
-            f"{_runs_minutes(q):.0f} min:", "", _table(q["table"]["header"], q["table"]["rows"]), "", *_failures(q),
+            f"{_runs_minutes(q):.0f} min:", "", _table(q["table"]["header"], q["table"]["rows"]), "",
+            *probes_caveat(q, recipe), *_failures(q),
             "Its own base row: the base is evaluated again with today's code (bf16 where the first table's was "
             "float32), so compare these rows with it, not with the table above. Prompt tuning generates its prompts "
             "in batches of one token length (peft drops its position ids, and left padding would change its "
@@ -611,7 +648,7 @@ def bench_section() -> str:
                   f"`python bench/quality.py {recipe}` (budget: {' '.join(q['budget'])}; seeds "
                   f"{','.join(map(str, q['seeds']))} for the main methods); the runs took {_runs_minutes(q):.0f} "
                   f"min, training {_precision(q)}:", "", _table(q["table"]["header"], q["table"]["rows"]), "",
-                  *_failures(q),
+                  *probes_caveat(q, recipe), *_failures(q),
                   *_prompt_learning_note(q, recipe), *plot,
                   *(_dialogsum_against_seed(q) if recipe == "dialogsum" else []), *_memory_table(q),
                   f"Machine: {_machine(q['machine'])}.", "", *_remeasured_section(recipe, q)]
@@ -841,6 +878,7 @@ def precision_section() -> str | None:
         "`python bench/precision_compare.py`. Each cell is bf16 / float32:", "",
         _table(["run", f"{metric} bf16", f"{metric} float32", *[f"{p} bf16 / fp32" for p in probes],
                 "final train loss", "train tokens/s", "speed bf16/fp32", "tensor peak"], rows), "",
+        *probes_caveat(d, "demo"),
         "Training loss at each logged step (bf16 / float32): " + "; ".join(curves) + "." if curves else "",
         "",
         f"The two comparisons ran one after the other (load: {d.get('note') or 'not noted'}), so their speed ratio "
@@ -884,7 +922,8 @@ def curves_section(name: str = "compare-demo-curves",
         f"at {points} evenly spaced steps of its {steps} (the whole task evaluation and every probe, "
         f"{_eval_sizes(d)['max_eval_samples']} test examples), and its weight update diagnosed. "
         f"{d.get('runs') and d['runs'][0].get('headline_metric') or 'task score'} and retention at each point:", "",
-        _table(["run", "step", d["runs"][0].get("headline_metric") or "score", *probes], rows), ""]
+        _table(["run", "step", d["runs"][0].get("headline_metric") or "score", *probes], rows), "",
+        *probes_caveat(d, d.get("recipe") or "demo")]
     if plots.get("tradeoff"):
         parts += [f"![learning against forgetting](bench/results/{plots['tradeoff']})", ""]
     parts += ["The report's verdict lines, matched comparisons read off the curves included:", "",
@@ -934,6 +973,7 @@ def render(text: str) -> str:
                     "fixed")),
                 ("curves-dialogsum", lambda: curves_section("quality-dialogsum-search", dialogsum,
                                                             "the same comparison")))
+    sections += (("probe-prompting", probe_prompting_section),)
     for marker, section in sections:
         made = section()
         if made:

@@ -202,3 +202,16 @@ def test_prompt_learning_rows_measured_before_the_generation_fix_are_flagged(dat
                "(#prompt-learning-methods-on-spider-re-measured)." in text
         assert "### Prompt-learning methods on spider, re-measured" in text
         assert "`python bench/quality.py --tag prompt-learning spider --methods prompt_tuning`" in text
+
+
+def test_results_measured_with_probes_under_the_system_prompt_say_so(make_readme, tmp_path, monkeypatch):
+    """A quality result written before retention probes were asked without the run's system prompt (no
+    probe_prompting in its file) says so under its table, where its recipe has a system prompt; one written since,
+    or of a recipe without one (sst2-sts), does not."""
+    records = [_record("base", 0.2), _record("lora", 0.3)]
+    old = _bench_text(make_readme, tmp_path, monkeypatch, records)
+    assert "asked under the recipe's system prompt, as tunelab asked them when this was measured (2026)" in old
+    run = json.loads((tmp_path / "quality-dialogsum.json").read_text())
+    (tmp_path / "quality-dialogsum.json").write_text(json.dumps({**run, "probe_prompting": "without it"}))
+    assert "asked under the recipe's system prompt" not in make_readme.bench_section()
+    assert make_readme.probes_caveat(run, "sst2-sts") == []
