@@ -56,7 +56,11 @@ def main() -> None:
                            "first_answer": scored["predictions"][0]["prediction"]}
             print(f"{rec['label']:<14} {how:<24} {probe.name} {scored['value']:.4f}  "
                   f"{scored['predictions'][0]['prediction'][:60]!r}", flush=True)
+        # the comparison's own score (asked without the system prompt, in memory after training): a model loaded
+        # from disk can answer a question differently in bf16
+        in_comparison = ((rec.get("retention") or {}).get(probe.name) or {}).get("after")
         rows[rec["label"]] = {"system_prompt": system, "num_examples": len(examples), **scores,
+                              "in_comparison": in_comparison,
                               "first_question": examples[0].prompt_messages[-1]["content"]}
         del lm
     write_result("probe-prompting", {"comparison": str(out.relative_to(REPO) if out.is_relative_to(REPO) else out),
