@@ -275,8 +275,8 @@ def _key_columns(d: dict, wanted: list[str] | None = None) -> tuple[list[str], d
     header = d["table"]["header"]
     first = header.index("Checkpoint size") + 1
     if wanted is None:
-        wanted = [h for h in header[first:] if h not in ("executable", "exact_match", "Learning rate", "Tuning cost")
-                  and not h.startswith("Δ ")]
+        wanted = [h for h in header[first:] if h not in ("executable", "exact_match", "Learning rate", "Tuning cost",
+                                                         "Generation tokens/s") and not h.startswith("Δ ")]
     rows = {}
     for row in d["table"]["rows"]:
         label = row[0].replace("base (untouched)", "base").split(" (n=")[0]

@@ -294,8 +294,8 @@ class EvalOptions:
     target_column: str | None = option(None, "column that holds the reference (or the label)", group="task")
     template: str | None = option(None, "prompt template (default: the one the run was trained with)",
                                   choices=TEMPLATES, group="task")
-    system_prompt: str | None = option(None, "system prompt (default: the one the run was trained with)",
-                                       group="task")
+    system_prompt: str | None = option(None, "system prompt of the task (default: the one the run was trained "
+                                             "with); retention probes are asked without it", group="task")
     sql_database: str | None = option(None, "text2sql: an SQLite file to run queries on (default: databases "
                                             "generated from each row's CREATE TABLE context, or the dataset "
                                             "directory's .sqlite file)", group="task")
