@@ -237,11 +237,7 @@ def load(model_name_or_path: str, adapter: str | None = None, *, use_cpu: bool =
 def _trained_in_full(adapter: str | None) -> tuple[str, ...]:
     """The modules an adapter brings whole (modules_to_save: a classification head, say): the base's checkpoint
     need not hold them."""
-    if adapter is None:
-        return ()
-    from peft import PeftConfig
-
-    return tuple(getattr(PeftConfig.from_pretrained(adapter), "modules_to_save", None) or ())
+    return tuple(run_files.read_adapter_config(adapter).get("modules_to_save") or ()) if adapter else ()
 
 
 def _adapter_dtypes(model, adapter_name: str) -> None:

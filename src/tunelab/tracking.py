@@ -117,8 +117,8 @@ def estimate_cost(opts, data, tokenizer, signals: list[str], text_examples, *, p
         from tunelab.evaluation.probes import ProbeContext, drift_prompts
 
         prompts = drift_prompts(ProbeContext(None, n, opts.seed))
-        per_eval += len(prompts) * (DRIFT_NEW_TOKENS + _mean(len(tokenizer(data.template.prompt(p.messages,
-                                                                                                   tokenizer))
+        asked = data.template.without_system_prompt()  # as the drift reference asks (retention.general_view)
+        per_eval += len(prompts) * (DRIFT_NEW_TOKENS + _mean(len(tokenizer(asked.prompt(p.messages, tokenizer))
                                                                      ["input_ids"]) for p in prompts))
     if own_text:
         texts = text_examples[:n]

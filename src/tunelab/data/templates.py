@@ -46,6 +46,10 @@ class Template:
         """Encoder input for seq2seq models: the prompt turns as plain text, no chat markup."""
         return "\n\n".join(m["content"] for m in self._with_system(messages))
 
+    def without_system_prompt(self) -> "Template":
+        """This template with no system prompt: how retention probes are asked (evaluation.retention.general_view)."""
+        return self if self.system_prompt is None else Template(self.name, None)
+
     def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.system_prompt is None or (messages and messages[0]["role"] == "system"):
             return list(messages)

@@ -12,6 +12,7 @@ Probes are asked in the run's template but without its system prompt (:func:`gen
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,11 +43,8 @@ def general_view(lm: inference.LoadedModel) -> inference.LoadedModel:
     what the model still knows, not whether it follows the task's instruction: under the demo's "Reply with SQL
     only" the fully fine-tuned model answered "What is the capital of France?" with SELECT capital() FROM France,
     which scored as forgetting (general knowledge 0.19 against 0.47 asked without it; the base 0.56 and 0.53)."""
-    import dataclasses
-
-    if lm.template.system_prompt is None:
-        return lm
-    return dataclasses.replace(lm, template=dataclasses.replace(lm.template, system_prompt=None))
+    asked = lm.template.without_system_prompt()
+    return lm if asked is lm.template else dataclasses.replace(lm, template=asked)
 
 
 # Marks a probe result asked as general_view asks (results written before lack it: asked under the system prompt).
