@@ -114,6 +114,31 @@ def test_parallel_text_files_train_in_the_direction_the_columns_say(tiny_llama, 
     assert train.locators[2] == "train.en + train.fr line 3"
 
 
+def test_eval_reads_the_columns_the_run_trained_on(tiny_llama, tmp_path, capsys):
+    """`tunelab eval --adapter RUN` on the run's own data names no columns again (as it takes the run's template and
+    system prompt); data without those columns is read as it would be without the run."""
+    d = _parallel_folder(tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d,
+                            "--input_columns", "en", "--target_column", "fr", "--output_dir", out, *FAST], capsys)
+    assert code == 0, err
+    common = ["eval", "--adapter", str(out), "--task", "translation", "--max_new_tokens", "4", "--use_cpu"]
+    code = main([*common, "--dataset_name_or_path", str(d), "--eval_split", "val",
+                 "--output_dir", str(tmp_path / "e1")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "the run's --input_columns en --target_column fr" in err
+    rows = [json.loads(x) for x in (tmp_path / "e1" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows] == FR[:2]
+    other = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "Hello.", "completion": "Bonjour."}])
+    code = main([*common, "--dataset_name_or_path", str(other), "--output_dir", str(tmp_path / "e2")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "the run's --input_columns" not in err
+    rows = [json.loads(x) for x in (tmp_path / "e2" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows] == ["Bonjour."]
+
+
 def test_parallel_files_of_different_lengths_are_one_line(tiny_llama, tmp_path, capsys):
     d = _parallel_folder(tmp_path, train_fr=FR[:5])
     out = tmp_path / "out"

@@ -289,9 +289,10 @@ class EvalOptions:
                                      "validation/val/dev)", group="task")
     dataset_format: str = option("auto", "how to read rows; auto detects it from the column names",
                                  choices=DATASET_FORMATS, group="task")
-    input_columns: list[str] | None = option(None, "columns that form the prompt (or the texts to classify)",
-                                             group="task")
-    target_column: str | None = option(None, "column that holds the reference (or the label)", group="task")
+    input_columns: list[str] | None = option(None, "columns that form the prompt (or the texts to classify); "
+                                                   "default: the run's, where the data has them", group="task")
+    target_column: str | None = option(None, "column that holds the reference (or the label); default: the run's, "
+                                             "where the data has it", group="task")
     template: str | None = option(None, "prompt template (default: the one the run was trained with)",
                                   choices=TEMPLATES, group="task")
     system_prompt: str | None = option(None, "system prompt of the task (default: the one the run was trained "

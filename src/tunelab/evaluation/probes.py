@@ -7,6 +7,7 @@ clearly where they looked when the data is missing.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,8 @@ from tunelab import builtin
 from tunelab.data import sources
 from tunelab.data.formats import Example, normalise
 from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,10 @@ def folder_database(path: str) -> str | None:
 
 def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test", dataset_config: str | None = None,
                        dataset_format: str = "auto", input_columns=None, target_column=None,
-                       flag: str = "--dataset_name_or_path") -> list[Example]:
-    """The examples of an evaluation dataset: a file, a directory's test (or validation) split, or the Hub."""
+                       flag: str = "--dataset_name_or_path", run_columns=None) -> list[Example]:
+    """The examples of an evaluation dataset: a file, a directory's test (or validation) split, or the Hub.
+    ``run_columns`` (input columns, target column): the columns a run trained on, read where neither column flag
+    is given and the data has them all (a run's own test split), as the run's template and system prompt are."""
     path = Path(name_or_path).expanduser()
     if task == "similarity" and path.is_file() and path.suffix in (".csv", ".tsv") and _looks_stsb(path):
         return read_stsb(path)
@@ -184,6 +189,11 @@ def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test"
         rows = train
     if task == "similarity":
         return _similarity_examples(rows)
+    if run_columns and run_columns[0] and run_columns[1] and not (input_columns or target_column) \
+            and set([*run_columns[0], run_columns[1]]) <= set(rows.columns):
+        input_columns, target_column = run_columns
+        log.info("%s: read with the run's --input_columns %s --target_column %s (pass them to choose others)",
+                 rows.source, " ".join(input_columns), target_column)
     return normalise(rows, dataset_format=dataset_format, input_columns=input_columns, target_column=target_column,
                      classification=task == "classification" and dataset_format in ("auto", "classification")
                      and bool(input_columns))[1]

@@ -66,6 +66,12 @@ def _check(opts: EvalOptions) -> None:
         raise TunelabError(f"--baseline {opts.baseline}: no such file; pass a base model's eval_results.json")
 
 
+def _run_columns(opts: EvalOptions) -> tuple[list[str] | None, str | None]:
+    """The columns the evaluated run trained on (tunelab_config.yaml beside its adapter or model), if any."""
+    run = inference.read_run_config(opts.adapter or opts.model_name_or_path)
+    return run.get("input_columns"), run.get("target_column")
+
+
 def _base_reference(opts: EvalOptions, lm: inference.LoadedModel) -> str | None:
     """The untouched base behind the evaluated model, or None when the model *is* the base."""
     if opts.base_model_name_or_path:
@@ -100,7 +106,8 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
     if opts.task:
         task_examples = load_task_examples(opts.task, opts.dataset_name_or_path, eval_split=opts.eval_split,
                                            dataset_config=opts.dataset_config, dataset_format=opts.dataset_format,
-                                           input_columns=opts.input_columns, target_column=opts.target_column)
+                                           input_columns=opts.input_columns, target_column=opts.target_column,
+                                           run_columns=_run_columns(opts))
         task_examples = sample_examples(task_examples, opts.max_eval_samples, opts.seed)
         if opts.task == "text2sql" and not (opts.sql_database or folder_database(opts.dataset_name_or_path)):
             # schemas that do not run in SQLite: an error naming the row before the model loads, or left out
