@@ -78,7 +78,8 @@ def test_a_folder_without_a_training_file_says_what_it_holds(tiny_llama, tmp_pat
     code, _, err = run_cli(["--model_name_or_path", tiny_llama, "--dataset_name_or_path", d, "--output_dir", out,
                             *FAST], capsys)
     line = err.strip().splitlines()[-1]
-    assert code == 2 and "no file named train.jsonl" in line and "(it holds corpus.en, corpus.fr, train.md, train.txt)" in line
+    assert code == 2 and "no file named train.jsonl" in line
+    assert "(it holds corpus.en, corpus.fr, train.md, train.txt)" in line
     assert not out.exists()
 
 
