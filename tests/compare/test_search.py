@@ -452,6 +452,36 @@ def test_verdicts_claim_a_difference_only_when_its_interval_excludes_zero(tmp_pa
     assert body[0][-1] == "reference" and body[1][-1].startswith("-20.0 points [")
 
 
+def test_a_claim_false_discovery_control_does_not_keep_is_marked(tmp_path):
+    """Each interval alone excludes 0 for 5% of measures that do not differ: over a report's several intervals a
+    marginal difference (4 of 40 answers lost, none gained: p about 0.03) is not kept when the false discovery rate
+    over all of them is held at 5%; a large one (8 lost) is."""
+    from tunelab.comparison.report import verdicts
+    from tunelab.comparison.statistics import false_discovery_kept
+
+    full = np.array([1.0, 0.0] * 20)
+    lost = {"lora strong": 8, "lora marginal": 4, "lora a": 0, "lora b": 0, "lora c": 0}
+    scores = {"full": list(full)}
+    for label, n in lost.items():
+        worse = full.copy()
+        worse[np.flatnonzero(full)[:n]] = 0.0
+        scores[label] = list(worse)
+    lines = verdicts(_records_with_predictions(tmp_path, scores))
+    line = {label: next(x for x in lines if x.startswith(label + ":")) for label in lost}
+    assert "-20.0 points [" in line["lora strong"] and "not kept" not in line["lora strong"]
+    assert "-10.0 points [" in line["lora marginal"]
+    assert "(not kept under false-discovery control over this report's 5 intervals)" in line["lora marginal"]
+    summary = next(x for x in lines if x.startswith("Multiple comparisons:"))
+    assert "read 5 paired 95% intervals" in summary and "about 0.25 of them" in summary
+    assert "2 do; 1 of those stay claimed" in summary
+    # one interval alone: nothing to correct for, the marginal difference is claimed as it stands
+    one = verdicts(_records_with_predictions(tmp_path / "one", {"full": scores["full"],
+                                                                 "lora marginal": scores["lora marginal"]}))
+    assert "-10.0 points [" in one[1] and "not kept" not in one[1]
+    assert not any(x.startswith("Multiple comparisons:") for x in one)
+    assert false_discovery_kept([]) == []
+
+
 def test_a_study_is_kept_across_changes_its_trials_do_not_depend_on():
     """Evaluation settings and retention probes do not touch a trial judged by validation loss: changing them keeps
     the search; the budget, the data or the objective start a new one."""

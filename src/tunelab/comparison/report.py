@@ -11,7 +11,7 @@ import base64
 import html
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,50 @@ def _indistinguishable(d, ref_name: str, examples: str = "test examples") -> str
     if n <= d.n_examples:  # a 2-point difference would show at this size: the one measured is smaller
         return text + f"; its {d.n_examples} {examples} would separate a 2-point difference)"
     return text + f"; about {n} {examples} would separate a 2-point difference)"
+
+
+@dataclass
+class _Claims:
+    """The paired intervals a report's verdicts read (every method against the reference, on each measure, and
+    against the best method), and which of the differences they claim survive false-discovery control over all
+    of them (statistics.false_discovery_kept)."""
+
+    intervals: list = field(default_factory=list)
+    kept: set[int] = field(default_factory=set)   # id() of each kept Difference
+
+    def say(self, d, text: str) -> str:
+        """A claimed difference's text, marked where false-discovery control over the report does not keep it."""
+        if id(d) in self.kept or len(self.intervals) < 2:
+            return text
+        return f"{text} (not kept under false-discovery control over this report's {len(self.intervals)} intervals)"
+
+    def summary(self, ref_name: str) -> list[str]:
+        from tunelab.comparison.statistics import CONFIDENCE
+
+        n = len(self.intervals)
+        claimed = sum(d.excludes_zero for d in self.intervals)
+        if n < 2 or not claimed:
+            return []
+        return [f"Multiple comparisons: these verdicts read {n} paired 95% intervals; were no method different from "
+                f"{ref_name} on anything, about {(1 - CONFIDENCE) * n:.2g} of them would exclude 0 by chance. {claimed} do; "
+                f"{len(self.kept)} of those stay claimed with the false discovery rate over all {n} held at 5% "
+                "(Benjamini-Hochberg)."]
+
+
+def _claims(rows: list[Row], ref: Row, best: Row | None, headline: str | None) -> _Claims:
+    from tunelab.comparison.statistics import false_discovery_kept
+
+    intervals = []
+    for row in rows:
+        if row is ref:
+            continue
+        intervals += differences(row, ref).values()
+        if best is not None and best is not ref and best is not row and headline:
+            b = differences(row, best).get(headline)
+            intervals += [b] if b is not None else []
+    intervals = [d for d in intervals if d.low is not None and d.high is not None]
+    kept = {id(d) for d, k in zip(intervals, false_discovery_kept(intervals)) if k}
+    return _Claims(intervals, kept)
 
 
 # --- the table -----------------------------------------------------------------------------------------------
@@ -190,6 +234,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         ref = max(rows, key=lambda r: (score(r) or 0) if higher else -(score(r) or float("inf")))
     ref_name = "full fine-tuning" if ref.method == "full" else ref.label
     _, best = reference_rows(rows)
+    claims = _claims(rows, ref, best, headline)
     lines = []
     ref_score = score(ref)
     ref_params = ref.stat(lambda r: r.get("trainable_params")).mean
@@ -210,13 +255,13 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         diffs = differences(row, ref)
         hd = diffs.get(headline)
         if hd is not None:
-            parts.append(f"{headline} {hd.format()} against {ref_name}" if hd.excludes_zero
+            parts.append(claims.say(hd, f"{headline} {hd.format()} against {ref_name}") if hd.excludes_zero
                          else f"{headline} {_indistinguishable(hd, ref_name)}")
             if best is not None and best is not ref and best is not row:
                 b = differences(row, best).get(headline)
                 if b is not None:
-                    parts.append(f"{b.format()} against the best method, {best.label}" if b.excludes_zero
-                                 else _indistinguishable(b, f"the best method, {best.label}"))
+                    parts.append(claims.say(b, f"{b.format()} against the best method, {best.label}")
+                                 if b.excludes_zero else _indistinguishable(b, f"the best method, {best.label}"))
         elif s is not None and ref_score:
             pct = 100 * (s / ref_score if higher else ref_score / s) if s else 0.0
             parts.append(f"{pct:.0f}% of {ref_name}'s {headline}")
@@ -236,13 +281,14 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
             parts.append(f"{t / ref_time:.2f}× its training time")
         for probe, pd in diffs.items():  # the task probes' retention: a difference only where it is one
             if probe != headline and probe != drift_probe:
-                parts.append(f"{probe_title(probe)} {pd.format()}" if pd.excludes_zero
+                parts.append(claims.say(pd, f"{probe_title(probe)} {pd.format()}") if pd.excludes_zero
                              else f"{probe_title(probe)} {_indistinguishable(pd, ref_name, 'probe examples')}")
         if drift_probe and drift_probe in diffs and not diffs[drift_probe].excludes_zero:
             parts.append(f"drift {_indistinguishable(diffs[drift_probe], ref_name, 'probe examples')}")
         elif drift_probe:
             d = row.stat(lambda r: retention_value(r, drift_probe)).mean
-            interval = f" (KL {diffs[drift_probe].format()})" if drift_probe in diffs else ""
+            interval = claims.say(diffs[drift_probe], f" (KL {diffs[drift_probe].format()})") \
+                if drift_probe in diffs else ""
             if d is not None and ref_drift is not None:
                 if d > 0 and ref_drift > d:
                     parts.append(f"{ref_drift / d:.1f}× less drift{interval}")
@@ -255,6 +301,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{row.label}: " + ", ".join(parts))
     from tunelab.comparison.trajectories import matched_comparisons
 
+    lines += claims.summary(ref_name)
     lines += matched_comparisons(records)  # recipe curve_points: read off the trajectories
     for row in group_rows(records):
         for rec in row.failed:

@@ -54,6 +54,9 @@ class Difference:
     standard_error: float | None
     n_examples: int
     n_seeds: tuple[int, int]
+    # the bootstrap's two-sided p-value: twice the share of resampled differences on the far side of 0 (the level
+    # at which the percentile interval would just reach 0); for false-discovery control over a report's intervals
+    p_value: float | None = None
 
     @property
     def scale(self) -> float:
@@ -139,10 +142,26 @@ def paired_difference(a: Sequence[Resampler], b: Sequence[Resampler], n_examples
                            confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     se = float(result.standard_error)
+    drawn = np.asarray(result.bootstrap_distribution, dtype=float)
+    drawn = drawn[~np.isnan(drawn)]
+    p_value = min(1.0, 2 * min(float(np.mean(drawn <= 0)), float(np.mean(drawn >= 0)))) if drawn.size else None
     if any(math.isnan(x) for x in (low, high)):
-        low = high = None
+        low = high = p_value = None
         se = None if math.isnan(se) else se
-    return Difference(measure, metric, estimate, low, high, se, n_examples, (len(a), len(b)))
+    return Difference(measure, metric, estimate, low, high, se, n_examples, (len(a), len(b)), p_value)
+
+
+def false_discovery_kept(diffs: Sequence[Difference]) -> list[bool]:
+    """Which of a report's differences stay claimed when the false discovery rate over all of them is held at
+    1 - CONFIDENCE (Benjamini-Hochberg, scipy.stats.false_discovery_control): each interval alone excludes 0 for 5%
+    of measures that do not differ, so a report of many intervals claims some differences by chance. A difference
+    whose interval does not exclude 0 is never kept; one without an interval counts as p = 1."""
+    from scipy.stats import false_discovery_control
+
+    if not diffs:
+        return []
+    adjusted = false_discovery_control([1.0 if d.p_value is None else d.p_value for d in diffs])
+    return [d.excludes_zero and float(q) < 1 - CONFIDENCE for d, q in zip(diffs, adjusted)]
 
 
 # --- per-example rows -> resamplers ---------------------------------------------------------------------------
