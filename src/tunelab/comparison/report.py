@@ -100,7 +100,8 @@ class _Claims:
         if n < 2 or not claimed:
             return []
         return [f"Multiple comparisons: these verdicts read {n} paired 95% intervals; were no method different "
-                f"from {ref_name} on anything, about {(1 - CONFIDENCE) * n:.2g} of them would exclude 0 by chance. {claimed} do; "
+                f"from {ref_name} on anything, about {(1 - CONFIDENCE) * n:.2g} of them would exclude 0 by chance. "
+                f"{claimed} do; "
                 f"{len(self.kept)} of those stay claimed with the false discovery rate over all {n} held at 5% "
                 "(Benjamini-Hochberg)."]
 
