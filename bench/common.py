@@ -30,6 +30,14 @@ def machine() -> dict:
         info["memory"] = " ".join(mem.split()[1:])
     except (OSError, IndexError):
         pass
+    # which CPU, beyond its architecture: bf16 matrix kernels round differently from one CPU model to another, so a
+    # bf16 benchmark re-run on another host can answer a question differently (the VM's model name alone says little)
+    cpu = _cpuinfo()
+    if cpu:
+        info["cpu_model"] = (f"{cpu.get('model name', '?')} (family {cpu.get('cpu family', '?')}, model "
+                             f"{cpu.get('model', '?')}, stepping {cpu.get('stepping', '?')}, microcode "
+                             f"{cpu.get('microcode', '?')})")
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

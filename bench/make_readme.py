@@ -36,7 +36,7 @@ def _table(header, rows) -> str:
 
 def _machine(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
-    return (f"{m.get('cores')} CPU cores ({m.get('cpu')}){gpu}, {m.get('memory', '?')} RAM, torch {m.get('torch')}, "
+    return (f"{m.get('cores')} CPU cores ({m.get('cpu_model') or m.get('cpu')}){gpu}, {m.get('memory', '?')} RAM, torch {m.get('torch')}, "
             f"transformers {m.get('transformers')}, peft {m.get('peft')}; {m.get('date', '')[:10]}")
 
 
@@ -328,6 +328,20 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
     rank_fixed = _ranking(fixed, metric, both) if fixed else ""
     rank_searched = _ranking(d, metric, both)
     same = rank_fixed == rank_searched
+    apart = _measured_apart(fixed, d, metric, fixed_rows.get("base"), searched_rows.get("base")) if fixed else []
+    if apart:
+        ranking = [f"The two were measured apart, and their columns do not compare: {'; '.join(apart)}. Re-running "
+                   f"both commands on one machine compares them. Ranking by {metric}: {short} {rank_fixed or '–'}; "
+                   f"searched {rank_searched} (each within its own table)."]
+    else:
+        ranking = [
+            f"Ranking by {metric}: {short} {rank_fixed or '–'}; searched {rank_searched} "
+            f"({'the same order' if same else 'a different order'} of the point estimates; the verdicts below say "
+            "which differences their intervals support). The searched comparison evaluated "
+            f"{d['eval'].get('max_eval_samples')} test examples and {d['eval'].get('probe_samples')} examples per "
+            "probe" + (", as the fixed-rate one did" if fixed and _eval_sizes(fixed) == _eval_sizes(d) else
+                       f"; the fixed-rate one {_eval_sizes(fixed or {})}, so their columns do not compare")
+            + "; machine load moves the time columns, not the quality ones."]
     search_rows = [[label, f"{m['low']:.0e} – {m['high']:.0e}", f"{m['trials']} ({m['finished']} / {m['pruned']} / "
                     f"{m['failed']})", f"{m['chosen_learning_rate']:.2g}" if m["chosen_learning_rate"] else "none",
                     f"{m['tuning_seconds']:.0f} s", f"{m['cost_over_run']:.2f}×",
@@ -342,15 +356,7 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         f"is not read by the search). The whole command took {minutes:.0f} min on {_machine(d['machine'])}, of "
         f"which the search took {d['search']['seconds'] / 60:.0f} min.", "",
         f"The fixed rates (`{short}`, from bench/results/{fixed_name}.json) beside the searched ones:", "",
-        _table(header, rows), "", *probes_caveat(d, d["recipe"]),
-        f"Ranking by {metric}: {short} {rank_fixed or '–'}; searched {rank_searched} "
-        f"({'the same order' if same else 'a different order'} of the point estimates; the verdicts below say "
-        "which differences their intervals support). The searched comparison evaluated "
-        f"{d['eval'].get('max_eval_samples')} test examples and {d['eval'].get('probe_samples')} examples per probe"
-        + (", as the fixed-rate one did" if fixed and _eval_sizes(fixed) == _eval_sizes(d) else
-           f"; the fixed-rate one {_eval_sizes(fixed or {})}, so their columns do not compare")
-        + "; machine load moves the time columns, not the quality ones.",
-        "",
+        _table(header, rows), "", *probes_caveat(d, d["recipe"]), *ranking, "",
         "The search, per method (trials finished / pruned / failed; cost against one of the method's runs, "
         "training and evaluation; steps against one training budget):", "",
         _table(["method", "range", "trials", "chosen rate", "search cost", "× one run", "steps × budget"],
@@ -360,6 +366,29 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         "Verdicts of the searched comparison (95% paired bootstrap intervals over the test examples):", "",
         *[f"- {line}" for line in d.get("verdicts", [])],
     ])
+
+
+def _measured_apart(fixed: dict, searched: dict, metric: str, fixed_base: list[str] | None,
+                    searched_base: list[str] | None) -> list[str]:
+    """Why a fixed-rate table and a searched one cannot be read side by side: retention probes asked two ways, or
+    the untouched base scoring otherwise in each (another host's bf16 kernels, or other code)."""
+    def asked(d: dict) -> str:
+        return "without the recipe's system prompt" if d.get("probe_prompting") else "under the recipe's system prompt"
+
+    reasons = []
+    if asked(fixed) != asked(searched):
+        reasons.append(f"the fixed-rate table's retention probes were asked {asked(fixed)}, the searched one's "
+                       f"{asked(searched)}")
+    cpus = [next((r["precision_reason"] for r in d.get("records") or [] if r.get("precision_reason")), None)
+            for d in (fixed, searched)]
+    if all(cpus) and cpus[0] != cpus[1]:
+        reasons.append(f"their runs trained on different CPUs (\"{cpus[0]}\" against \"{cpus[1]}\")")
+    if fixed_base and searched_base and fixed_base[0] != searched_base[0]:
+        reasons.append(f"the untouched base scores {metric} {fixed_base[0]} in the fixed-rate table "
+                       f"({fixed['machine']['date'][:10]}) and {searched_base[0]} in the searched one "
+                       f"({searched['machine']['date'][:10]}): the same model and examples, so another host's bf16 "
+                       "kernels or other code")
+    return reasons
 
 
 def _eval_sizes(d: dict) -> dict:

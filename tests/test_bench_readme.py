@@ -215,3 +215,22 @@ def test_results_measured_with_probes_under_the_system_prompt_say_so(make_readme
     (tmp_path / "quality-dialogsum.json").write_text(json.dumps({**run, "probe_prompting": "without it"}))
     assert "asked under the recipe's system prompt" not in make_readme.bench_section()
     assert make_readme.probes_caveat(run, "sst2-sts") == []
+
+
+def test_a_fixed_and_a_searched_table_measured_apart_are_not_read_side_by_side(make_readme):
+    """The searched section sets a fixed-rate table beside a searched one: probes asked two ways, runs on CPUs with
+    other bf16 instructions, or an untouched base that scores otherwise each say the columns do not compare."""
+    def result(asked, cpu, date="2026-12-06T10:00:00"):
+        return {"probe_prompting": asked, "machine": {"date": date},
+                "records": [{"label": "base"}, {"label": "full", "precision_reason": cpu}]}
+
+    same = result("without it", "auto: this CPU has avx512_bf16")
+    assert make_readme._measured_apart(same, same, "rougeL", ["0.1263"], ["0.1263"]) == []
+    old = result(None, "auto: this CPU has avx512_bf16 and amx_bf16", "2026-12-05T10:00:00")
+    reasons = make_readme._measured_apart(same, old, "rougeL", ["0.1263"], ["0.1127"])
+    assert len(reasons) == 3
+    assert reasons[0] == ("the fixed-rate table's retention probes were asked without the recipe's system prompt, "
+                          "the searched one's under the recipe's system prompt")
+    assert "different CPUs" in reasons[1] and "amx_bf16" in reasons[1]
+    assert reasons[2].startswith("the untouched base scores rougeL 0.1263 in the fixed-rate table (2026-12-06) and "
+                                 "0.1127 in the searched one (2026-12-05)")
