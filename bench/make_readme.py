@@ -37,7 +37,8 @@ def _table(header, rows) -> str:
 def _machine(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     return (f"{m.get('cores')} CPU cores ({m.get('cpu_model') or m.get('cpu')}){gpu}, {m.get('memory', '?')} RAM, "
-            f"torch {m.get('torch')}, transformers {m.get('transformers')}, peft {m.get('peft')}; {m.get('date', '')[:10]}")
+            f"torch {m.get('torch')}, transformers {m.get('transformers')}, peft {m.get('peft')}; "
+            f"{m.get('date', '')[:10]}")
 
 
 def probes_caveat(d: dict, recipe: str) -> list[str]:
