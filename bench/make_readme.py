@@ -181,14 +181,32 @@ def _headline(runs: list[dict]) -> str:
     return next((r["headline_metric"] for r in runs if r.get("headline_metric")), "task score")
 
 
-def _direction(diff: dict | None, lower_is_less_forgetting: bool, words: tuple[str, str]) -> str:
-    """'less' / 'more' (words) only where the paired interval excludes 0, else that the two cannot be told apart."""
+def _direction(diff: dict | None, lower_is_less_forgetting: bool, words: tuple[str, str],
+               kept: bool = True) -> str:
+    """'less' / 'more' (words) only where the paired interval excludes 0 and false-discovery control over the
+    paragraph's intervals keeps it (``kept``), else that the two cannot be told apart."""
     if not diff:
         return "not compared"
     if not diff["excludes_zero"]:
         return f"{diff['text']}: cannot be told apart"
+    if not kept:
+        return (f"{diff['text']}: excludes 0 alone, not with the false discovery rate over these intervals held at "
+                "5%, so cannot be told apart")
     better = (diff["estimate"] < 0) == lower_is_less_forgetting
     return f"{diff['text']}: {words[0] if better else words[1]}"
+
+
+def _kept(diffs: dict[str, dict]) -> dict[str, bool]:
+    """Which of these stored intervals stay claimed with the false discovery rate over all of them held at 5%
+    (statistics.false_discovery_kept, as a report's verdicts decide); every one, for a file written before the
+    intervals' p-values were stored."""
+    from tunelab.comparison.statistics import Difference, false_discovery_kept
+
+    if any(x.get("p_value") is None and x.get("low") is not None for x in diffs.values()):
+        return {name: True for name in diffs}
+    rebuilt = [Difference(name, x["metric"], x["estimate"], x["low"], x["high"], None, 0, (1, 1), x["p_value"])
+               for name, x in diffs.items()]
+    return dict(zip(diffs, false_discovery_kept(rebuilt)))
 
 
 def against_biderman(d: dict) -> str | None:
@@ -200,8 +218,9 @@ def against_biderman(d: dict) -> str | None:
         return None
     metric = _headline(runs)
     task = diffs[lora].get(metric)
-    learns = _direction(task, False, ("learns more", "learns less"))
-    forgetting = {p: _direction(x, x["metric"] == "kl_divergence", ("forgets less", "forgets more"))
+    kept = _kept(diffs[lora])
+    learns = _direction(task, False, ("learns more", "learns less"), kept.get(metric, True))
+    forgetting = {p: _direction(x, x["metric"] == "kl_divergence", ("forgets less", "forgets more"), kept[p])
                   for p, x in diffs[lora].items() if p != metric}
     less = [p for p, text in forgetting.items() if text.endswith("forgets less")]
     more = [p for p, text in forgetting.items() if text.endswith("forgets more")]

@@ -44,7 +44,7 @@ def differences_against_full(records: list[dict]) -> dict[str, dict]:
         if r.get("method") != "full":
             by_label.setdefault(r["label"], []).append(r)
     return {label: {name: {"metric": d.metric, "estimate": d.estimate, "low": d.low, "high": d.high,
-                           "excludes_zero": d.excludes_zero, "text": d.format()}
+                           "excludes_zero": d.excludes_zero, "p_value": d.p_value, "text": d.format()}
                     for name, d in compare_runs(runs, full).items()}
             for label, runs in by_label.items()}
 

@@ -146,6 +146,30 @@ def test_the_biderman_comparison_claims_only_what_the_intervals_support(make_rea
     assert "1 of lora r=16's 1 evaluated points lie above" in text  # 0.1 at KL 0.01: full's curve has only 0 there
 
 
+def test_the_biderman_comparison_holds_the_false_discovery_rate_over_its_intervals(make_readme):
+    """With the intervals' p-values stored, a difference that excludes 0 alone but not once the false discovery rate
+    over the paragraph's intervals is held at 5% is not claimed (the demo's general knowledge, +12.5 [+3.1, +25.0],
+    p 0.01 among 4 intervals, is kept; p 0.04 beside three at 1 is not)."""
+    def with_p(diff, p):
+        return {**diff, "p_value": p}
+
+    def text(gk_p, drift_p):
+        d = {"against_full": {"lora r=16": {
+                "rougeL": with_p({**_diff(-0.02, -0.06, 0.0), "metric": "rougeL"}, 0.9),
+                "general_knowledge": with_p(_diff(0.125, 0.031, 0.25), gk_p),
+                "drift": with_p(_diff(0.03, 0.02, 0.04, "kl_divergence"), drift_p),
+                "arc_easy": with_p(_diff(0.0, -0.04, 0.04), 1.0)}},
+             "runs": [_curve_run("full", "full", [(0.2, 0.05)]),
+                      {**_curve_run("lora r=16", "lora", [(0.1, 0.01)]), "headline_metric": "rougeL"}]}
+        return make_readme.against_biderman(d)
+
+    kept = text(0.01, 0.0)
+    assert "on general_knowledge, +0.125: forgets less" in kept
+    marginal = text(0.04, 1.0)  # the drift interval too: only its p-value decides here
+    assert "on general_knowledge, +0.125: excludes 0 alone, not with the false discovery rate" in marginal
+    assert "forgets less" not in marginal
+
+
 def test_the_overhead_bound_spreads_every_process_cpu_second_over_the_cores(make_readme):
     # two runs: 300 + 100 CPU seconds of process, 120 of them in training calls, 50 s of training wall time
     prof = {"train_seconds": 50.0, "runs": [
