@@ -212,6 +212,25 @@ def test_retention_replaces_the_recipe_s_probes(flag, want):
             CompareOptions, ["--recipe", "demo"], "tunelab compare", "")[0]).base_key()
 
 
+@pytest.mark.parametrize(("flags", "base_dtype"), [([], "auto"), (["--no_bf16"], "float32"),
+                                                   (["--bf16"], "bfloat16")])
+def test_the_base_is_evaluated_in_the_precision_the_comparison_sets(flags, base_dtype):
+    """A --no_bf16 comparison scored its base row in bf16 (eval's auto: what tunelab trains in on this CPU) while
+    each run scored its 'before' in float32: the demo's base answered 17 of 32 general-knowledge questions in the
+    row and 15 as the runs' 'before', so the row and the retention ratios read two models."""
+    from tunelab.comparison.api import recipe_from_options
+    from tunelab.config import CompareOptions
+    from tunelab.options import parse_options
+
+    recipe = recipe_from_options(parse_options(CompareOptions, ["--recipe", "demo", *flags], "tunelab compare",
+                                               "")[0])
+    common = dict(eval_file="e.jsonl", output_dir="o", baseline=None, data_dir=None, sql_database=None)
+    assert recipe.eval_options(model=recipe.model, adapter=None, **common).torch_dtype == base_dtype
+    # a run's evaluation reads its precision from the run itself
+    assert recipe.eval_options(model="runs/full/model", adapter=None, **common).torch_dtype == "auto"
+    assert recipe.eval_options(model=recipe.model, adapter="runs/lora/model", **common).torch_dtype == "auto"
+
+
 def test_an_unknown_retention_probe_is_named_with_its_flag(tmp_path, capsys):
     out = tmp_path / "unused"
     assert main(["compare", "demo", "--retention", "general_knowledge,trivia", "--output_dir", str(out)]) == 2

@@ -90,7 +90,10 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def base_key(self) -> str:
-        blob = json.dumps({"shared": self.shared_content(), "method": "base"}, sort_keys=True, default=str)
+        content: dict[str, Any] = {"shared": self.shared_content(), "method": "base"}
+        if _precision_dtype(self.budget):  # (a base scored in eval's auto dtype instead is not this recipe's base)
+            content["torch_dtype"] = _precision_dtype(self.budget)
+        blob = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
@@ -146,8 +149,10 @@ class Recipe:
                                       output_dir=output_dir, baseline=baseline, data_dir=data_dir,
                                       sql_database=sql_database, use_cpu=device == "cpu",
                                       base_model_name_or_path=self.model)
-        if adapter is None and model == self.model:
+        if adapter is None and model == self.model:  # the untouched base
             values["base_model_name_or_path"] = None
+            if _precision_dtype(self.budget):
+                values["torch_dtype"] = _precision_dtype(self.budget)
         for key in ("dataset_format", "input_columns", "target_column"):
             if self.data.get(key) is not None:
                 values[key] = self.data[key]
@@ -158,6 +163,15 @@ class Recipe:
                 values["template"] = self.template
         values.update(self.eval)
         return build(EvalOptions, (values, f"recipe {self.name} evaluation"))[0]
+
+
+def _precision_dtype(budget: dict[str, Any]) -> str | None:
+    """The dtype the untouched base is evaluated in where the budget sets the runs' precision (--bf16 / --no_bf16):
+    the one each run scores its 'before' in (the base in the run's dtype), so the base row and the runs' retention
+    ratios read one model. None (eval's auto: the precision tunelab trains in here) otherwise."""
+    if budget.get("fp16"):
+        return "float16"
+    return {True: "bfloat16", False: "float32"}.get(budget.get("bf16"))
 
 
 def _device_options(device: str, gpu_bf16: bool | None = None) -> dict[str, Any]:
