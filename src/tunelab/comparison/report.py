@@ -720,7 +720,9 @@ def _difference_notes(header: list[str]) -> list[str]:
             "interval from a paired bootstrap over the same test examples (and the seeds, where there are "
             "several); verdicts call a difference only when its interval excludes 0, and estimate the test "
             "examples that would separate a 2-point difference as n·((1.96 + 0.84)·se / 2 points)², se being the "
-            "bootstrap standard error at n examples (80% power)."]
+            "bootstrap standard error at n examples (80% power). Of many intervals some exclude 0 by chance: a "
+            "claimed difference that does not stay claimed with the false discovery rate over all the verdicts' "
+            "intervals held at 5% (Benjamini-Hochberg, on the bootstrap's p-values) is marked so."]
 
 
 def missing_value_notes(records) -> list[str]:
