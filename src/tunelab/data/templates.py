@@ -6,6 +6,8 @@ up to each assistant turn (with the generation prompt) and with it, and taking t
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 from tunelab.data.formats import Example
@@ -48,7 +50,7 @@ class Template:
 
     def without_system_prompt(self) -> "Template":
         """This template with no system prompt: how retention probes are asked (evaluation.retention.general_view)."""
-        return self if self.system_prompt is None else Template(self.name, None)
+        return self if self.system_prompt is None else dataclasses.replace(self, system_prompt=None)
 
     def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.system_prompt is None or (messages and messages[0]["role"] == "system"):

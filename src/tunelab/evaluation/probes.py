@@ -189,9 +189,10 @@ def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test"
         rows = train
     if task == "similarity":
         return _similarity_examples(rows)
-    if run_columns and run_columns[0] and run_columns[1] and not (input_columns or target_column) \
-            and set([*run_columns[0], run_columns[1]]) <= set(rows.columns):
-        input_columns, target_column = run_columns
+    run_inputs, run_target = run_columns or (None, None)
+    if run_inputs and run_target and not (input_columns or target_column) \
+            and {*run_inputs, run_target} <= set(rows.columns):
+        input_columns, target_column = run_inputs, run_target
         log.info("%s: read with the run's --input_columns %s --target_column %s (pass them to choose others)",
                  rows.source, " ".join(input_columns), target_column)
     return normalise(rows, dataset_format=dataset_format, input_columns=input_columns, target_column=target_column,
