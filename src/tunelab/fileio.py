@@ -32,9 +32,17 @@ def _umask() -> int:
     return mask
 
 
-def make_shared_dir(path: str | os.PathLike) -> None:
-    """mkdtemp makes 0700 directories; give a finished one the usual permissions before it is renamed into place."""
-    os.chmod(path, 0o777 & ~_umask())
+def make_shared(path: str | os.PathLike) -> None:
+    """Give a finished folder and everything in it the permissions the user's umask asks for. mkdtemp makes 0700
+    folders and safetensors (so every Hugging Face save) writes 0600 files: without this, others on a shared machine
+    could read a run's results but not its weights."""
+    mask = _umask()
+    os.chmod(path, 0o777 & ~mask)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:

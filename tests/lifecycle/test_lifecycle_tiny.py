@@ -5,6 +5,7 @@ same two steps at the end of `tunelab train`."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,16 @@ def test_export_checks_install_and_convert_nothing(tmp_path, monkeypatch):
     with pytest.raises(TunelabError, match="not model_type 'bert'"):
         lifecycle.check(TrainOptions(**{**vars(opts), "model_name_or_path": "minilm-l6"}))
     assert not cache.exists()
+
+
+def test_a_runs_weights_are_as_readable_as_its_results(runs):
+    """safetensors writes 0600 files; a run's folder (its weights, the merged model and GGUF file written at the end
+    of training) takes the permissions the umask asks for, as its JSON results do."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("base", "sql"):
+        files = [p for p in runs[name].rglob("*") if p.is_file()]
+        assert any(p.suffix == ".safetensors" for p in files)
+        wrong = {str(p.relative_to(runs[name])): oct(p.stat().st_mode & 0o777) for p in files
+                 if p.stat().st_mode & 0o777 != 0o666 & ~mask}
+        assert not wrong, f"{name}: {wrong} (umask {oct(mask)})"

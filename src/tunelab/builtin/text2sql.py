@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab.errors import TunelabError
-from tunelab.fileio import atomic_write_jsonl, atomic_write_text, make_shared_dir
+from tunelab.fileio import atomic_write_jsonl, atomic_write_text, make_shared
 
 VERSION = "text2sql-v1"
 DB_ID = "bookshop"
@@ -615,7 +615,7 @@ def builtin_text2sql_dir() -> Path:
         raise TunelabError(f"cannot create the tunelab cache in {str(root)!r} ({exc}); set TUNELAB_CACHE to a writable folder") from None
     try:
         write_text2sql(tmp)
-        make_shared_dir(tmp)
+        make_shared(tmp)
         if target.exists():  # incomplete copy: move it aside, then replace
             stale = Path(tempfile.mkdtemp(prefix=f".{VERSION}.stale.", dir=root))
             os.replace(target, stale / VERSION)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
-from tunelab.fileio import atomic_write_json
+from tunelab.fileio import atomic_write_json, make_shared
 from tunelab import run_files
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,7 @@ def mitigate(run_dir: str | Path, *, output_dir: str | Path | None = None, base_
                                                      "peft reduce_intruder_dimension",
                                                      "mitigation_lambda": mitigation_lambda,
                                                      "top_k": settings.top_k, "epsilon": settings.epsilon})
+    make_shared(staging)
     if out.exists():
         shutil.rmtree(out)
     staging.replace(out)
