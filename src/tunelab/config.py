@@ -308,7 +308,8 @@ class EvalOptions:
                                                "standard benchmarks scored by lm-eval (arc_easy, arc_challenge, "
                                                "openbookqa, winogrande, boolq, mmlu from local copies; lm_eval:TASK "
                                                "for any lm-eval task, from the Hub; NAME@N scores N examples "
-                                               "instead of --probe_samples) or TASK:PATH for your own data",
+                                               "instead of --probe_samples) or TASK:PATH for your own data "
+                                               "(TASK:PATH:INPUT->TARGET names its columns)",
                                          group="retention")
     data_dir: str | None = option(None, "folder of the shared real datasets used by built-in probes "
                                         "(default: $TUNELAB_DATA_DIR or ../shared/data)", group="retention")

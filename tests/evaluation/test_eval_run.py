@@ -407,3 +407,27 @@ def test_a_text2sql_schema_that_does_not_run_is_named_or_skipped(tiny_llama, tmp
     assert results["invalid_rows"][0]["db_id"] == "broken_db"
     rec = record(PlannedRun("k", "base", "base", None, tmp_path, {}), "ok", 1.0, {"eval_results": results}, None)
     assert any(n.startswith("base: 1 evaluation row left out") for n in missing_value_notes([rec.to_json()]))
+
+
+def test_a_probe_of_the_users_own_data_names_its_columns(tiny_llama, tmp_path, capsys):
+    """TASK:PATH:INPUT->TARGET reads a file whose columns name no known format (a sentence pair in two languages);
+    without the columns the error says how to name them in the probe, not with --input_columns (which name the
+    task's data)."""
+    pairs = tmp_path / "old_task.csv"
+    pairs.write_text("en,fr\nA dog runs.,Un chien court.\nTwo men talk.,Deux hommes parlent.\n", encoding="utf-8")
+    spec = f"translation:{pairs}:en->fr"
+    r = _eval(tmp_path, model_name_or_path=str(tiny_llama), retention=[spec]).results
+    assert r["retention"][spec]["num_examples"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(row["reference"] for row in rows) == ["Deux hommes parlent.", "Un chien court."]
+    assert any("A dog runs." in row["input"] for row in rows)
+
+    for bad, needle in ((f"translation:{pairs}", f"name them in the probe: translation:{pairs}:en->fr"),
+                        (f"translation:{pairs}:en->de", "de")):
+        out = tmp_path / "bad"
+        code = main(["eval", "--model_name_or_path", str(tiny_llama), "--retention", bad, "--output_dir", str(out),
+                     "--use_cpu"])
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and needle in last and "Traceback" not in err, err
+        assert "--input_columns" not in last and not out.exists()

@@ -167,26 +167,33 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 )}
 
 
-def detect_format(columns: list[str], source: str) -> str:
+def flag_columns(inputs: str, target: str) -> str:
+    """How a dataset flag's data names its columns (a probe names them in its own spec)."""
+    return f"pass --input_columns {inputs} --target_column {target}"
+
+
+def detect_format(columns: list[str], source: str, name_columns: Callable[[str, str], str] = flag_columns) -> str:
     cols = {c.lower() for c in columns}
     for fmt in FORMATS.values():
         if fmt.matches(cols):
             return fmt.name
     known = "; ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
     # Two columns (a sentence pair in two languages, say) are most likely a prompt and its answer: name them.
-    flags = (f"--input_columns {columns[0]} --target_column {columns[1]} (or the other way round)"
-             if len(columns) == 2 else "--input_columns and --target_column")
+    how = (f"{name_columns(columns[0], columns[1])} (or the other way round)" if len(columns) == 2
+           else name_columns("INPUT", "TARGET"))
     raise TunelabError(f"{source}: cannot tell the data format from the columns {', '.join(columns)}; rename "
-                       f"columns to a known format ({known}) or pass {flags}")
+                       f"columns to a known format ({known}) or {how}")
 
 
 def normalise(rows, *, dataset_format: str = "auto", input_columns: list[str] | None = None,
-              target_column: str | None = None, classification: bool = False) -> tuple[str, list[Example]]:
-    """Turn Rows into Examples; returns (format name, examples). Missing columns are reported per row."""
+              target_column: str | None = None, classification: bool = False,
+              name_columns: Callable[[str, str], str] = flag_columns) -> tuple[str, list[Example]]:
+    """Turn Rows into Examples; returns (format name, examples). Missing columns are reported per row.
+    ``name_columns`` says how the user names the columns of data whose format is not recognised."""
     if input_columns or target_column:
         return _normalise_columns(rows, input_columns, target_column, classification or
                                   dataset_format == "classification")
-    fmt = detect_format(rows.columns, rows.source) if dataset_format == "auto" else dataset_format
+    fmt = detect_format(rows.columns, rows.source, name_columns) if dataset_format == "auto" else dataset_format
     if fmt not in FORMATS:
         raise TunelabError(f"--dataset_format {fmt}: unknown; choose one of {', '.join(FORMATS)}")
     spec = FORMATS[fmt]

@@ -16,7 +16,7 @@ from typing import Callable
 
 from tunelab import builtin
 from tunelab.data import sources
-from tunelab.data.formats import Example, normalise
+from tunelab.data.formats import Example, flag_columns, normalise
 from tunelab.errors import TunelabError
 
 log = logging.getLogger(__name__)
@@ -153,13 +153,27 @@ def parse_probe(spec: str) -> tuple[Probe, str | None]:
     task, sep, path = spec.partition(":")
     if not sep or task not in TASKS:
         raise TunelabError(f"--retention {spec}: not a built-in probe ({', '.join(PROBES)}), a benchmark "
-                           f"({', '.join(benchmarks.BUILTIN_BENCHMARKS)}, or lm_eval:TASK) nor TASK:PATH with a "
-                           f"task among {', '.join(TASKS)}")
+                           f"({', '.join(benchmarks.BUILTIN_BENCHMARKS)}, or lm_eval:TASK) nor TASK:PATH[:INPUT->"
+                           f"TARGET] with a task among {', '.join(TASKS)}")
+    path, inputs, target = _probe_columns(path)
 
     def load(ctx: ProbeContext) -> list[Example]:
-        return sample_examples(load_task_examples(task, path, flag=f"--retention {spec}"), ctx.samples, ctx.seed)
+        examples = load_task_examples(task, path, flag=f"--retention {spec}", input_columns=inputs,
+                                      target_column=target,
+                                      name_columns=lambda i, t: f"name them in the probe: {task}:{path}:{i}->{t}")
+        return sample_examples(examples, ctx.samples, ctx.seed)
 
     return Probe(spec, task, load), folder_database(path) if task == "text2sql" else None
+
+
+def _probe_columns(path: str) -> tuple[str, list[str] | None, str | None]:
+    """PATH[:INPUT[+INPUT...]->TARGET]: the user's own probe data with the columns to read, for data whose columns
+    name no known format (--input_columns and --target_column name the task's data, not a probe's)."""
+    head, sep, columns = path.rpartition(":")
+    inputs, arrow, target = columns.partition("->")
+    if not (sep and arrow and head and inputs and target):
+        return path, None, None
+    return head, inputs.split("+"), target
 
 
 def folder_database(path: str) -> str | None:
@@ -172,7 +186,8 @@ def folder_database(path: str) -> str | None:
 
 def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test", dataset_config: str | None = None,
                        dataset_format: str = "auto", input_columns=None, target_column=None,
-                       flag: str = "--dataset_name_or_path", run_columns=None) -> list[Example]:
+                       flag: str = "--dataset_name_or_path", run_columns=None,
+                       name_columns: Callable[[str, str], str] = flag_columns) -> list[Example]:
     """The examples of an evaluation dataset: a file, a directory's test (or validation) split, or the Hub.
     ``run_columns`` (input columns, target column): the columns a run trained on, read where neither column flag
     is given and the data has them all (a run's own test split), as the run's template and system prompt are."""
@@ -197,7 +212,7 @@ def load_task_examples(task: str, name_or_path: str, *, eval_split: str = "test"
                  rows.source, " ".join(input_columns), target_column)
     return normalise(rows, dataset_format=dataset_format, input_columns=input_columns, target_column=target_column,
                      classification=task == "classification" and dataset_format in ("auto", "classification")
-                     and bool(input_columns))[1]
+                     and bool(input_columns), name_columns=name_columns)[1]
 
 
 def _looks_stsb(path: Path) -> bool:
