@@ -43,16 +43,17 @@ def _doc(summary: str, cls, *, returns: str, aliases: dict[str, str] | None = No
     return "\n".join(lines)
 
 
+def _given(options: dict[str, Any], **shorthands: Any) -> dict[str, Any]:
+    """The options with the shorthand arguments that were given (``model=`` is ``model_name_or_path``...)."""
+    return {**options, **{name: value for name, value in shorthands.items() if value is not None}}
+
+
 # --- train ---------------------------------------------------------------------------------------------------
 
 def train(model: str | None = None, dataset: str | None = None, **options: Any):
     from tunelab.training import train as _train
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
-    if dataset is not None:
-        values["dataset_name_or_path"] = dataset
+    values = _given(options, model_name_or_path=model, dataset_name_or_path=dataset)
     opts, explicit = _build(TrainOptions, "tunelab.train()", values)
     return _train(opts, explicit)
 
@@ -69,11 +70,7 @@ train.__doc__ = _doc("Fine-tune a model fully or with a PEFT method (``tunelab t
 def evaluate(model: str | None = None, dataset: str | None = None, **options: Any):
     from tunelab.evaluation.run import evaluate as _evaluate
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
-    if dataset is not None:
-        values["dataset_name_or_path"] = dataset
+    values = _given(options, model_name_or_path=model, dataset_name_or_path=dataset)
     opts, _ = _build(EvalOptions, "tunelab.evaluate()", values)
     return _evaluate(opts)
 
@@ -205,9 +202,7 @@ def estimate(model: str | None = None, **options: Any) -> MemoryEstimate:
     from tunelab.config import EstimateOptions
     from tunelab.memory.estimator import estimate as _estimate
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
+    values = _given(options, model_name_or_path=model)
     opts, _ = _build(EstimateOptions, "tunelab.estimate()", values)
     if not opts.model_name_or_path:
         raise TunelabError("tunelab.estimate(): pass model= (a built-in name, a folder, a Hub id or an architecture "
@@ -235,11 +230,8 @@ def generate(model: str | None = None, adapters: dict[str, str] | None = None, *
     from tunelab.adapters import run_generate
     from tunelab.config import GenerateOptions
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
-    if adapters is not None:
-        values["adapter"] = [f"{name}={path}" for name, path in adapters.items()]
+    named = None if adapters is None else [f"{name}={path}" for name, path in adapters.items()]
+    values = _given(options, model_name_or_path=model, adapter=named)
     opts, _ = _build(GenerateOptions, "tunelab.generate()", values)
     return run_generate(opts)
 
@@ -248,11 +240,7 @@ def merge(model: str | None = None, adapter: str | None = None, **options: Any):
     from tunelab.config import MergeOptions
     from tunelab.merge import merge as _merge
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
-    if adapter is not None:
-        values["adapter"] = adapter
+    values = _given(options, model_name_or_path=model, adapter=adapter)
     opts, _ = _build(MergeOptions, "tunelab.merge()", values)
     return _merge(opts.model_name_or_path, opts.adapter, opts.output_dir,
                   overwrite_output_dir=opts.overwrite_output_dir, use_cpu=opts.use_cpu,
@@ -263,9 +251,7 @@ def export_gguf(model: str | None = None, **options: Any):
     from tunelab.config import ExportOptions
     from tunelab.gguf_export import export_gguf as _export
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
+    values = _given(options, model_name_or_path=model)
     opts, _ = _build(ExportOptions, "tunelab.export_gguf()", values)
     return _export(opts.model_name_or_path, opts.output, adapter=opts.adapter, outtype=opts.outtype,
                    overwrite=opts.overwrite, use_cpu=opts.use_cpu)
@@ -275,9 +261,7 @@ def push(model: str | None = None, **options: Any):
     from tunelab.config import PushOptions
     from tunelab.hub import plan_upload, push as _push
 
-    values = dict(options)
-    if model is not None:
-        values["model_name_or_path"] = model
+    values = _given(options, model_name_or_path=model)
     opts, _ = _build(PushOptions, "tunelab.push()", values)
     if opts.dry_run:
         return plan_upload(opts.model_name_or_path, opts.repo_id, eval_results=opts.eval_results)

@@ -28,6 +28,14 @@ def method_flag(name: str) -> Any:
     return option(decl.default, lambda: option_help(name, decl.help), choices=decl.choices, group="method")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# --torch_dtype of the commands that load a model to run it (eval, generate)
+LOADED_DTYPE_HELP = ("dtype the model's weights are loaded in; auto: as the run trained (bfloat16 after --bf16, "
+                     "float16 after --fp16 on a GPU, float32 for the non-quantized tensors of a QLoRA run, else "
+                     "float32; a model that is no tunelab run: the precision tunelab would train it in here); read "
+                     "from the run's tunelab_config.yaml")
+
+
 @dataclass(kw_only=True)
 class TrainOptions:
     """Every option of a training run. Names follow transformers' TrainingArguments and peft's configs."""
@@ -42,7 +50,7 @@ class TrainOptions:
     torch_dtype: str = option("auto", "dtype the base weights are loaded in; auto: bfloat16 (float16 with --fp16) for "
                                       "PEFT methods trained with --bf16/--fp16, else float32 (full fine-tuning keeps "
                                       "float32 master weights under mixed precision)",
-                              choices=("auto", "float32", "bfloat16", "float16"), group="model")
+                              choices=DTYPES, group="model")
 
     # --- data --------------------------------------------------------------------------------------------------
     dataset_name_or_path: str = option(help="a .json/.jsonl/.csv/.parquet file, a directory holding "
@@ -98,7 +106,7 @@ class TrainOptions:
     bnb_4bit_quant_type: str = option("nf4", "4-bit data type", choices=("nf4", "fp4"), group="quantization")
     bnb_4bit_compute_dtype: str = option("auto", "dtype of 4-bit matmuls; auto: bfloat16 on a GPU that supports "
                                                  "it, else float32",
-                                         choices=("auto", "float32", "bfloat16", "float16"), group="quantization")
+                                         choices=DTYPES, group="quantization")
     bnb_4bit_use_double_quant: bool = option(True, "quantize the quantization constants too (QLoRA's double "
                                                    "quantization)", group="quantization")
 
@@ -329,12 +337,7 @@ class EvalOptions:
     max_seq_length: int = option(1024, "truncate prompts to this many tokens", group="generation")
     seed: int = option(42, "seed for sampling examples and bootstrap intervals", group="generation")
     use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
-    torch_dtype: str = option("auto", "dtype the model's weights are loaded in; auto: as the run trained (bfloat16 "
-                                      "after --bf16, float16 after --fp16 on a GPU, float32 for the non-quantized "
-                                      "tensors of a QLoRA run, else float32; a model that is no tunelab run: the "
-                                      "precision tunelab would train it in here); read from the run's "
-                                      "tunelab_config.yaml", choices=("auto", "float32", "bfloat16", "float16"),
-                              group="generation")
+    torch_dtype: str = option("auto", LOADED_DTYPE_HELP, choices=DTYPES, group="generation")
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
 
@@ -476,12 +479,7 @@ class GenerateOptions:
     per_device_eval_batch_size: int = option(8, "prompts per generation batch", group="generation")
     max_seq_length: int = option(1024, "truncate prompts to this many tokens", group="generation")
     use_cpu: bool = option(False, "run on the CPU even when a GPU is present", group="generation")
-    torch_dtype: str = option("auto", "dtype the model's weights are loaded in; auto: as the run trained (bfloat16 "
-                                      "after --bf16, float16 after --fp16 on a GPU, float32 for the non-quantized "
-                                      "tensors of a QLoRA run, else float32; a model that is no tunelab run: the "
-                                      "precision tunelab would train it in here); read from the run's "
-                                      "tunelab_config.yaml", choices=("auto", "float32", "bfloat16", "float16"),
-                              group="generation")
+    torch_dtype: str = option("auto", LOADED_DTYPE_HELP, choices=DTYPES, group="generation")
     output_file: str | None = option(None, "write one JSON line per input (its fields, 'adapter', 'response') "
                                            "instead of printing", group="output")
     overwrite: bool = option(False, "replace an existing --output_file", group="output")
@@ -502,7 +500,7 @@ class MergeOptions:
     torch_dtype: str = option("auto", "dtype the base is loaded and merged in; auto: as the run trained (bfloat16 "
                                       "for a PEFT run trained with --bf16, float32 for a QLoRA run: merging into "
                                       "4-bit weights would round the update away); read from the adapter's "
-                                      "tunelab_config.yaml", choices=("auto", "float32", "bfloat16", "float16"),
+                                      "tunelab_config.yaml", choices=DTYPES,
                               group="output")
     config: str | None = option(None, "a YAML file of any of these options; flags on the command line win",
                                 group="options file")
