@@ -3,6 +3,7 @@ predictions, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -61,11 +62,17 @@ def test_adapter_eval_reports_before_after_and_disabled_equals_base(tiny_llama, 
                           TaskSettings(batch_size=2)).value
     assert probe["before"] == pytest.approx(base_value, rel=1e-6)
     assert probe["after"] != pytest.approx(probe["before"], rel=1e-3), "training changed nothing?"
-    assert probe["adapter_disabled"] == probe["before"] and probe["adapter_disabled_equals_base"] is True
     assert probe["retention_ratio"] == pytest.approx(probe["before"] / probe["after"])  # lower perplexity is better
+    # the switched-off adapter must reproduce the base: checked once, on drift (KL 0 to the last digit)
     drift = r["retention"]["drift"]
     assert drift["kl_divergence"] > 0 and drift["adapter_disabled_kl_divergence"] == 0.0
-    assert drift["adapter_disabled_delta_cross_entropy"] == 0.0
+    assert drift["adapter_disabled_delta_cross_entropy"] == 0.0 and drift["adapter_disabled_equals_base"] is True
+    assert "adapter_disabled" not in probe
+    # without drift, on the first probe
+    alone = _eval(tmp_path / "alone", model_name_or_path=str(tiny_llama), adapter=str(trained_adapter),
+                  retention=[f"language_modeling:{qa_file}"]).results["retention"][f"language_modeling:{qa_file}"]
+    assert alone["adapter_disabled"] == alone["before"] == probe["before"]
+    assert alone["adapter_disabled_equals_base"] is True
     lines = (result.output_dir / "predictions.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines]
     assert {row["source"] for row in rows} == {"language_modeling", f"retention:language_modeling:{qa_file}",
@@ -431,3 +438,19 @@ def test_a_probe_of_the_users_own_data_names_its_columns(tiny_llama, tmp_path, c
         last = err.strip().splitlines()[-1]
         assert code == 2 and last.startswith("error: ") and needle in last and "Traceback" not in err, err
         assert "--input_columns" not in last and not out.exists()
+
+
+def test_which_probes_are_also_scored_with_the_adapter_switched_off(tiny_llama, trained_adapter, qa_file):
+    """One probe checks that a plain adapter switched off reproduces the base (drift where asked, else the first);
+    on a quantized base every probe is scored so, as the quantized base's own score. A full model: none."""
+    from tunelab.evaluation.probes import parse_probe
+    from tunelab.evaluation.run import _adapter_disabled_probes
+
+    probes = [parse_probe(spec)[0] for spec in ("general_knowledge", f"qa:{qa_file}", "drift")]
+    lm = inference.load(str(tiny_llama), str(trained_adapter), use_cpu=True)
+    assert _adapter_disabled_probes(lm, probes) == {"drift"}
+    assert _adapter_disabled_probes(lm, probes[:2]) == {"general_knowledge"}
+    quantized = dataclasses.replace(lm, run_config={**lm.run_config, "use_4bit": True})
+    assert _adapter_disabled_probes(quantized, probes) == {"general_knowledge", f"qa:{qa_file}", "drift"}
+    full = inference.load(str(tiny_llama), None, use_cpu=True)
+    assert _adapter_disabled_probes(full, probes) == set()

@@ -155,17 +155,19 @@ def evaluate(opts: EvalOptions, model: inference.LoadedModel | None = None) -> E
         asked = retention.general_view(lm)
         asked_base = asked if base_lm is lm else retention.general_view(base_lm)
         retention_results = {}
+        checked = _adapter_disabled_probes(lm, [probe for probe, _ in probes])
         for probe, sql_db in probes:
             examples = probe_examples[probe.name]
             started = time.perf_counter()
+            check = probe.name in checked
             if probe.task == "drift":
-                result, rows = _run_drift(asked_base, asked, examples, settings)
+                result, rows = _run_drift(asked_base, asked, examples, settings, check)
             elif probe.task == "benchmark":
-                result, rows = _run_benchmark_probe(examples, asked_base, asked, settings, baseline)
+                result, rows = _run_benchmark_probe(examples, asked_base, asked, settings, baseline, check)
             else:
                 cap = min(settings.max_new_tokens, probe.max_new_tokens or settings.max_new_tokens)
                 probe_settings = TaskSettings(**{**settings.__dict__, "sql_database": sql_db, "max_new_tokens": cap})
-                result, rows = _run_task_probe(probe, asked_base, asked, examples, probe_settings, baseline)
+                result, rows = _run_task_probe(probe, asked_base, asked, examples, probe_settings, baseline, check)
             retention_results[probe.name] = {**result, "seconds": time.perf_counter() - started,
                                              retention.ASKED_WITHOUT_SYSTEM_PROMPT: True}
             prediction_rows += [dict(row, source=f"retention:{probe.name}") for row in rows]
@@ -247,7 +249,28 @@ def _load_base(base_ref: str, lm: inference.LoadedModel, opts: EvalOptions) -> i
                           system_prompt=lm.template.system_prompt, torch_dtype=_base_dtype(lm, opts))
 
 
-def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[dict[str, Any], list[dict]]:
+def _quantized(lm: inference.LoadedModel) -> bool:
+    return bool(lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"))
+
+
+QUANTIZED_NOTE = "the base is quantized for this method: 'adapter_disabled' scores the quantized base"
+
+
+def _adapter_disabled_probes(lm: inference.LoadedModel, probes) -> set[str]:
+    """The probes also scored with a PEFT model's adapter switched off. On a quantized base, every one: that score
+    is the quantized base's, what quantization alone costs. Otherwise the switched-off adapter must reproduce the
+    base, a property of the loaded model rather than of a probe, so one probe checks it: drift where it is asked
+    (a forward pass whose KL from the base must be 0 to the last digit, the strictest and cheapest check), else the
+    first probe. Scoring every probe twice made a LoRA run's probes cost twice full fine-tuning's."""
+    if not lm.is_peft or not probes:
+        return set()
+    if _quantized(lm):
+        return {probe.name for probe in probes}
+    return {next((probe for probe in probes if probe.task == "drift"), probes[0]).name}
+
+
+def _run_task_probe(probe, base_lm, lm, examples, settings, baseline,
+                    check_disabled: bool) -> tuple[dict[str, Any], list[dict]]:
     after = retention.score_probe(probe.task, lm, examples, settings)
     before_from_baseline = (baseline or {}).get(probe.name, {}).get("after") if baseline else None
     if before_from_baseline is not None:
@@ -260,17 +283,18 @@ def _run_task_probe(probe, base_lm, lm, examples, settings, baseline) -> tuple[d
               **retention.compare_scores(before_value, after["value"], after["metric"]),
               "scores_after": after["scores"], "confidence_interval_after": after["confidence_interval"],
               "num_examples": after["num_examples"]}
-    if lm.is_peft:
+    if check_disabled:
         with inference.adapter_disabled(lm) as base_within:
             disabled = retention.score_probe(probe.task, base_within, examples, settings)
         result["adapter_disabled"] = disabled["value"]
         result["adapter_disabled_equals_base"] = disabled["value"] == before_value
-        if lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"):
-            result["note"] = "the base is quantized for this method: 'adapter_disabled' scores the quantized base"
+        if _quantized(lm):
+            result["note"] = QUANTIZED_NOTE
     return result, after["predictions"]
 
 
-def _run_benchmark_probe(probe, base_lm, lm, settings, baseline) -> tuple[dict[str, Any], list[dict]]:
+def _run_benchmark_probe(probe, base_lm, lm, settings, baseline,
+                         check_disabled: bool) -> tuple[dict[str, Any], list[dict]]:
     """An lm-eval benchmark on the tuned model ("after"), the base ("before", or the baseline's score) and, for PEFT,
     the tuned model with its adapter switched off; the same seeded documents each time."""
     if lm.task_kind not in ("causal_lm", "seq2seq_lm"):
@@ -294,18 +318,18 @@ def _run_benchmark_probe(probe, base_lm, lm, settings, baseline) -> tuple[dict[s
               "scores_before": before["scores"], "scores_after": after.scores,
               "confidence_interval_after": after.confidence_interval, "chance_level": after.chance_level,
               "num_examples": after.num_examples, "seed": probe.seed}
-    if lm.is_peft:
+    if check_disabled:
         with inference.adapter_disabled(lm) as base_within:
             disabled = probe(base_within.model, base_within.tokenizer, batch_size=settings.batch_size)
         result["adapter_disabled"] = disabled.value
         result["adapter_disabled_scores"] = disabled.scores
         result["adapter_disabled_equals_base"] = disabled.value == before["value"]
-        if lm.run_config.get("use_4bit") or lm.run_config.get("use_8bit"):
-            result["note"] = "the base is quantized for this method: 'adapter_disabled' scores the quantized base"
+        if _quantized(lm):
+            result["note"] = QUANTIZED_NOTE
     return result, after.rows
 
 
-def _run_drift(base_lm, lm, prompts, settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _run_drift(base_lm, lm, prompts, settings, check_disabled: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The drift result, and a row per continuation (its KL summed over its tokens) for predictions.jsonl."""
     if lm.task_kind != "causal_lm":
         return {"metric": "kl_divergence", "skipped": f"drift needs a causal LM; this is a {lm.task_kind} model"}, []
@@ -314,9 +338,12 @@ def _run_drift(base_lm, lm, prompts, settings) -> tuple[dict[str, Any], list[dic
     rows = [{"input": refs[r["index"]].messages[0]["content"], "reference": refs[r["index"]].messages[-1]["content"],
              "prediction": "", "score": r["kl_sum"] / r["tokens"], "kl_sum": r["kl_sum"], "tokens": r["tokens"]}
             for r in result.pop("per_example")]
-    if lm.is_peft:
+    if check_disabled:
         with inference.adapter_disabled(lm) as base_within:
             disabled = retention.drift(base_lm, base_within, refs, batch_size=settings.batch_size)
         result["adapter_disabled_kl_divergence"] = disabled.get("kl_divergence")
         result["adapter_disabled_delta_cross_entropy"] = disabled.get("delta_cross_entropy")
+        result["adapter_disabled_equals_base"] = disabled.get("kl_divergence") == 0.0
+        if _quantized(lm):
+            result["note"] = QUANTIZED_NOTE
     return result, rows
