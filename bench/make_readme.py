@@ -628,33 +628,6 @@ def trl_section(t: dict | None) -> list[str]:
         f"Machine: {_machine(t['machine'])}.", ""]
 
 
-# The day inference.generate began bridging peft 0.21's prompt-learning generation to transformers 5.x's cache
-# (before it, prompt and prefix tuning generated answers that were not the adapter's).
-PROMPT_LEARNING_GENERATION_FIXED = "2026-12-06"
-PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")
-REMEASURED_TAG = "prompt-learning"
-
-
-def _prompt_learning_note(q: dict, recipe: str) -> list[str]:
-    """A result measured before the fix, with prompt- or prefix-tuning runs that generated answers: which of its
-    figures are wrong, and where the re-measured ones are."""
-    if q["machine"]["date"][:10] >= PROMPT_LEARNING_GENERATION_FIXED:
-        return []
-    labels = sorted({r["label"] for r in q["records"] if r.get("method") in PROMPT_LEARNING
-                     and (r.get("generation") or {}).get("new_tokens")})
-    if not labels:
-        return []
-    again = _load(f"quality-{recipe}-{REMEASURED_TAG}")
-    where = (f" Re-measured: [{_remeasured_title(recipe)}](#{_anchor(_remeasured_title(recipe))})." if again
-             else "")
-    return [f"**The {' and '.join(labels)} rows' figures from generated answers are wrong** (the task metrics and "
-            "the retention probes that score generated answers): they were measured before tunelab bridged peft "
-            f"0.21's prompt-learning generation to transformers 5.x's cache ({PROMPT_LEARNING_GENERATION_FIXED}), "
-            "when a causal LM's soft prompt was injected again at every generated token and a prefix-tuning prefix "
-            "never reached the model. Their drift KL (a forward pass), training time, memory and checkpoint size are "
-            f"unaffected.{where}", ""]
-
-
 def _precision(q: dict) -> str:
     """How the runs trained: results recorded before runs recorded their precision (2026-12-02) trained in float32,
     the default then."""
@@ -666,32 +639,6 @@ def _precision(q: dict) -> str:
     if precision == "bf16":
         return f"in bf16 autocast ({reason})" if reason else "in bf16 autocast"
     return "in float32" + ("" if reason else " (the default when they were measured)")
-
-
-def _remeasured_title(recipe: str) -> str:
-    return f"Prompt-learning methods on {recipe}, re-measured"
-
-
-def _anchor(title: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
-
-
-def _remeasured_section(recipe: str, base: dict) -> list[str]:
-    q = _load(f"quality-{recipe}-{REMEASURED_TAG}")
-    if not q:
-        return []
-    extra = q["budget"][len(base["budget"]):]  # what followed the recipe on the command line
-    return [f"### {_remeasured_title(recipe)}", "",
-            f"`python bench/quality.py --tag {REMEASURED_TAG} {recipe} {' '.join(extra)}`: the {recipe} "
-            f"benchmark's budget and data, the prompt-learning methods only, with generation fixed; the runs took "
-            f"{_runs_minutes(q):.0f} min:", "", _table(q["table"]["header"], q["table"]["rows"]), "",
-            *probes_caveat(q, recipe), *_failures(q),
-            "Its own base row: the base is evaluated again with today's code (bf16 where the first table's was "
-            "float32), so compare these rows with it, not with the table above. Prompt tuning generates its prompts "
-            "in batches of one token length (peft drops its position ids, and left padding would change its "
-            "answers), so its generation speed counts smaller batches than the others'.", "",
-            f"Machine: {_machine(q['machine'])}.", ""]
 
 
 def bench_section() -> str:
@@ -708,9 +655,9 @@ def bench_section() -> str:
                   f"{','.join(map(str, q['seeds']))} for the main methods); the runs took {_runs_minutes(q):.0f} "
                   f"min, training {_precision(q)}:", "", _table(q["table"]["header"], q["table"]["rows"]), "",
                   *probes_caveat(q, recipe), *_failures(q),
-                  *_prompt_learning_note(q, recipe), *plot,
+                  *plot,
                   *(_dialogsum_against_seed(q) if recipe == "dialogsum" else []), *_memory_table(q),
-                  f"Machine: {_machine(q['machine'])}.", "", *_remeasured_section(recipe, q)]
+                  f"Machine: {_machine(q['machine'])}.", ""]
     e = _load("estimate-validate")
     if e:
         rows = [[c["model"], c["method"], "on" if c["gradient_checkpointing"] else "off", str(c["max_seq_length"]),

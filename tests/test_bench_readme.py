@@ -197,37 +197,6 @@ def test_the_generation_sentence_states_ratios_of_the_recorded_speeds(make_readm
     assert make_readme._generation_sentence({"per_run": [{"label": "full"}]}) == ""
 
 
-def _spider(date, records, budget=("--max_steps", "20")):
-    return {"records": records, "budget": list(budget), "seeds": [0], "wall_seconds": 600,
-            "table": {"header": ["Approach"], "rows": [[r["label"]] for r in records]},
-            "machine": {"cores": 2, "cpu": "test", "torch": "x", "transformers": "x", "peft": "x", "date": date}}
-
-
-@pytest.mark.parametrize(("date", "generated", "flagged"), [
-    ("2026-12-02T10:00:00", 120, True),    # measured before the fix, with generated answers
-    ("2026-12-06T10:00:00", 120, False),   # measured with the fix
-    ("2026-12-02T10:00:00", 0, False),     # no generated answers (an encoder's classification)
-])
-def test_prompt_learning_rows_measured_before_the_generation_fix_are_flagged(date, generated, flagged, make_readme,
-                                                                              tmp_path, monkeypatch):
-    records = [{"label": "lora", "method": "lora", "status": "ok", "seed": 0, "generation": {"new_tokens": 99}},
-               {"label": "prompt_tuning", "method": "prompt_tuning", "status": "ok", "seed": 0,
-                "generation": {"new_tokens": generated}}]
-    (tmp_path / "quality-spider.json").write_text(json.dumps(_spider(date, records)), encoding="utf-8")
-    monkeypatch.setattr(make_readme, "RESULTS", tmp_path)
-    text = make_readme.bench_section()
-    assert ("**The prompt_tuning rows' figures from generated answers are wrong**" in text) is flagged
-    assert "lora rows" not in text and "re-measured" not in text
-    if flagged:  # once re-measured, the note links to the section that shows the new figures
-        again = _spider("2026-12-06T15:00:00", records[1:], ("--max_steps", "20", "--methods", "prompt_tuning"))
-        (tmp_path / "quality-spider-prompt-learning.json").write_text(json.dumps(again), encoding="utf-8")
-        text = make_readme.bench_section()
-        assert "Re-measured: [Prompt-learning methods on spider, re-measured]" \
-               "(#prompt-learning-methods-on-spider-re-measured)." in text
-        assert "### Prompt-learning methods on spider, re-measured" in text
-        assert "`python bench/quality.py --tag prompt-learning spider --methods prompt_tuning`" in text
-
-
 def test_results_measured_with_probes_under_the_system_prompt_say_so(make_readme, tmp_path, monkeypatch):
     """A quality result written before retention probes were asked without the run's system prompt (no
     probe_prompting in its file) says so under its table, where its recipe has a system prompt; one written since,
