@@ -454,3 +454,6 @@ def test_which_probes_are_also_scored_with_the_adapter_switched_off(tiny_llama, 
     assert _adapter_disabled_probes(quantized, probes) == {"general_knowledge", f"qa:{qa_file}", "drift"}
     full = inference.load(str(tiny_llama), None, use_cpu=True)
     assert _adapter_disabled_probes(full, probes) == set()
+    # drift skips a model that does not generate text: the check goes to a probe that scores it
+    encoder = dataclasses.replace(lm, task_kind="seq_cls")
+    assert _adapter_disabled_probes(encoder, [probes[2], probes[1]]) == {f"qa:{qa_file}"}

@@ -266,7 +266,16 @@ def _adapter_disabled_probes(lm: inference.LoadedModel, probes) -> set[str]:
         return set()
     if _quantized(lm):
         return {probe.name for probe in probes}
-    return {next((probe for probe in probes if probe.task == "drift"), probes[0]).name}
+    runs = [probe for probe in probes if _runs_on(probe, lm)] or probes
+    return {next((probe for probe in runs if probe.task == "drift"), runs[0]).name}
+
+
+# the model kinds a probe task scores (others skip it, with a reason); every kind for the rest
+PROBE_KINDS = {"drift": ("causal_lm",), "benchmark": ("causal_lm", "seq2seq_lm")}
+
+
+def _runs_on(probe, lm: inference.LoadedModel) -> bool:
+    return lm.task_kind in PROBE_KINDS.get(probe.task, (lm.task_kind,))
 
 
 def _run_task_probe(probe, base_lm, lm, examples, settings, baseline,
@@ -297,7 +306,7 @@ def _run_benchmark_probe(probe, base_lm, lm, settings, baseline,
                          check_disabled: bool) -> tuple[dict[str, Any], list[dict]]:
     """An lm-eval benchmark on the tuned model ("after"), the base ("before", or the baseline's score) and, for PEFT,
     the tuned model with its adapter switched off; the same seeded documents each time."""
-    if lm.task_kind not in ("causal_lm", "seq2seq_lm"):
+    if lm.task_kind not in PROBE_KINDS["benchmark"]:
         return {"task": "benchmark", "metric": None,
                 "skipped": f"benchmarks score a language model's answers; this is a {lm.task_kind} model"}, []
     after = probe(lm.model, lm.tokenizer, batch_size=settings.batch_size)
@@ -331,7 +340,7 @@ def _run_benchmark_probe(probe, base_lm, lm, settings, baseline,
 
 def _run_drift(base_lm, lm, prompts, settings, check_disabled: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The drift result, and a row per continuation (its KL summed over its tokens) for predictions.jsonl."""
-    if lm.task_kind != "causal_lm":
+    if lm.task_kind not in PROBE_KINDS["drift"]:
         return {"metric": "kl_divergence", "skipped": f"drift needs a causal LM; this is a {lm.task_kind} model"}, []
     refs = retention.drift_references(base_lm, prompts, batch_size=settings.batch_size)
     result = retention.drift(base_lm, lm, refs, batch_size=settings.batch_size, per_example=True)
