@@ -28,7 +28,6 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab import run_files
-from tunelab.fileio import make_shared
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +267,8 @@ class RetentionTracker:
         where = self.checkpoint_dir / f"step-{step}"
         self.trainer.save_model(str(where))
         config = Path(self.trainer.args.output_dir) / run_files.TRAIN_CONFIG
-        if self.trainer.is_world_process_zero():
-            if config.is_file():
-                shutil.copy2(config, where / run_files.TRAIN_CONFIG)
-            make_shared(where)
+        if config.is_file() and self.trainer.is_world_process_zero():
+            shutil.copy2(config, where / run_files.TRAIN_CONFIG)
 
     def within_budget(self, values: dict[str, float | None]) -> bool:
         return all(values.get(name) is not None and values[name] <= limit for name, limit in self.budgets.items())

@@ -503,7 +503,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     if main:  # [distributed]
         if save_weights:
             tokenizer.save_pretrained(str(out))
-            make_shared(out)  # the weights (and the kept checkpoints) readable as the results are
+            make_shared(out)  # the weights, kept checkpoints and trajectory points readable as the results are
         results = _results(opts, chosen, data, trainer, output, model_path, task_kind, method, trainable, total,
                            train_seconds, peak_bytes, peak_kind, eval_loss,
                            checkpoint_bytes=checkpoint_bytes(out) if save_weights else None,
