@@ -833,6 +833,31 @@ def validation_order_section(name: str = "validation-order") -> str | None:
         f"Machine: {_machine(v['machine'])}."])
 
 
+def contention_section(name: str = "contention") -> str | None:
+    c = _load(name)
+    if not c:
+        return None
+    alone, busy = c["summary"]["alone"], c["summary"]["busy"]
+    rows = [[r["condition"], str(r["repeat"]), f"{r['train_seconds']:.1f}", f"{100 * r['train_cpu_wait_share']:.1f}%",
+             "yes" if r["warned"] else "no"] for r in c["runs"]]
+    neighbours = "one process" if c["neighbours"] == 1 else f"{c['neighbours']} processes"
+    return "\n".join([
+        f"`{c['command']}`: `tunelab train` ({c['model']}, {c['method']}, {c['steps']} steps of batch {c['batch']}, "
+        f"{c['runs'][0]['precision']}) alone and beside {neighbours} spinning on the CPU, interleaved; for each run, "
+        "its training time, the share of their runnable time its threads waited for a core (Linux's per-thread "
+        "scheduler counters, recorded as `train_cpu_wait_share`) and whether tunelab warned:", "",
+        _table(["condition", "repeat", "training (s)", "waited for a core", "warned"], rows), "",
+        f"Beside {neighbours}, training took {c['slowdown']:.2f}x as long (median {busy['median_train_seconds']:.1f} s "
+        f"against {alone['median_train_seconds']:.1f} s): torch's threads wait for each other at every operation, "
+        f"so a run loses far more than the share of the cores its neighbour takes. tunelab calls a run's machine busy "
+        f"when its threads waited more than {100 * c['busy_wait_share']:.0f}% of the time: it warns, and a "
+        "comparison's report marks that run's training time with † and compares it with no other. Run one tunelab "
+        "command at a time on a small CPU machine (`tunelab compare --parallel N` shares the cores out between its "
+        "own runs).", "",
+        *([f"Load while measured: {c['load']}.", ""] if c.get("load") else []),
+        f"Machine: {_machine(c['machine'])}."])
+
+
 def replace(text: str, marker: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {marker}-start -->\n).*?(\n<!-- {marker}-end -->)", re.S)
     if not pattern.search(text):
@@ -973,6 +998,7 @@ def render(text: str) -> str:
     dialogsum = "python bench/quality.py --tag search dialogsum --search learning_rate --curve_points 3 --diagnostics"
     sections = (("precision", precision_section), ("curves", curves_section),
                 ("validation-order", validation_order_section),
+                ("contention", contention_section),
                 ("search-dialogsum", lambda: search_section(
                     "quality-dialogsum-search", "quality-dialogsum", dialogsum,
                     "the dialogsum benchmark's task, data, probes, methods and budget (bench/quality.py's plan)",

@@ -118,6 +118,8 @@ class TrainRecord(Record):
     device: str | None
     device_name: str | None
     cpu_threads: str | None = None           # CPU runs
+    # CPU runs: the share of their runnable time training's threads waited for a core (tunelab.contention)
+    train_cpu_wait_share: float | None = None
     checkpoint_bytes: int | None
     final_train_loss: float | None
     mean_train_loss: float | None
@@ -189,7 +191,7 @@ TRAIN_FIELDS_IN_COMPARISON = (
     "trainable_params", "total_params", "trainable_percent", "train_seconds", "train_tokens",
     "train_tokens_per_second", "peak_memory_bytes", "peak_memory_kind", "peak_tensor_bytes", "precision",
     "precision_reason", "checkpoint_bytes", "final_train_loss", "final_eval_loss", "loss_curve", "global_step",
-    "effective_batch_size", "device", "device_name")
+    "effective_batch_size", "device", "device_name", "train_cpu_wait_share")
 
 
 @dataclass(kw_only=True)
@@ -227,6 +229,7 @@ class ComparisonRecord(Record):
     effective_batch_size: int | None = None
     device: str | None = None
     device_name: str | None = None
+    train_cpu_wait_share: float | None = None
     peft: bool | None = None
     # from eval_results.json
     task: str | None = None

@@ -22,7 +22,7 @@ from tunelab.config import TrainOptions, identity, resolve
 from tunelab.data.prepare import PreparedData, prepare
 from tunelab.errors import TunelabError
 from tunelab.fileio import atomic_write_json, atomic_write_text, make_shared
-from tunelab import distributed, lifecycle, precision
+from tunelab import contention, distributed, lifecycle, precision
 from tunelab.ica import training as ica_training
 from tunelab.memory.tracker import (TENSOR_PEAK_STEPS, device_description, peak_memory, reset_peak,
                                     tensor_peak_callback)
@@ -467,6 +467,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     # skips them. accelerate's free_memory() at the start of Trainer.train() runs a full gc.collect(), and Python
     # may run more as steps allocate; over ~570k objects (smollm2-135m LoRA) each costs ~0.3 s of CPU (issue 22).
     gc.freeze()
+    threads_before = contention.snapshot()
     started = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=resume)
@@ -475,6 +476,11 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
         if tensor_peak is not None:
             tensor_peak.stop()
     train_seconds = time.perf_counter() - started
+    # on the CPU, whether other work slowed the loop (on a GPU the threads wait on the device, not on each other)
+    wait_share = None if _on_gpu(opts) else contention.wait_share(threads_before, contention.snapshot())
+    if contention.busy(wait_share):
+        log.warning("training took %.0f s while other work ran on this machine: %s; its time measures that load as "
+                    "well as the method", train_seconds, contention.describe(wait_share))
     peak_bytes, peak_kind = peak_memory()
     peak_tensor_bytes = None if tensor_peak is None or tensor_peak.peak_bytes is None else \
         distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's
@@ -509,7 +515,7 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
                            checkpoint_bytes=checkpoint_bytes(out) if save_weights else None,
                            padding_fraction=padding_fraction, processed_token_positions=positions,
                            # the precision and why; the tensor-level peak of the first optimizer steps (CPU runs)
-                           **prec.record(), peak_tensor_bytes=peak_tensor_bytes,
+                           **prec.record(), peak_tensor_bytes=peak_tensor_bytes, train_cpu_wait_share=wait_share,
                            peak_tensor_steps=TENSOR_PEAK_STEPS if peak_tensor_bytes is not None else None,
                            ica_masking=masking.summary() if masking is not None else None,
                            curves=tracker.curves(trainer.state.log_history) if tracker is not None else None,

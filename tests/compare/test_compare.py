@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tunelab import contention
 from tunelab.cli import main
 from tunelab.comparison.results import ResultsFile
 from tunelab.errors import TunelabError
@@ -61,6 +62,10 @@ def test_end_to_end_table_equals_results(comparison):
             unit = 2**20 if "MiB" in row["Checkpoint size"] else 2**10
             assert ckpt == pytest.approx(round(rec["checkpoint_bytes"] / unit, 2))
             assert _numbers(row["Training time"])[0] == pytest.approx(round(rec["train_seconds"], 1))
+            # how long training's threads waited for a core, measured (Linux): marked when the machine was busy
+            if contention.snapshot() is not None:
+                assert 0 <= rec["train_cpu_wait_share"] < 1
+            assert row["Training time"].endswith("†") == contention.busy(rec["train_cpu_wait_share"])
         for metric, value in rec["task_metrics"].items():
             if metric in header:
                 assert _numbers(row[metric])[0] == pytest.approx(round(value, 4), abs=1e-9)
@@ -70,6 +75,9 @@ def test_end_to_end_table_equals_results(comparison):
                 speeds.get("merged_tokens_per_second")]
         assert (want[1] is not None) == (label in ("lora", "ia3"))
         assert _numbers(row["Generation tokens/s"]) == pytest.approx([round(v, 1) for v in want if v is not None])
+        if contention.snapshot() is not None:  # whether other work slowed the measurement, and the mark that says so
+            assert 0 <= speeds["cpu_wait_share"] < 1
+        assert row["Generation tokens/s"].endswith("†") == contention.busy(speeds.get("cpu_wait_share"))
         drift_col = next(h for h in header if h.startswith("drift"))
         kl = rec["retention"]["drift"]["kl_divergence"]
         assert _numbers(row[drift_col])[0] == pytest.approx(kl, rel=1e-3, abs=1e-4)
@@ -324,6 +332,41 @@ def test_verdict_shares_read_as_percentages():
                       rec("lora", "lora", 35_040, 0.3)])
     assert "full+ica_preserve: 50% of full fine-tuning's rougeL, 100% of its trainable parameters" in lines[1]
     assert "3.5% of its trainable parameters" in lines[2]
+
+
+def test_a_training_time_from_a_busy_machine_is_marked_and_compared_with_none():
+    from tunelab.comparison.report import _notes, table, verdicts
+
+    def rec(label, method, seconds, waited):
+        return {"label": label, "method": method, "seed": 0, "status": "ok", "trainable_params": 10,
+                "trainable_percent": 1.0, "headline_metric": "rougeL", "headline_value": 0.3,
+                "peak_memory_bytes": 2**30, "train_seconds": seconds, "train_cpu_wait_share": waited}
+
+    idle = [rec("full", "full", 100.0, 0.002), rec("lora", "lora", 50.0, 0.01), rec("ia3", "ia3", 40.0, None)]
+    header, body = table(idle)
+    assert [dict(zip(header, row))["Training time"] for row in body] == ["1m 40.0s", "50.0 s", "40.0 s"]
+    assert "0.50× its training time" in verdicts(idle)[1]
+    assert not any("busy" in note for note in _notes(idle))
+
+    busy = [rec("full", "full", 100.0, 0.002), rec("lora", "lora", 150.0, 0.34), rec("ia3", "ia3", 40.0, None)]
+    header, body = table(busy)
+    assert [dict(zip(header, row))["Training time"] for row in body] == ["1m 40.0s", "2m 30.0s †", "40.0 s"]
+    lines = verdicts(busy)
+    assert "training time not compared (†: timed on a busy machine)" in lines[1]
+    assert "× its training time" not in lines[1]
+    assert "0.40× its training time" in lines[2]  # ia3 and full both had their cores
+    (note,) = [n for n in _notes(busy) if n.startswith("†")]
+    assert "lora (seed 0): training 34%" in note and "full" not in note
+    # the generation tokens/s measured beside other work: marked in its column, and named in the note
+    busy[2].update(inference={"tokens_per_second": 20.0, "cpu_wait_share": 0.5})
+    busy[0].update(inference={"tokens_per_second": 30.0, "cpu_wait_share": 0.01})
+    header, body = table(busy)
+    assert [dict(zip(header, row))["Generation tokens/s"] for row in body] == ["30.0", "–", "20.0 †"]
+    (note,) = [n for n in _notes(busy) if n.startswith("†")]
+    assert "lora (seed 0): training 34%; ia3 (seed 0): generation 50%" in note
+    # a busy reference: no method's time is compared with it
+    lines = verdicts([rec("full", "full", 100.0, 0.2), rec("lora", "lora", 50.0, 0.0)])
+    assert "training time not compared" in lines[1]
 
 
 def test_tradeoff_plot_draws_one_point_per_method_with_its_seed_interval():

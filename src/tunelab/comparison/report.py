@@ -17,9 +17,9 @@ from typing import Any
 
 from tunelab.comparison.figures import figure, pareto_front, png, tradeoff_axes
 from tunelab.comparison.results import ResultsFile
-from tunelab.comparison.rows import (Row, fmt_num, fmt_params, fmt_rate, fmt_seconds, fmt_stat, generation_speed,
-                                     group_rows, is_drift_probe, probe_title, probes_of, retention_ratio,
-                                     retention_value)
+from tunelab.comparison.rows import (BUSY_MARK, Row, fmt_num, fmt_params, fmt_rate, fmt_seconds, fmt_stat,
+                                     fmt_train_seconds, generation_speed, group_rows, is_drift_probe, probe_title,
+                                     probes_of, retention_ratio, retention_value, timed_busy, wait_shares)
 from tunelab.errors import TunelabError
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 from tunelab.fileio import atomic_write_text
@@ -158,7 +158,7 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         pct = row.stat(lambda r: r.get("trainable_percent"))
         cells = [name,
                  "0 (0%)" if row.is_base else f"{fmt_params(params.mean)} ({pct.mean:.3f}%)",
-                 "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds),
+                 "–" if row.is_base else fmt_train_seconds(row),
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), format_bytes),
                  *(["–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_tensor_bytes")), format_bytes)]
                    if tensor_peak else []),
@@ -181,7 +181,8 @@ def _generation_cell(row: Row) -> str:
     """Tokens/s as evaluated and, for an adapter the method merges, after merging it into the base."""
     text = fmt_stat(row.stat(generation_speed), fmt_rate)
     merged = row.stat(lambda r: generation_speed(r, merged=True))
-    return text if merged.mean is None else f"{text} (merged {fmt_stat(merged, fmt_rate)})"
+    text = text if merged.mean is None else f"{text} (merged {fmt_stat(merged, fmt_rate)})"
+    return f"{text} {BUSY_MARK}" if timed_busy(row, "generation") else text
 
 
 def _search_and_difference_columns(rows: list[Row], header: list[str], body: list[list[str]]) -> None:
@@ -278,7 +279,9 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
         if m and ref_mem:
             parts.append(f"{m / ref_mem:.2f}× its peak memory")
         t = row.stat(lambda r: r.get("train_seconds")).mean
-        if t and ref_time:
+        if t and ref_time and (timed_busy(row) or timed_busy(ref)):
+            parts.append(f"training time not compared ({BUSY_MARK}: timed on a busy machine)")
+        elif t and ref_time:
             parts.append(f"{t / ref_time:.2f}× its training time")
         for probe, pd in diffs.items():  # the task probes' retention: a difference only where it is one
             if probe != headline and probe != drift_probe:
@@ -395,7 +398,7 @@ def plot_costs(records):
         return None
     fig = figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
-    labels = [r.label for r in rows]
+    labels = [f"{r.label} {BUSY_MARK}" if timed_busy(r) else r.label for r in rows]
     series = [("Peak memory (GiB)", lambda r: (r.get("peak_memory_bytes") or 0) / 2**30, False),
               ("Training time (s)", lambda r: r.get("train_seconds") or 0, False),
               ("Trainable parameters (log)", lambda r: max(r.get("trainable_params") or 0, 1), True)]
@@ -788,13 +791,34 @@ def _notes(records) -> list[str]:
         notes.append("Device: " + ", ".join(devices) + ".")
     if any(len([q for q in ok if q["label"] == r["label"]]) > 1 for r in ok):
         notes.append("With several seeds, values are mean ± 95% confidence half-width (t distribution).")
-    notes += missing_value_notes(ok) + classification_notes(ok)
+    notes += missing_value_notes(ok) + classification_notes(ok) + busy_notes(ok)
     probes = probes_of(ok)
     if probes:
         notes.append("Retention columns show the tuned model's probe score with its retention ratio (after/before) "
                      "in brackets; a KL column is the mean token-level KL divergence from the base model on the "
                      "base model's own continuations (0 = unchanged).")
     return notes
+
+
+def busy_notes(records) -> list[str]:
+    """Which training times were measured while other work ran on the machine, and by how much."""
+    from tunelab import contention
+
+    runs = []
+    for row in group_rows(records):
+        for r in row.records:
+            busy = [f"{timing} {100 * share:.0f}%" for timing, share in wait_shares(r).items()
+                    if contention.busy(share)]
+            if busy:
+                seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
+                runs.append(f"{row.label}{seed}: {', '.join(busy)}")
+    if not runs:
+        return []
+    return [f"{BUSY_MARK} Timed on a busy machine: other work ran beside these timings, whose threads waited for a "
+            f"core this share of the time they were ready to run: {'; '.join(runs)} (busy above "
+            f"{100 * contention.BUSY_WAIT_SHARE:.0f}%; alone, tunelab's runs wait about 1% or less). A time so marked "
+            "measures that load as well as its method and is compared with no other; run the comparison on an "
+            "otherwise idle machine to compare times."]
 
 
 def generation_note(records) -> str:

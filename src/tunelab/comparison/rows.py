@@ -91,9 +91,30 @@ def generation_speed(rec: dict, merged: bool = False) -> float | None:
     return speeds.get("tokens_per_second", speeds.get("adapter_tokens_per_second"))
 
 
+BUSY_MARK = "†"  # a training time measured while other work ran on the machine (tunelab.contention)
+
+
+def wait_shares(rec: dict[str, Any]) -> dict[str, float | None]:
+    """What share of their runnable time a run's threads waited for a core while it was timed, per timing."""
+    return {"training": rec.get("train_cpu_wait_share"),
+            "generation": (rec.get("inference") or {}).get("cpu_wait_share")}
+
+
+def timed_busy(row: Row, timing: str = "training") -> list[dict[str, Any]]:
+    """The row's runs whose ``timing`` shared the CPU with other work: those times do not measure the method."""
+    from tunelab import contention
+
+    return [r for r in row.records if contention.busy(wait_shares(r)[timing])]
+
+
+def fmt_train_seconds(row: Row) -> str:
+    text = fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds)
+    return f"{text} {BUSY_MARK}" if timed_busy(row) else text
+
+
 RUN_COLUMNS = ("label", "method", "seed", "status", "trainable_params", "trainable_percent", "train_seconds",
                "peak_memory_bytes", "peak_tensor_bytes", "checkpoint_bytes", "final_train_loss", "headline_metric",
-               "headline_value", "error")
+               "headline_value", "train_cpu_wait_share", "error")
 
 
 def run_values(rec: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,18 @@ def _tokens_per_second(lm, prompts: list[list[dict[str, str]]]) -> dict[str, Any
 def inference_cost(lm, prompts: list[list[dict[str, str]]], *, mergeable: bool) -> dict[str, Any]:
     """Generation tokens/s of the evaluated model (in memory, in the dtype it was evaluated in) with the adapter
     attached and, where the method merges, after merge_and_unload (which changes ``lm``: call it last). Every
-    answer is forced to the same length so the figures compare."""
+    answer is forced to the same length so the figures compare. On the CPU, ``cpu_wait_share`` says whether other
+    work slowed the measurement (tunelab.contention)."""
+    from tunelab import contention
+
+    threads_before = contention.snapshot()
+    result = _inference_cost(lm, prompts, mergeable=mergeable)
+    if lm.device.type == "cpu":
+        result["cpu_wait_share"] = contention.wait_share(threads_before, contention.snapshot())
+    return result
+
+
+def _inference_cost(lm, prompts: list[list[dict[str, str]]], *, mergeable: bool) -> dict[str, Any]:
     measured = _tokens_per_second(lm, prompts)
     result: dict[str, Any] = {**measured, "torch_dtype": str(lm.dtype).replace("torch.", "")}
     if not lm.is_peft:
