@@ -18,7 +18,7 @@ from typing import Any
 from tunelab.comparison.figures import figure, pareto_front, png, tradeoff_axes
 from tunelab.comparison.results import ResultsFile
 from tunelab.comparison.rows import (BUSY_MARK, Row, fmt_num, fmt_params, fmt_rate, fmt_seconds, fmt_stat,
-                                     fmt_train_seconds, generation_speed, group_rows, is_drift_probe, probe_title,
+                                     generation_speed, group_rows, mark_busy, is_drift_probe, probe_title,
                                      probes_of, retention_ratio, retention_value, timed_busy, wait_shares)
 from tunelab.errors import TunelabError
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
@@ -158,7 +158,8 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         pct = row.stat(lambda r: r.get("trainable_percent"))
         cells = [name,
                  "0 (0%)" if row.is_base else f"{fmt_params(params.mean)} ({pct.mean:.3f}%)",
-                 "–" if row.is_base else fmt_train_seconds(row),
+                 "–" if row.is_base else mark_busy(fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds),
+                                                   row),
                  "–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_memory_bytes")), format_bytes),
                  *(["–" if row.is_base else fmt_stat(row.stat(lambda r: r.get("peak_tensor_bytes")), format_bytes)]
                    if tensor_peak else []),
@@ -182,7 +183,7 @@ def _generation_cell(row: Row) -> str:
     text = fmt_stat(row.stat(generation_speed), fmt_rate)
     merged = row.stat(lambda r: generation_speed(r, merged=True))
     text = text if merged.mean is None else f"{text} (merged {fmt_stat(merged, fmt_rate)})"
-    return f"{text} {BUSY_MARK}" if timed_busy(row, "generation") else text
+    return mark_busy(text, row, "generation")
 
 
 def _search_and_difference_columns(rows: list[Row], header: list[str], body: list[list[str]]) -> None:
@@ -398,7 +399,7 @@ def plot_costs(records):
         return None
     fig = figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
-    labels = [f"{r.label} {BUSY_MARK}" if timed_busy(r) else r.label for r in rows]
+    labels = [mark_busy(r.label, r) for r in rows]
     series = [("Peak memory (GiB)", lambda r: (r.get("peak_memory_bytes") or 0) / 2**30, False),
               ("Training time (s)", lambda r: r.get("train_seconds") or 0, False),
               ("Trainable parameters (log)", lambda r: max(r.get("trainable_params") or 0, 1), True)]
@@ -801,7 +802,7 @@ def _notes(records) -> list[str]:
 
 
 def busy_notes(records) -> list[str]:
-    """Which training times were measured while other work ran on the machine, and by how much."""
+    """Which timings were measured while other work ran on the machine, and how much it held them up."""
     from tunelab import contention
 
     runs = []

@@ -91,7 +91,7 @@ def generation_speed(rec: dict, merged: bool = False) -> float | None:
     return speeds.get("tokens_per_second", speeds.get("adapter_tokens_per_second"))
 
 
-BUSY_MARK = "†"  # a training time measured while other work ran on the machine (tunelab.contention)
+BUSY_MARK = "†"  # a time measured while other work ran on the machine (tunelab.contention)
 
 
 def wait_shares(rec: dict[str, Any]) -> dict[str, float | None]:
@@ -107,9 +107,8 @@ def timed_busy(row: Row, timing: str = "training") -> list[dict[str, Any]]:
     return [r for r in row.records if contention.busy(wait_shares(r)[timing])]
 
 
-def fmt_train_seconds(row: Row) -> str:
-    text = fmt_stat(row.stat(lambda r: r.get("train_seconds")), fmt_seconds)
-    return f"{text} {BUSY_MARK}" if timed_busy(row) else text
+def mark_busy(text: str, row: Row, timing: str = "training") -> str:
+    return f"{text} {BUSY_MARK}" if timed_busy(row, timing) else text
 
 
 RUN_COLUMNS = ("label", "method", "seed", "status", "trainable_params", "trainable_percent", "train_seconds",
