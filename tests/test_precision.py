@@ -62,6 +62,15 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
     assert precision.decide(bf16=None, fp16=False, on_gpu=False, cpu_flags=flags).bf16
 
 
+def test_the_cpu_model_is_named_with_its_family_and_model(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n")
+    assert precision.cpu_model(info) == "AMD EPYC (family 25, model 17)"
+    info.write_text("processor\t: 0\nflags\t\t: fpu\n")  # (an ARM board's cpuinfo names no model)
+    assert precision.cpu_model(info) is None and precision.cpu_model(tmp_path / "missing") is None
+
+
 def test_four_bit_compute_dtype_follows_the_run():
     f = precision.four_bit_compute_dtype
     assert f("auto", bf16=True, on_gpu=False) == torch.bfloat16   # no float32 copy for autocast to cast again

@@ -88,6 +88,22 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset(flags)
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model as /proc/cpuinfo names it, with its family and model numbers (a VM's name alone, "AMD EPYC",
+    says little): bf16 kernels round differently from one CPU model to another, so greedy answers may differ."""
+    try:
+        block = cpuinfo.read_text(encoding="utf-8", errors="replace").split("\n\n")[0]
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+    name = fields.get("model name")
+    if not name:
+        return None
+    numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
+               if fields.get(key)]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
 def gpu_supports_bf16() -> bool | None:
     """Whether this machine's CUDA GPU does bf16 (None: no GPU here to ask)."""
     import torch

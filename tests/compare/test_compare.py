@@ -364,6 +364,16 @@ def test_a_training_time_from_a_busy_machine_is_marked_and_compared_with_none():
     assert [dict(zip(header, row))["Generation tokens/s"] for row in body] == ["30.0", "–", "20.0 †"]
     (note,) = [n for n in _notes(busy) if n.startswith("†")]
     assert "lora (seed 0): training 34%; ia3 (seed 0): generation 50%" in note
+    # a learning-rate search whose trials trained beside other work: its cost is marked and set against no run
+    def searched(label, busy_trials):
+        return dict(rec(label, label, 100.0, 0.0), wall_seconds=200.0,
+                    search={"chosen_learning_rate": 1e-4, "tuning_seconds": 600.0, "trials": 6,
+                            "busy_trials": busy_trials})
+
+    header, body = table([searched("full", 0), searched("lora", 2)])
+    assert [dict(zip(header, row))["Tuning cost"] for row in body] == ["10m 00.0s (3.0× a run)", "10m 00.0s †"]
+    (note,) = [n for n in _notes([searched("full", 0), searched("lora", 2)]) if n.startswith("†")]
+    assert "lora's learning-rate search: the training of 2 of its 6 trials" in note and "full" not in note
     # a busy reference: no method's time is compared with it
     lines = verdicts([rec("full", "full", 100.0, 0.2), rec("lora", "lora", 50.0, 0.0)])
     assert "training time not compared" in lines[1]

@@ -100,6 +100,8 @@ def test_the_search_picks_a_rate_that_learns_and_prunes_early(searched):
     assert run["search"]["trials"] == 3 and run["search"]["tuning_steps"] == 6 + 6 + 2
     # Cost: each trial recorded with its seconds; the search's seconds are their sum.
     assert run["search"]["tuning_seconds"] == pytest.approx(sum(t["cost_seconds"] for t in trials.values()))
+    # and how many trials trained beside other work (their threads waited for a core: tunelab.contention)
+    assert 0 <= run["search"]["busy_trials"] <= 3
 
 
 def test_the_trials_never_see_the_test_set(searched):

@@ -207,7 +207,8 @@ def _search_and_difference_columns(rows: list[Row], header: list[str], body: lis
             cost = found.get("tuning_seconds")
             runs = row.stat(lambda r: r.get("wall_seconds")).mean
             cells += ["–" if row.is_base or rate is None else f"{rate:.2g}" + (" (searched)" if found else ""),
-                      "–" if cost is None else fmt_seconds(cost) + (f" ({cost / runs:.1f}× a run)" if runs else "")]
+                      "–" if cost is None else _tuning_cost(found) + (
+                          f" ({cost / runs:.1f}× a run)" if runs and not _busy_search(found, row) else "")]
         if show_diff:
             d = diffs.get(row.label)
             cells.append("reference" if row is ref else "–" if d is None else d.format())
@@ -570,10 +571,12 @@ def search_section(records) -> SearchSection | None:
     for row, o in zip(rows, found):
         runs = row.stat(lambda r: r.get("wall_seconds")).mean
         chosen = o.get("chosen_learning_rate")
+        busy = _busy_search(o, row)
         body.append([row.label, f"{o['low']:.0e} – {o['high']:.0e}",
                      f"{o['trials']} ({o['finished']} / {o['pruned']} / {o['failed']})",
-                     f"{chosen:.2g}" if chosen else f"none: {o.get('error')}", fmt_seconds(o["tuning_seconds"]),
-                     f"{o['tuning_seconds'] / runs:.2f}×" if runs else "–",
+                     f"{chosen:.2g}" if chosen else f"none: {o.get('error')}",
+                     _tuning_cost(o),
+                     f"{o['tuning_seconds'] / runs:.2f}×" if runs and not busy else "–",
                      f"{o['tuning_steps']} ({o['tuning_steps'] / max(o['full_budget_steps'], 1):.2f}×)"])
     trial_header = ["Method", "Trial", "Learning rate", "Status", "Validation objective", "Cost"]
     trial_rows = []
@@ -801,6 +804,15 @@ def _notes(records) -> list[str]:
     return notes
 
 
+def _busy_search(found: dict[str, Any], row: Row) -> bool:
+    """Whether a search's cost, or the runs it is set against, was timed beside other work."""
+    return bool(found.get("busy_trials")) or bool(timed_busy(row))
+
+
+def _tuning_cost(found: dict[str, Any]) -> str:
+    return fmt_seconds(found["tuning_seconds"]) + (f" {BUSY_MARK}" if found.get("busy_trials") else "")
+
+
 def busy_notes(records) -> list[str]:
     """Which timings were measured while other work ran on the machine, and how much it held them up."""
     from tunelab import contention
@@ -813,6 +825,10 @@ def busy_notes(records) -> list[str]:
             if busy:
                 seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
                 runs.append(f"{row.label}{seed}: {', '.join(busy)}")
+        found = next((r["search"] for r in row.records + row.failed if r.get("search")), {})
+        if found.get("busy_trials"):
+            runs.append(f"{row.label}'s learning-rate search: the training of {found['busy_trials']} of its "
+                        f"{found['trials']} trials")
     if not runs:
         return []
     return [f"{BUSY_MARK} Timed on a busy machine: other work ran beside these timings, whose threads waited for a "

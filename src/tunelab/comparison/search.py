@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from tunelab.comparison.search_settings import SearchSettings, status_text
 from tunelab.comparison.search_trial import open_storage, pruner
-from tunelab import run_files
+from tunelab import contention, run_files
 from tunelab.records import ComparisonRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -198,6 +198,7 @@ class SearchOutcome:
     grouped_by: str | None = None
     seed: int = 0
     error: str | None = None      # why no rate was chosen
+    busy_trials: int = 0          # trials whose training shared the CPU with other work (tunelab.contention)
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -370,7 +371,8 @@ class Search:
             outcome = result["trial"]
             attrs.update(steps=outcome["global_step"], pruned_at_step=outcome.get("pruned_at_step"),
                          stopped_by=outcome.get("stopped_by"), metric=outcome.get("metric"),
-                         train_seconds=outcome.get("train_seconds"))
+                         train_seconds=outcome.get("train_seconds"),
+                         cpu_wait_share=outcome.get("train_cpu_wait_share"))
             value = outcome.get("value")
             if outcome["status"] == "pruned":
                 state = TrialState.PRUNED
@@ -417,7 +419,8 @@ class Search:
                 ms.full_steps, self.settings.sampler, self.settings.objective,
                 self.settings.trials, ms.eval_every, self.settings.max_cost, self.settings.validation_fraction,
                 self.search_data.validation_rows, self.search_data.train_rows, self.search_data.grouped_by,
-                self.settings.seed, error)
+                self.settings.seed, error,
+                sum(contention.busy(t.user_attrs.get("cpu_wait_share")) for t in counted))
         return out
 
 

@@ -88,7 +88,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     outcome: dict[str, Any] = {"status": "pruned" if callback.pruned_at_step is not None else "finished",
                                "pruned_at_step": callback.pruned_at_step, "stopped_by": callback.stopped_by,
                                "global_step": results.global_step, "train_seconds": results.train_seconds,
-                               "final_eval_loss": results.final_eval_loss}
+                               "final_eval_loss": results.final_eval_loss,
+                               "train_cpu_wait_share": results.train_cpu_wait_share}
     if outcome["status"] == "finished":
         if s["objective"] == "loss":
             outcome["value"] = results.final_eval_loss

@@ -65,7 +65,9 @@ def device_description() -> dict[str, str]:
 
     if torch.cuda.is_available():
         return {"device": "cuda", "device_name": torch.cuda.get_device_name(0)}
-    return {"device": "cpu", "device_name": platform.processor() or platform.machine(),
+    from tunelab.precision import cpu_model
+
+    return {"device": "cpu", "device_name": cpu_model() or platform.processor() or platform.machine(),
             "cpu_threads": str(torch.get_num_threads())}
 
 
