@@ -554,11 +554,36 @@ def overhead_section(o: dict | None) -> list[str]:
                     if v["precision"] == next(iter(o["summary"].values()))["precision"])
         + " (6 per trained and 4 per frozen linear-layer weight, plus attention). " + _peak_sentence(o["cpu_peak"]),
         "",
-        *_order_sentence(o), f"Load while measured: {load or 'not recorded'} (1-minute load average {load_avg.get('start', 0):.1f} at the "
+        *_order_sentence(o), *_drift_sentence(o), f"Load while measured: {load or 'not recorded'} (1-minute load average {load_avg.get('start', 0):.1f} at the "
         f"start, {load_avg.get('end', 0):.1f} at the end, on {o['machine'].get('cores')} cores). On a busy machine "
         "repeats differ by more than the gap to the target: read the range and the CPU-time ratio, not only the "
         "median.", "",
         f"Machine: {_machine(o['machine'])}.", ""]
+
+
+def _drift_sentence(o: dict) -> list[str]:
+    """How far the plain loop's own speed moved between repeats of one configuration: the machine's drift, against
+    which a median this far from the target cannot tell tunelab's overhead apart."""
+    spreads = []
+    for key, v in o["summary"].items():
+        rates = [r["plain_loop"]["tokens_per_second"] for r in o.get("runs", [])
+                 if (r["method"], r["precision"]) == (v["method"], v["precision"])]
+        if len(rates) > 1:
+            spreads.append((max(rates) / min(rates) - 1, key, min(rates), max(rates)))
+    if not spreads:
+        return []
+    spread, key, low, high = max(spreads)
+    short = [f"{k} ({v['median_ratio']:.3f})" for k, v in o["summary"].items() if v["median_ratio"] < o["target_ratio"]]
+    within = [k for k, v in o["summary"].items()
+              if v["median_ratio"] < o["target_ratio"] and o["target_ratio"] / v["median_ratio"] - 1 < spread]
+    text = (f"Between repeats the plain loop's own speed moved by up to {100 * spread:.0f}% ({key}: {low:.1f} to "
+            f"{high:.1f} tok/s): the machine's speed changed within the run.")
+    if short and len(within) == len(short):
+        text += (f" Every median under the target ({', '.join(short)}) is closer to it than that: this run does not "
+                 "tell tunelab's overhead there from the machine's drift.")
+    elif short:
+        text += f" Under the target by more than that: {', '.join(k for k in short if k.split(' (')[0] not in within)}."
+    return [text, ""]
 
 
 def _order_sentence(o: dict) -> list[str]:

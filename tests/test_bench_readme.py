@@ -182,6 +182,24 @@ def test_the_overhead_bound_spreads_every_process_cpu_second_over_the_cores(make
     assert make_readme._overlap_bound({**prof, "runs": [{"cpu_seconds": {}}]}, 2) == ""  # no CPU figures, no claim
 
 
+def test_a_median_under_the_target_is_read_against_the_machine_s_own_drift(make_readme):
+    def result(full_rates, lora_rates, full_median, lora_median):
+        runs = [{"method": m, "precision": "bf16", "plain_loop": {"tokens_per_second": r}}
+                for m, rates in (("full", full_rates), ("lora", lora_rates)) for r in rates]
+        return {"target_ratio": 0.97, "runs": runs, "summary": {
+            "full bf16": {"method": "full", "precision": "bf16", "median_ratio": full_median},
+            "lora bf16": {"method": "lora", "precision": "bf16", "median_ratio": lora_median}}}
+
+    # the plain loop moved 10% (200 to 220 tok/s): 0.95 is 2.1% under the target, within it
+    (text,) = [t for t in make_readme._drift_sentence(result([200.0, 220.0], [300.0, 303.0], 0.95, 1.0)) if t]
+    assert "moved by up to 10% (full bf16: 200.0 to 220.0 tok/s)" in text
+    assert "Every median under the target (full bf16 (0.950)) is closer to it than that" in text
+    # a machine steady to 1%: 0.95 is further under the target than the drift, and is said to be
+    (text,) = [t for t in make_readme._drift_sentence(result([200.0, 202.0], [300.0, 301.0], 0.95, 1.0)) if t]
+    assert "Under the target by more than that: full bf16 (0.950)." in text and "does not tell" not in text
+    assert "Every median" not in make_readme._drift_sentence(result([200.0, 220.0], [300.0, 303.0], 1.0, 0.99))[0]
+
+
 def test_the_generation_sentence_states_ratios_of_the_recorded_speeds(make_readme):
     per_run = [{"label": "base", "inference": {"tokens_per_second": 90.0, "new_tokens": 256, "repeats": 3}},
                {"label": "full", "inference": {"tokens_per_second": 81.0}},
