@@ -36,7 +36,7 @@ LEARNING_RATE = 2e-4
 VARIANTS = {
     "trl (defaults)": ("trl", []),
     "trl --packing": ("trl", ["--packing"]),
-    "trl --packing, no gradient checkpointing": ("trl", ["--packing", "--no_gradient_checkpointing"]),
+    "trl --packing (no gradient checkpointing)": ("trl", ["--packing", "--no_gradient_checkpointing"]),
     "tunelab (defaults)": ("tunelab", []),
     "tunelab --bf16 --packing": ("tunelab", ["--bf16", "--packing"]),
 }
