@@ -43,3 +43,18 @@ def test_a_thread_sharing_its_core_with_a_busy_process_is_measured_waiting():
         neighbour.kill()
         neighbour.wait()
     assert share is not None and share > 0.2 and contention.busy(share)
+
+
+def test_the_warning_names_too_many_threads_before_other_work():
+    import torch
+
+    before = torch.get_num_threads()
+    cores = contention.usable_cores()
+    try:
+        torch.set_num_threads(cores + 2)
+        assert f"runs {cores + 2} torch threads on {cores} core" in contention.cause()
+        assert f"OMP_NUM_THREADS={cores}" in contention.cause()
+        torch.set_num_threads(cores)
+        assert contention.cause() == "other work ran on this machine"
+    finally:
+        torch.set_num_threads(before)

@@ -55,3 +55,21 @@ def busy(share: float | None) -> bool:
 def describe(share: float) -> str:
     return (f"its threads waited for a core {100 * share:.0f}% of the time they were ready to run (tunelab calls a "
             f"machine busy above {100 * BUSY_WAIT_SHARE:.0f}%)")
+
+
+def cause() -> str:
+    """Why this process's threads waited: more compute threads than the cores it may use, or other work."""
+    import torch
+
+    threads, cores = torch.get_num_threads(), usable_cores()
+    if threads > cores:
+        return (f"this process runs {threads} torch threads on {cores} core{'s' if cores != 1 else ''} (set "
+                f"OMP_NUM_THREADS={cores} or fewer)")
+    return "other work ran on this machine"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        return os.cpu_count() or 1

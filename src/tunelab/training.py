@@ -479,8 +479,8 @@ def train(opts: TrainOptions, explicit: set[str] | frozenset[str] = frozenset(),
     # on the CPU, whether other work slowed the loop (on a GPU the threads wait on the device, not on each other)
     wait_share = None if _on_gpu(opts) else contention.wait_share(threads_before, contention.snapshot())
     if contention.busy(wait_share):
-        log.warning("training took %.0f s while other work ran on this machine: %s; its time measures that load as "
-                    "well as the method", train_seconds, contention.describe(wait_share))
+        log.warning("training took %.0f s, but %s: %s; its time measures that as well as the method", train_seconds,
+                    contention.describe(wait_share), contention.cause())
     peak_bytes, peak_kind = peak_memory()
     peak_tensor_bytes = None if tensor_peak is None or tensor_peak.peak_bytes is None else \
         distributed.max_over_processes(tensor_peak.peak_bytes, trainer)  # [distributed] the busiest process's

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
-from tunelab.comparison.launchers import usable_cores
+from tunelab.contention import usable_cores
 from tunelab.comparison.results import ResultsFile
 
 # The comparison fixture's worker runs these after tests/compare, which share it.

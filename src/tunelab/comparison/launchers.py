@@ -19,16 +19,12 @@ import time
 from typing import Any, Iterator
 
 from tunelab.comparison.processes import PlannedRun, doing, execute, outcome, start, title
+from tunelab import contention
 from tunelab.errors import TunelabError
 
 log = logging.getLogger(__name__)
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on Linux)
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:
@@ -59,7 +55,7 @@ def slot_envs(parallel: int, device: str) -> list[dict[str, str]]:
                                "--device cpu")
         return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus[:parallel]]
     # On the CPU the runs share the cores; each gets its share so that N runs do not fight over every core.
-    threads = str(max(1, usable_cores() // parallel))
+    threads = str(max(1, contention.usable_cores() // parallel))
     return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "CUDA_VISIBLE_DEVICES": ""}
             for _ in range(parallel)]
 

@@ -831,8 +831,9 @@ def busy_notes(records) -> list[str]:
                         f"{found['trials']} trials")
     if not runs:
         return []
-    return [f"{BUSY_MARK} Timed on a busy machine: other work ran beside these timings, whose threads waited for a "
-            f"core this share of the time they were ready to run: {'; '.join(runs)} (busy above "
+    return [f"{BUSY_MARK} Timed on a busy machine (other work beside the run, or more threads than cores): these "
+            f"timings' threads waited for a core this share of the time they were ready to run: {'; '.join(runs)} "
+            f"(busy above "
             f"{100 * contention.BUSY_WAIT_SHARE:.0f}%; alone, tunelab's runs wait about 1% or less). A time so marked "
             "measures that load as well as its method and is compared with no other; run the comparison on an "
             "otherwise idle machine to compare times."]
