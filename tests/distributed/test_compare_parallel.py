@@ -16,9 +16,10 @@ from tunelab.comparison.results import ResultsFile
 pytestmark = pytest.mark.xdist_group("compare")
 
 # What may differ between two comparisons of the same recipe: where they ran (directory, Ray node) and what is
-# timed. Peak memory is measured, not computed: a process's peak RSS moves by some hundred KiB between runs.
+# timed, with how long the timed threads waited for a core. Peak memory is measured, not computed: a process's peak
+# RSS moves by some hundred KiB between runs.
 WHERE_AND_WHEN = {"wall_seconds", "train_seconds", "train_tokens_per_second", "inference", "peak_memory_bytes",
-                  "run_dir", "eval_dir", "node", "timings"}
+                  "run_dir", "eval_dir", "node", "timings", "train_cpu_wait_share"}
 
 
 def same_but_times(record: dict) -> dict:
