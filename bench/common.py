@@ -56,12 +56,9 @@ def write_result(name: str, payload: dict) -> Path:
 
 
 def _cpuinfo() -> dict:
-    """The first processor's fields of /proc/cpuinfo (Linux), lower-cased keys."""
-    try:
-        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    except OSError:
-        return {}
-    return {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in block.splitlines()) if k.strip()}
+    from tunelab.precision import cpuinfo_fields
+
+    return cpuinfo_fields()
 
 
 def cpu_peak_flops(threads: int | None = None) -> dict:

@@ -573,16 +573,15 @@ def _drift_sentence(o: dict) -> list[str]:
     if not spreads:
         return []
     spread, key, low, high = max(spreads)
-    short = [f"{k} ({v['median_ratio']:.3f})" for k, v in o["summary"].items() if v["median_ratio"] < o["target_ratio"]]
-    within = [k for k, v in o["summary"].items()
-              if v["median_ratio"] < o["target_ratio"] and o["target_ratio"] / v["median_ratio"] - 1 < spread]
+    short = {k: v["median_ratio"] for k, v in o["summary"].items() if v["median_ratio"] < o["target_ratio"]}
+    beyond = [f"{k} ({m:.3f})" for k, m in short.items() if o["target_ratio"] / m - 1 >= spread]
     text = (f"Between repeats the plain loop's own speed moved by up to {100 * spread:.0f}% ({key}: {low:.1f} to "
             f"{high:.1f} tok/s): the machine's speed changed within the run.")
-    if short and len(within) == len(short):
-        text += (f" Every median under the target ({', '.join(short)}) is closer to it than that: this run does not "
-                 "tell tunelab's overhead there from the machine's drift.")
+    if beyond:
+        text += f" Under the target by more than that: {', '.join(beyond)}."
     elif short:
-        text += f" Under the target by more than that: {', '.join(k for k in short if k.split(' (')[0] not in within)}."
+        text += (f" Every median under the target ({', '.join(f'{k} ({m:.3f})' for k, m in short.items())}) is "
+                 "closer to it than that: this run does not tell tunelab's overhead there from the machine's drift.")
     return [text, ""]
 
 
@@ -866,6 +865,8 @@ def contention_section(name: str = "contention") -> str | None:
     rows = [[r["condition"], str(r["repeat"]), f"{r['train_seconds']:.1f}", f"{100 * r['train_cpu_wait_share']:.1f}%",
              "yes" if r["warned"] else "no"] for r in c["runs"]]
     neighbours = "one process" if c["neighbours"] == 1 else f"{c['neighbours']} processes"
+    m = c["machine"]  # a fair share: the run's threads and the spinning processes split the cores evenly
+    fair = max(1.0, (m["torch_threads"] + c["neighbours"]) / m["cores"])
     return "\n".join([
         f"`{c['command']}`: `tunelab train` ({c['model']}, {c['method']}, {c['steps']} steps of batch {c['batch']}, "
         f"{c['runs'][0]['precision']}) alone and beside {neighbours} spinning on the CPU, interleaved; for each run, "
@@ -873,8 +874,9 @@ def contention_section(name: str = "contention") -> str | None:
         "scheduler counters, recorded as `train_cpu_wait_share`) and whether tunelab warned:", "",
         _table(["condition", "repeat", "training (s)", "waited for a core", "warned"], rows), "",
         f"Beside {neighbours}, training took {c['slowdown']:.2f}x as long (median {busy['median_train_seconds']:.1f} s "
-        f"against {alone['median_train_seconds']:.1f} s): torch's threads wait for each other at every operation, "
-        f"so a run loses far more than the share of the cores its neighbour takes. tunelab calls a run's machine busy "
+        f"against {alone['median_train_seconds']:.1f} s), far more than a fair share of the cores would cost "
+        f"({fair:.1f}x for {m['torch_threads']} threads and {neighbours} on {m['cores']} cores), presumably because "
+        "torch's threads wait for each other at every operation. tunelab calls a run's machine busy "
         f"when its threads waited more than {100 * c['busy_wait_share']:.0f}% of the time: it warns, and a "
         "comparison's report marks that run's training time with † and compares it with no other. Run one tunelab "
         "command at a time on a small CPU machine (`tunelab compare --parallel N` shares the cores out between its "

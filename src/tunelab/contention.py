@@ -1,8 +1,8 @@
 """Whether a CPU run had its cores to itself, measured rather than assumed.
 
 A training time measures a method only when nothing else ran on the machine: on 2 cores, one process spinning
-beside `tunelab train` made its training 2.9x as long (torch's threads wait for each other at every operation, so a
-run slows far more than its share of the cores suggests; ``python bench/contention.py``). Linux counts, for every
+beside `tunelab train` made its training 2.9x as long, far more than a fair share of the cores would cost (torch's
+threads presumably wait for each other at every operation; ``python bench/contention.py``). Linux counts, for every
 thread, the time it was ready to run but waited for a core (``/proc/self/task/*/schedstat``, its second field);
 that wait, as a share of the time the threads were runnable, was under 1% alone and 37% beside the spinning
 process in that benchmark. Training warns, and the report marks a time, whose threads waited more than

@@ -88,14 +88,20 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset(flags)
 
 
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """The CPU's model as /proc/cpuinfo names it, with its family and model numbers (a VM's name alone, "AMD EPYC",
-    says little): bf16 kernels round differently from one CPU model to another, so greedy answers may differ."""
+def cpuinfo_fields(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo, lower-cased names; {} where there is no such file."""
     try:
         block = cpuinfo.read_text(encoding="utf-8", errors="replace").split("\n\n")[0]
     except OSError:
-        return None
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+        return {}
+    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())
+            if k.strip()}
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model as /proc/cpuinfo names it, with its family and model numbers (a VM's name alone, "AMD EPYC",
+    says little): bf16 kernels round differently from one CPU model to another, so greedy answers may differ."""
+    fields = cpuinfo_fields(cpuinfo)
     name = fields.get("model name")
     if not name:
         return None

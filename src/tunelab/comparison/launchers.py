@@ -25,8 +25,6 @@ from tunelab.errors import TunelabError
 log = logging.getLogger(__name__)
 
 
-
-
 def visible_gpus() -> list[str]:
     """The CUDA devices runs may use, as CUDA_VISIBLE_DEVICES names them (it may already narrow this process's)."""
     import torch

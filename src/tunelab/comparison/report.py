@@ -20,6 +20,7 @@ from tunelab.comparison.results import ResultsFile
 from tunelab.comparison.rows import (BUSY_MARK, Row, fmt_num, fmt_params, fmt_rate, fmt_seconds, fmt_stat,
                                      generation_speed, group_rows, mark_busy, is_drift_probe, probe_title,
                                      probes_of, retention_ratio, retention_value, timed_busy, wait_shares)
+from tunelab import contention
 from tunelab.errors import TunelabError
 from tunelab.evaluation.tasks import HIGHER_IS_BETTER
 from tunelab.fileio import atomic_write_text
@@ -815,8 +816,6 @@ def _tuning_cost(found: dict[str, Any]) -> str:
 
 def busy_notes(records) -> list[str]:
     """Which timings were measured while other work ran on the machine, and how much it held them up."""
-    from tunelab import contention
-
     runs = []
     for row in group_rows(records):
         for r in row.records:

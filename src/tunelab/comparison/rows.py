@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab import contention
 from tunelab.evaluation.retention import is_drift
 
 
@@ -102,8 +103,6 @@ def wait_shares(rec: dict[str, Any]) -> dict[str, float | None]:
 
 def timed_busy(row: Row, timing: str = "training") -> list[dict[str, Any]]:
     """The row's runs whose ``timing`` shared the CPU with other work: those times do not measure the method."""
-    from tunelab import contention
-
     return [r for r in row.records if contention.busy(wait_shares(r)[timing])]
 
 
