@@ -32,7 +32,9 @@ def machine() -> dict:
         pass
     # which CPU, beyond its architecture: bf16 matrix kernels round differently from one CPU model to another, so a
     # bf16 benchmark re-run on another host can answer a question differently (the VM's model name alone says little)
-    cpu = _cpuinfo()
+    from tunelab.precision import cpuinfo_fields
+
+    cpu = cpuinfo_fields()
     if cpu:
         info["cpu_model"] = (f"{cpu.get('model name', '?')} (family {cpu.get('cpu family', '?')}, model "
                              f"{cpu.get('model', '?')}, stepping {cpu.get('stepping', '?')}, microcode "
@@ -55,12 +57,6 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def _cpuinfo() -> dict:
-    from tunelab.precision import cpuinfo_fields
-
-    return cpuinfo_fields()
-
-
 def cpu_peak_flops(threads: int | None = None) -> dict:
     """The CPU's peak FLOP/s for float32 and for bf16 matrix products, from core count, clock and vector width, with
     how it was derived (the figures are an upper bound: no run reaches them).
@@ -73,7 +69,9 @@ def cpu_peak_flops(threads: int | None = None) -> dict:
     nominal clock; boost is not counted, so a boosting CPU can exceed this "peak")."""
     import torch
 
-    info = _cpuinfo()
+    from tunelab.precision import cpuinfo_fields
+
+    info = cpuinfo_fields()
     flags = set(info.get("flags", "").split())
     vendor, family = info.get("vendor_id", "?"), int(info.get("cpu family", "0") or 0)
     mhz = float(info.get("cpu mhz", "0") or 0)

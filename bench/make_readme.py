@@ -372,7 +372,7 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
         f"per method, Optuna {'TPE' if any_method['sampler'] == 'tpe' else 'grid'}, successive-halving pruning on "
         f"the validation loss, judged on {any_method['validation_rows']} validation rows carved from the "
         f"{any_method['validation_rows'] + any_method['search_train_rows']} training rows; the test set "
-        f"is not read by the search). {_search_time(d)}", "",
+        f"is not read by the search). {_time_taken(d)}", "",
         f"The fixed rates (`{short}`, from bench/results/{fixed_name}.json) beside the searched ones:", "",
         _table(header, rows), "", *probes_caveat(d, d["recipe"]), *ranking, "",
         "The search, per method (trials finished / pruned / failed; cost against one of the method's runs, "
@@ -386,16 +386,17 @@ def search_section(name: str = "compare-demo-search", fixed_name: str = "compare
     ])
 
 
-def _search_time(d: dict) -> str:
-    """How long the searched comparison took. A re-run resumes (bench/quality.py), so the last invocation's wall
-    time can be shorter than the search alone: then the work is told as the search's and the runs' own times."""
-    search, minutes = d["search"]["seconds"] / 60, d["wall_seconds"] / 60
-    if search <= minutes:
-        return (f"The whole command took {minutes:.0f} min on {_machine(d['machine'])}, of which the search took "
-                f"{search:.0f} min.")
-    runs = (d.get("runs_wall_seconds") or 0) / 60
-    return (f"The search took {search:.0f} min and the comparison's runs {runs:.0f} min on {_machine(d['machine'])}, "
-            f"over two or more invocations of the command (a re-run resumes; the last took {minutes:.0f} min).")
+def _time_taken(d: dict) -> str:
+    """How long a benchmark command took. A re-run resumes (bench/quality.py records "resumed"): then the last
+    invocation's wall time is not the work's, which is told as the runs' and the search's own times."""
+    search = (d.get("search") or {}).get("seconds")
+    if not d.get("resumed"):
+        return (f"The whole command took {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}"
+                + (f", of which the search took {search / 60:.0f} min." if search is not None else "."))
+    return (f"The comparison's runs took {(d.get('runs_wall_seconds') or 0) / 60:.0f} min"
+            + (f" and the search {search / 60:.0f} min" if search is not None else "")
+            + f" on {_machine(d['machine'])}, over two or more invocations of the command (a re-run resumes; the "
+            f"last took {d['wall_seconds'] / 60:.0f} min).")
 
 
 def _measured_apart(fixed: dict, searched: dict, metric: str, fixed_base: list[str] | None,
@@ -1006,8 +1007,7 @@ def curves_section(name: str = "compare-demo-curves",
                           "matrices with any"], diag), ""]
     if plots.get("weights"):
         parts += [f"![weight diagnostics by layer](bench/results/{plots['weights']})", ""]
-    parts.append((_search_time(d) if d.get("search") else
-                  f"Wall time {d['wall_seconds'] / 60:.0f} min on {_machine(d['machine'])}.")
+    parts.append(_time_taken(d)
                  + (f" Load while measured: {d['load']}." if d.get("load") else "")
                  + (f" Note: {d['note'].rstrip('.')}." if d.get("note") else ""))
     return "\n".join(parts)

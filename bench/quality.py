@@ -88,6 +88,10 @@ def main() -> None:
     out = Path(args.output_dir or REPO / "runs" / f"bench-{name}")
     tunelab = [sys.executable, "-m", "tunelab"]
     common = ["--output_dir", str(out), "--data_dir", args.data_dir, *budget, *args.extra]
+    from tunelab.comparison.results import ResultsFile
+
+    # finished runs or trials from an earlier, interrupted invocation: then this one's wall time is not the work's
+    resumed = bool(ResultsFile(out).records()) if out.is_dir() else False
     started = time.perf_counter()
     run([*tunelab, "compare", args.recipe, "--methods", ",".join(multi), "--seeds", ",".join(map(str, seeds)),
          *common])
@@ -96,7 +100,6 @@ def main() -> None:
     wall = time.perf_counter() - started
     run([*tunelab, "report", str(out)])
     from tunelab.comparison.report import table
-    from tunelab.comparison.results import ResultsFile
 
     records = ResultsFile(out).records()
     trials = [r for r in records if r.get("kind") == "trial"]  # with --search learning_rate
@@ -112,7 +115,7 @@ def main() -> None:
         plots[png.stem] = f"quality-{name}-{png.name}"
         shutil.copyfile(png, RESULTS / plots[png.stem])
     write_result(f"quality-{name}", {
-        "recipe": args.recipe, "budget": budget + args.extra, "seeds": seeds, "wall_seconds": wall,
+        "recipe": args.recipe, "budget": budget + args.extra, "seeds": seeds, "wall_seconds": wall, "resumed": resumed,
         # what the runs took, whatever an earlier, interrupted invocation already did
         "runs_wall_seconds": sum(r.get("wall_seconds") or 0 for r in records),
         "note": args.note, "table": {"header": header, "rows": body},

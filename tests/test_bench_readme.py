@@ -247,12 +247,13 @@ def test_a_fixed_and_a_searched_table_measured_apart_are_not_read_side_by_side(m
                                  "0.1127 in the searched one (2026-12-05)")
 
 
-def test_a_resumed_search_is_timed_by_its_own_work_not_the_last_invocation(make_readme):
-    """bench/quality.py resumes: its last invocation's wall time can be shorter than the search it reports."""
+def test_a_resumed_benchmark_is_timed_by_its_own_work_not_the_last_invocation(make_readme):
+    """bench/quality.py resumes: its last invocation's wall time is not the work's when an earlier one did part."""
     machine = {"cores": 2, "cpu": "x86_64", "date": "2026-12-07T10:00:00"}
-    whole = make_readme._search_time({"wall_seconds": 3600, "search": {"seconds": 1800}, "machine": machine})
-    assert whole.startswith("The whole command took 60 min") and "the search took 30 min" in whole
-    resumed = make_readme._search_time({"wall_seconds": 4500, "runs_wall_seconds": 1620, "search": {"seconds": 5040},
-                                        "machine": machine})
-    assert resumed.startswith("The search took 84 min and the comparison's runs 27 min")
+    d = {"wall_seconds": 4500, "runs_wall_seconds": 1620, "search": {"seconds": 5040}, "machine": machine}
+    whole = make_readme._time_taken(d)
+    assert whole.startswith("The whole command took 75 min") and "the search took 84 min" in whole
+    resumed = make_readme._time_taken({**d, "resumed": True})
+    assert resumed.startswith("The comparison's runs took 27 min and the search 84 min")
     assert "the last took 75 min" in resumed and "whole command" not in resumed
+    assert "search" not in make_readme._time_taken({**d, "search": None, "resumed": True})
